@@ -1,0 +1,225 @@
+"""Ledger: executes committed batches deterministically and answers read-side queries.
+
+    ledger = Ledger(genesis)
+    out = ledger.execute(w, height, timestamp_ms, envelopes)
+
+Execution writes only keys under b"s/" through ``w`` (the caller's write transaction, which
+also stores the block), never raises on bad input, and is deterministic: the same batches on
+the same genesis give the same results and state root on every node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ledger import merkle
+from ledger.crypto import verify as ed25519_verify
+from ledger.genesis import Genesis
+from node.app import queries, rules
+from node.app import state as st
+from node.app.codec import encode_result, envelope_tx_id
+from node.app.tx import Code, InvalidTransaction, TxResult
+from node.app.validate import Verifier, decode_and_verify
+from node.storage.kv import KVReader, KVWriter
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+DETAIL_CHARS_MAX = 200  # result details are consensus bytes; keep them short and bounded
+
+
+class HeightError(ValueError):
+    """execute() was called out of order: a bug in the caller, never a client's fault."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    height: int
+    consensus_time_ms: int
+    tx_ids: tuple[bytes, ...]  # per envelope; SHA-256(body), or SHA-256(raw) if unparseable
+    results: tuple[bytes, ...]  # serialized ledger.v1.TxResult per envelope, in order
+    results_root: bytes  # ledger.merkle.root(results)
+    state_root: bytes  # SHA-256(prev_root || height || canonical write set)
+    expired_escrows: tuple[str, ...]  # voided by consensus time at the start of the block
+
+
+class _Overlay:
+    """One transaction's changes, applied to the block only when it succeeds."""
+
+    __slots__ = ("changes", "parent")
+
+    def __init__(self, parent: st.Reader) -> None:
+        self.parent = parent
+        self.changes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.changes:
+            return self.changes[key]
+        return self.parent.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        assert key.startswith(st.PREFIX), f"ledger write outside b's/': {key!r}"
+        self.changes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        assert key.startswith(st.PREFIX), f"ledger delete outside b's/': {key!r}"
+        self.changes[key] = None
+
+
+class _Block:
+    """Writes through to the store and remembers the block's write set for the state root."""
+
+    __slots__ = ("w", "writes")
+
+    def __init__(self, w: KVWriter) -> None:
+        self.w = w
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.w.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        assert key.startswith(st.PREFIX)
+        self.w.put(key, value)
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        assert key.startswith(st.PREFIX)
+        self.w.delete(key)
+        self.writes[key] = None
+
+    def apply(self, overlay: _Overlay) -> None:
+        for key, value in overlay.changes.items():
+            if value is None:
+                self.delete(key)
+            else:
+                self.put(key, value)
+
+
+def write_set_root(prev_root: bytes, height: int, writes: dict[bytes, bytes | None]) -> bytes:
+    """SHA-256(prev_root || height || for each key in order: len key, key, 0 | 1 len value)."""
+    h = hashlib.sha256()
+    h.update(prev_root)
+    h.update(struct.pack(">Q", height))
+    for key in sorted(writes):
+        value = writes[key]
+        h.update(struct.pack(">I", len(key)))
+        h.update(key)
+        if value is None:
+            h.update(b"\x00")
+        else:
+            h.update(b"\x01" + struct.pack(">I", len(value)))
+            h.update(value)
+    return h.digest()
+
+
+class Ledger:
+    """The tokenized-deposit state machine of one chain.
+
+    ``verify`` is the Ed25519 check; only the throughput benchmark replaces it (to measure
+    execution without signature cost)."""
+
+    def __init__(self, genesis: Genesis, verify: Verifier = ed25519_verify) -> None:
+        self.genesis = genesis
+        self._verify = verify
+
+    # --- execution ---------------------------------------------------------------------------
+
+    def execute(
+        self, w: KVWriter, height: int, timestamp_ms: int, envelopes: Sequence[bytes]
+    ) -> BatchOutcome:
+        if not INT64_MIN <= timestamp_ms <= INT64_MAX:
+            raise ValueError(f"timestamp_ms {timestamp_ms} is not an int64 (BlockHeader.timestamp_ms)")
+        last = queries.last_height(w)
+        if height != last + 1:
+            raise HeightError(f"execute height {height}, but the last executed height is {last}")
+        prev_root = queries.state_root(w, self.genesis)
+        now_ms = max(queries.consensus_time(w), timestamp_ms)
+        block = _Block(w)
+        block.put(st.META_TIME, struct.pack(">q", now_ms))
+        expired = self._expire_escrows(block, now_ms)
+        tx_ids: list[bytes] = []
+        results: list[bytes] = []
+        for index, raw in enumerate(envelopes):
+            tx_id, result = self._execute_one(block, height, index, now_ms, raw)
+            tx_ids.append(tx_id)
+            results.append(result)
+        state_root = write_set_root(prev_root, height, block.writes)
+        w.put(st.META_HEIGHT, st.u64(height))
+        w.put(st.META_ROOT, state_root)
+        return BatchOutcome(
+            height=height,
+            consensus_time_ms=now_ms,
+            tx_ids=tuple(tx_ids),
+            results=tuple(results),
+            results_root=merkle.root(results),
+            state_root=state_root,
+            expired_escrows=expired,
+        )
+
+    def _expire_escrows(self, block: _Block, now_ms: int) -> tuple[str, ...]:
+        due: list[str] = []
+        for key, _ in block.w.scan(st.EXPIRY):
+            expires_at_ms, escrow_id = st.expiry_of_key(key)
+            if expires_at_ms > now_ms:
+                break  # the index is in expiry order
+            due.append(escrow_id)
+        due.sort()  # escrow-id order, as the architecture doc specifies
+        for escrow_id in due:
+            esc = st.get_escrow(block, escrow_id)
+            assert esc is not None and esc.status == st.ESCROW_PENDING, f"expiry index names {escrow_id}"
+            rules.return_to_payer(self.genesis, block, esc, st.ESCROW_EXPIRED)
+        return tuple(due)
+
+    def _execute_one(
+        self, block: _Block, height: int, index: int, now_ms: int, raw: bytes
+    ) -> tuple[bytes, bytes]:
+        try:
+            checked = decode_and_verify(self.genesis, raw, self._verify)
+        except InvalidTransaction as exc:
+            # Not authorized (or not even a transaction): answered in the block, never recorded.
+            tx_id = envelope_tx_id(bytes(raw)) if isinstance(raw, bytes | bytearray | memoryview) else b""
+            return tx_id, self._result(tx_id, exc.code, exc.message, height, index)
+        key = st.result_key(checked.tx_id)
+        first = block.get(key)
+        if first is not None:
+            return checked.tx_id, first  # a retry: the first result, unchanged
+        overlay = _Overlay(block)
+        outcome = rules.apply(self.genesis, overlay, checked, now_ms)
+        result = self._result(checked.tx_id, outcome.code, outcome.detail, height, index)
+        if outcome.code == Code.OK:
+            block.apply(overlay)
+        if outcome.recorded:
+            block.put(key, result)
+        return checked.tx_id, result
+
+    @staticmethod
+    def _result(tx_id: bytes, code: Code, detail: str, height: int, index: int) -> bytes:
+        return encode_result(TxResult(tx_id, code, detail[:DETAIL_CHARS_MAX], height, index))
+
+    # --- read side (the node API) ------------------------------------------------------------
+
+    def account(self, r: KVReader, account_id: str) -> queries.AccountView | None:
+        return queries.account(r, account_id)
+
+    def tx_result(self, r: KVReader, tx_id: bytes) -> bytes | None:
+        return queries.tx_result(r, tx_id)
+
+    def escrow(self, r: KVReader, escrow_id: str) -> st.EscrowRecord | None:
+        return queries.escrow(r, escrow_id)
+
+    def supply(self, r: KVReader) -> tuple[queries.SupplyView, ...]:
+        return queries.supply(r, self.genesis)
+
+    def last_height(self, r: KVReader) -> int:
+        return queries.last_height(r)
+
+    def state_root(self, r: KVReader) -> bytes:
+        return queries.state_root(r, self.genesis)
+
+    def consensus_time(self, r: KVReader) -> int:
+        return queries.consensus_time(r)
+
+    def check_invariants(self, r: KVReader) -> list[str]:
+        return queries.check_invariants(r, self.genesis)

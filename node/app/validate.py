@@ -1,0 +1,196 @@
+"""Stateless checks of a client envelope: what the node API runs before admitting a transaction
+and what execution re-runs, deterministically, on every replica.
+
+Two stages, because they differ in whether a failure may be recorded under the tx_id:
+- ``decode_and_verify``: size, parse, chain id, field formats, every signature verifies. A
+  failure here says nothing trustworthy about the genuine transaction (anyone can attach garbage
+  signatures to a body), so execution never records it.
+- ``body_problem``: limits and amount ranges, a property of the signed body alone. Execution
+  records it once the transaction is known to be authorized.
+``check_envelope`` runs both and is the API's admission check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from ledger.crypto import DOMAIN_TX, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, tx_id_of
+from ledger.crypto import verify as ed25519_verify
+from ledger.genesis import ASSET_RE, MEMBER_ID_RE, Genesis
+from node.app.codec import CodecError, decode_body, decode_envelope
+from node.app.tx import (
+    CheckedTx,
+    Code,
+    EscrowCreate,
+    EscrowPost,
+    EscrowVoid,
+    InvalidTransaction,
+    Mint,
+    OpenAccount,
+    Redeem,
+    SetAccountFrozen,
+    Transfer,
+    TxBody,
+)
+
+# (public_key, signature, domain, chain_id, body) -> valid; the benchmark swaps in a stub to
+# measure execution without Ed25519, nothing else should.
+Verifier = Callable[[bytes, bytes, bytes, str, bytes], bool]
+
+# Account, escrow and reference ids: they become parts of state keys, so no separators and no
+# control bytes. Length is bounded separately by limits.id_bytes_max.
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+# Whatever genesis says, an id must fit in a state key (LMDB keys are at most 511 bytes, and
+# state records length-prefix ids with one byte), so a generous genesis cannot turn a long id
+# into an assertion failure on every replica.
+ID_BYTES_HARD_MAX = 128
+
+
+def _bad(message: str) -> InvalidTransaction:
+    return InvalidTransaction(Code.MALFORMED, message)
+
+
+def _check_id(genesis: Genesis, what: str, value: str) -> None:
+    if not value:
+        raise _bad(f"{what} is empty")
+    id_max = min(genesis.limits.id_bytes_max, ID_BYTES_HARD_MAX)
+    if len(value.encode()) > id_max:
+        raise _bad(f"{what} longer than {id_max} bytes")
+    if not ID_RE.match(value):
+        raise _bad(f"{what} {value!r} has characters outside A-Z a-z 0-9 . _ : @ -")
+
+
+def _check_asset(what: str, value: str) -> None:
+    if not ASSET_RE.match(value):
+        raise _bad(f"{what} {value!r} is not CCY.MEMBER")
+
+
+def _check_formats(genesis: Genesis, body: TxBody) -> None:
+    """Field formats that make a body meaningless (MALFORMED), independent of limits."""
+    op = body.op
+    if op is None:
+        raise _bad("no operation set")
+    if isinstance(op, OpenAccount):
+        if not MEMBER_ID_RE.match(op.member_id):
+            raise _bad(f"member_id {op.member_id!r} is not a member id")
+        _check_id(genesis, "account_id", op.account_id)
+        if len(op.owner_key) != PUBLIC_KEY_BYTES:
+            raise _bad(f"owner_key must be {PUBLIC_KEY_BYTES} bytes, got {len(op.owner_key)}")
+    elif isinstance(op, SetAccountFrozen):
+        _check_id(genesis, "account_id", op.account_id)
+    elif isinstance(op, Mint):
+        _check_asset("asset", op.asset)
+        _check_id(genesis, "account_id", op.account_id)
+        _check_id(genesis, "deposit_ref", op.deposit_ref)
+    elif isinstance(op, Transfer):
+        if not op.legs:
+            raise _bad("transfer has no legs")
+        for i, leg in enumerate(op.legs):
+            _check_id(genesis, f"legs[{i}].from_account", leg.from_account)
+            _check_id(genesis, f"legs[{i}].to_account", leg.to_account)
+            _check_asset(f"legs[{i}].asset", leg.asset)
+            if leg.from_account == leg.to_account:
+                raise _bad(f"legs[{i}] pays an account to itself")
+    elif isinstance(op, Redeem):
+        _check_id(genesis, "account_id", op.account_id)
+        _check_asset("asset", op.asset)
+        _check_id(genesis, "payout_ref", op.payout_ref)
+    elif isinstance(op, EscrowCreate):
+        _check_id(genesis, "escrow_id", op.escrow_id)
+        _check_id(genesis, "from_account", op.from_account)
+        _check_id(genesis, "to_account", op.to_account)
+        _check_asset("asset", op.asset)
+        if op.from_account == op.to_account:
+            raise _bad("escrow pays an account to itself")
+    elif isinstance(op, EscrowPost | EscrowVoid):
+        _check_id(genesis, "escrow_id", op.escrow_id)
+    else:  # pragma: no cover - the codec only produces the kinds above
+        raise AssertionError(f"unknown op {op!r}")
+
+
+def decode_and_verify(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_verify) -> CheckedTx:
+    """Parse, check formats and verify every signature. Raises InvalidTransaction with
+    LIMIT_EXCEEDED (envelope too large, too many signatures), MALFORMED, WRONG_CHAIN or
+    BAD_SIGNATURE: the failures that execution does not record under the tx_id."""
+    limits = genesis.limits
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise _bad("envelope is not bytes")
+    raw = bytes(raw)
+    if len(raw) > limits.tx_bytes_max:
+        raise InvalidTransaction(
+            Code.LIMIT_EXCEEDED, f"envelope is {len(raw)} bytes, more than tx_bytes_max={limits.tx_bytes_max}"
+        )
+    try:
+        envelope = decode_envelope(raw)
+        body = decode_body(envelope.body)
+    except CodecError as exc:
+        raise _bad(str(exc)) from exc
+    if body.chain_id != genesis.chain_id:
+        raise InvalidTransaction(
+            Code.WRONG_CHAIN, f"chain_id {body.chain_id[:64]!r} is not this ledger's {genesis.chain_id!r}"
+        )
+    if not limits.nonce_bytes_min <= len(body.nonce) <= limits.nonce_bytes_max:
+        raise _bad(
+            f"nonce must be {limits.nonce_bytes_min}..{limits.nonce_bytes_max} bytes, got {len(body.nonce)}"
+        )
+    _check_formats(genesis, body)
+    if len(envelope.signatures) > limits.signatures_max:
+        raise InvalidTransaction(
+            Code.LIMIT_EXCEEDED,
+            f"{len(envelope.signatures)} signatures, more than signatures_max={limits.signatures_max}",
+        )
+    signers: set[bytes] = set()
+    for i, sig in enumerate(envelope.signatures):
+        if len(sig.public_key) != PUBLIC_KEY_BYTES or len(sig.signature) != SIGNATURE_BYTES:
+            raise _bad(f"signatures[{i}]: public key must be 32 bytes and signature 64 bytes")
+        if sig.public_key in signers:
+            raise _bad(f"signatures[{i}]: the same key signed twice")
+        if not verify(sig.public_key, sig.signature, DOMAIN_TX, genesis.chain_id, envelope.body):
+            raise InvalidTransaction(
+                Code.BAD_SIGNATURE, f"signatures[{i}] by {sig.public_key.hex()[:16]} does not verify"
+            )
+        signers.add(sig.public_key)
+    return CheckedTx(tx_id=tx_id_of(envelope.body), body=body, signers=frozenset(signers), raw=raw)
+
+
+def _amount_problem(genesis: Genesis, what: str, amount: int) -> InvalidTransaction | None:
+    if not 1 <= amount <= genesis.limits.amount_max:
+        return InvalidTransaction(
+            Code.AMOUNT_OUT_OF_RANGE, f"{what} {amount} is outside 1..{genesis.limits.amount_max}"
+        )
+    return None
+
+
+def body_problem(genesis: Genesis, body: TxBody) -> InvalidTransaction | None:
+    """Limits and amount ranges of an already well-formed body (None when it has none)."""
+    limits = genesis.limits
+    memo_bytes = len(body.memo.encode())
+    if memo_bytes > limits.memo_bytes_max:
+        return InvalidTransaction(
+            Code.LIMIT_EXCEEDED,
+            f"memo is {memo_bytes} bytes, more than memo_bytes_max={limits.memo_bytes_max}",
+        )
+    op = body.op
+    if isinstance(op, Transfer):
+        if len(op.legs) > limits.legs_max:
+            return InvalidTransaction(
+                Code.LIMIT_EXCEEDED, f"{len(op.legs)} legs, more than legs_max={limits.legs_max}"
+            )
+        for i, leg in enumerate(op.legs):
+            problem = _amount_problem(genesis, f"legs[{i}].amount", leg.amount)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(op, Mint | Redeem | EscrowCreate | EscrowPost):
+        return _amount_problem(genesis, "amount", op.amount)
+    return None
+
+
+def check_envelope(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_verify) -> CheckedTx:
+    """The API's stateless admission check: CheckedTx, or InvalidTransaction(code, message)."""
+    checked = decode_and_verify(genesis, raw, verify)
+    problem = body_problem(genesis, checked.body)
+    if problem is not None:
+        raise problem
+    return checked
