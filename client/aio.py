@@ -1,0 +1,269 @@
+"""AsyncLedgerClient: the asyncio twin of client.sdk.LedgerClient (grpc.aio).
+
+Same trust model, retry policy (client.policy) and verification; every method is a coroutine
+with an explicit deadline. Use it from one event loop; it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+import grpc.aio
+
+from client.models import (
+    AccountInfo,
+    BalanceInfo,
+    Committed,
+    NodeStatusInfo,
+    Outcome,
+    Supply,
+    TransactionInfo,
+)
+from client.policy import (
+    CHANNEL_OPTIONS,
+    RECEIPT_REPLY_GRACE_S,
+    AgreementState,
+    QueryState,
+    SubmitState,
+    rotated,
+)
+from client.sdk import check_block, check_transaction
+from client.tx import Transaction, TxBuilder
+from client.verify import ReceiptError, VerifiedBlock, verify_receipt
+from ledger.genesis import Genesis, load_genesis
+from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from ledger.v1.api_pb2_grpc import LedgerServiceAsyncStub as Stub
+
+T = TypeVar("T")
+
+
+class AsyncLedgerClient:
+    """Asynchronous client of a consortium's LedgerService nodes (see LedgerClient)."""
+
+    def __init__(
+        self,
+        genesis: Genesis | Path | str,
+        endpoints: Sequence[str] | None = None,
+        *,
+        timeout_s: float = 10.0,
+        call_timeout_s: float = 2.0,
+        receipt_wait_s: float = 3.0,
+    ) -> None:
+        self.genesis = genesis if isinstance(genesis, Genesis) else load_genesis(Path(genesis))
+        self.endpoints: tuple[str, ...] = tuple(endpoints or [m.api_address for m in self.genesis.members])
+        if not self.endpoints:
+            raise ValueError("no endpoints")
+        if min(timeout_s, call_timeout_s, receipt_wait_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        self.timeout_s = timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.receipt_wait_s = receipt_wait_s
+        self.tx = TxBuilder(self.genesis.chain_id, self.genesis.limits)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, Stub] = {}
+        self._first = 0
+
+    def _stub(self, endpoint: str) -> Stub:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+            stub = api_pb2_grpc.LedgerServiceStub(channel)
+            self._stubs[endpoint] = stub
+        return stub
+
+    def _order(self) -> list[str]:
+        self._first += 1
+        return rotated(self.endpoints, self._first - 1)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+        self._stubs.clear()
+
+    async def __aenter__(self) -> AsyncLedgerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _query(
+        self,
+        what: str,
+        call: Callable[[Stub, float], Awaitable[T]],
+        timeout_s: float | None,
+        endpoints: Sequence[str] | None = None,
+    ) -> tuple[str, T]:
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        state = QueryState(what)
+        for endpoint in endpoints or self._order():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state.errors.append("deadline passed")
+                break
+            try:
+                return endpoint, await call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+            except ReceiptError as exc:
+                state.did_not_verify(endpoint, exc)
+            except grpc.RpcError as exc:
+                state.rpc_failed(endpoint, exc)
+        raise state.final_error()
+
+    async def submit(self, tx: Transaction | bytes, *, timeout_s: float | None = None) -> Outcome:
+        """Submit and wait for a verified receipt: Committed, Rejected or Indefinite."""
+        if isinstance(tx, bytes):
+            tx = Transaction.from_envelope(
+                self.genesis.chain_id, tx, tx_bytes_max=self.genesis.limits.tx_bytes_max
+            )
+        envelope = tx.envelope()
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        state = SubmitState(tx.tx_id, len(self.endpoints), self.genesis.f)
+        while True:
+            for endpoint in self._order():
+                if not state.worth_asking(endpoint):
+                    continue
+                if deadline - time.monotonic() <= 0:
+                    break
+                committed = await self._submit_to(endpoint, envelope, deadline, state)
+                if committed is not None:
+                    return committed
+                rejected = state.rejected()
+                if rejected is not None:
+                    return rejected
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or state.exhausted():
+                return state.indefinite(tx.envelope_bytes())
+            await asyncio.sleep(state.next_backoff_s(remaining))  # retry backoff between rounds
+
+    async def _submit_to(
+        self, endpoint: str, envelope: tx_pb2.Envelope, deadline: float, state: SubmitState
+    ) -> Committed | None:
+        stub = self._stub(endpoint)
+        remaining = deadline - time.monotonic()
+        try:
+            await stub.Submit(
+                api_pb2.SubmitRequest(envelope=envelope), timeout=min(remaining, self.call_timeout_s)
+            )
+        except grpc.RpcError as exc:
+            if not state.submit_failed(endpoint, exc):
+                return None
+        wait_s = min(deadline - time.monotonic(), self.receipt_wait_s)
+        if wait_s <= 0:
+            return None
+        try:
+            receipt = await stub.WaitReceipt(
+                api_pb2.WaitReceiptRequest(tx_id=state.tx_id, timeout_ms=int(wait_s * 1000)),
+                timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
+            )
+        except grpc.RpcError as exc:
+            state.wait_failed(endpoint, exc)
+            return None
+        try:
+            verified = verify_receipt(self.genesis, receipt, state.tx_id)
+        except ReceiptError as exc:
+            state.lied(endpoint, exc)
+            return None
+        committed = Committed(tx_id=state.tx_id, receipt=verified, endpoint=endpoint)
+        if not committed.final:
+            state.not_final(endpoint, committed)
+            return None
+        return committed
+
+    async def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
+        """A committed transaction with its verified receipt (NotFound if no node has it)."""
+
+        async def call(stub: Stub, t: float) -> TransactionInfo:
+            resp = await stub.GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id), timeout=t)
+            return check_transaction(self.genesis, tx_id, resp)
+
+        endpoint, info = await self._query("transaction", call, timeout_s)
+        return TransactionInfo(Committed(tx_id, info.committed.receipt, endpoint), info.transaction)
+
+    async def account(
+        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+    ) -> AccountInfo:
+        """An account and its balances; with ``confirmations`` = f+1, only an answer that f+1
+        nodes gave alike (see LedgerClient.account). NotFound for an unknown account."""
+
+        async def call(stub: Stub, t: float) -> AccountInfo:
+            req = api_pb2.GetAccountRequest(account_id=account_id)
+            return AccountInfo.from_proto(await stub.GetAccount(req, timeout=t))
+
+        what = f"account {account_id!r}"
+        if confirmations <= 1:
+            return (await self._query(what, call, timeout_s))[1]
+        return await self._agreed(what, call, confirmations, timeout_s)
+
+    async def balances(
+        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+    ) -> dict[str, BalanceInfo]:
+        """The account's balances by asset."""
+        acc = await self.account(account_id, confirmations=confirmations, timeout_s=timeout_s)
+        return {b.asset: b for b in acc.balances}
+
+    async def _agreed(
+        self,
+        what: str,
+        call: Callable[[Stub, float], Awaitable[T]],
+        confirmations: int,
+        timeout_s: float | None,
+    ) -> T:
+        if confirmations > len(self.endpoints):
+            raise ValueError(f"{confirmations} confirmations asked of {len(self.endpoints)} endpoints")
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        state: AgreementState[T] = AgreementState(what, confirmations)
+        while True:
+            for endpoint in self.endpoints:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise state.final_error()
+                try:
+                    state.answered(
+                        endpoint, await call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+                    )
+                except grpc.RpcError as exc:
+                    state.rpc_failed(endpoint, exc)
+                agreed = state.agreed()
+                if agreed is not None:
+                    return agreed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise state.final_error()
+            await asyncio.sleep(state.next_backoff_s(remaining))  # nodes at different heights
+
+    async def block(self, height: int, *, timeout_s: float | None = None) -> VerifiedBlock:
+        """The certified block at ``height``, verified against the genesis keys."""
+
+        async def call(stub: Stub, t: float) -> VerifiedBlock:
+            resp = await stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=t)
+            return check_block(self.genesis, height, resp)
+
+        return (await self._query(f"block {height}", call, timeout_s))[1]
+
+    async def supply(self, *, timeout_s: float | None = None) -> Supply:
+        """Per-asset minted, redeemed and outstanding amounts (node-local read)."""
+
+        async def call(stub: Stub, t: float) -> api_pb2.GetSupplyResponse:
+            return await stub.GetSupply(api_pb2.GetSupplyRequest(), timeout=t)
+
+        return Supply.from_proto((await self._query("supply", call, timeout_s))[1])
+
+    async def status(self, endpoint: str | None = None, *, timeout_s: float | None = None) -> NodeStatusInfo:
+        """One node's status (the given endpoint, else the first that answers)."""
+
+        async def call(stub: Stub, t: float) -> api_pb2.NodeStatus:
+            return await stub.GetStatus(api_pb2.GetStatusRequest(), timeout=t)
+
+        answered, resp = await self._query(
+            "status", call, timeout_s, endpoints=[endpoint] if endpoint else None
+        )
+        return NodeStatusInfo.from_proto(answered, resp)

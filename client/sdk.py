@@ -1,0 +1,400 @@
+"""LedgerClient: submit signed transactions to a consortium and get verified receipts.
+
+Trust model: no single node is trusted. A receipt counts only after client.verify checks its
+commit certificate and attestations against the genesis keys, so a lying node can delay an
+answer but cannot fake one; the client then asks another node. Reads of current state
+(accounts, supply, status) are node-local and unverified: ask several nodes when it matters.
+
+Every call has a deadline (``timeout_s``, default the client's). Submitting is idempotent: the
+tx_id is SHA-256 of the signed body, so re-sending the same envelope (to any node, any number of
+times) can commit it at most once. That is what makes failover on UNAVAILABLE or
+DEADLINE_EXCEEDED safe, and what an Indefinite outcome tells the caller to do.
+
+Example::
+
+    with LedgerClient("consortium/genesis.json") as client:
+        tx = client.tx.transfer([LegSpec("alice", "bob", "USD.BANK-A", 12550)]).signed_by(alice_key)
+        outcome = client.submit(tx)
+        if isinstance(outcome, Committed) and outcome.ok:
+            print("settled at height", outcome.height)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from client.models import (
+    AccountInfo,
+    BalanceInfo,
+    Committed,
+    NodeStatusInfo,
+    NotFound,
+    Outcome,
+    Supply,
+    TransactionInfo,
+    Unreachable,
+    Unverified,
+)
+from client.policy import (
+    CHANNEL_OPTIONS,
+    RECEIPT_REPLY_GRACE_S,
+    AgreementState,
+    QueryState,
+    SubmitState,
+    rotated,
+)
+from client.tx import Transaction, TxBuilder, TxBuildError
+from client.verify import ReceiptError, VerifiedBlock, verify_block, verify_receipt
+from ledger.genesis import Genesis, load_genesis
+from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
+
+T = TypeVar("T")
+SUBMIT_CHUNK = 100  # envelopes per SubmitBatch; nodes cap it (submit_batch_max, default 1000)
+
+
+def check_transaction(
+    genesis: Genesis, tx_id: bytes, resp: api_pb2.GetTransactionResponse
+) -> TransactionInfo:
+    """Verify a GetTransaction answer: the receipt, and that the envelope hashes to tx_id."""
+    verified = verify_receipt(genesis, resp.receipt, tx_id)
+    transaction = None
+    if resp.HasField("envelope"):
+        raw = resp.envelope.SerializeToString(deterministic=True)
+        try:
+            transaction = Transaction.from_envelope(
+                genesis.chain_id, raw, tx_bytes_max=genesis.limits.tx_bytes_max
+            )
+        except TxBuildError as exc:
+            raise ReceiptError("bad_envelope", str(exc)) from exc
+        if transaction.tx_id != tx_id:
+            raise ReceiptError("bad_envelope", "envelope body does not hash to the tx id")
+    return TransactionInfo(Committed(tx_id, verified, ""), transaction)
+
+
+def check_block(genesis: Genesis, height: int, resp: api_pb2.GetBlockResponse) -> VerifiedBlock:
+    """Verify a GetBlock answer, and that it is the block asked for."""
+    verified = verify_block(genesis, resp)
+    if verified.block.header.height != height:
+        raise ReceiptError("other_block", f"asked for block {height}, got {verified.block.header.height}")
+    return verified
+
+
+class LedgerClient:
+    """A synchronous client of a consortium's LedgerService nodes.
+
+    ``genesis`` is a Genesis or the path of the genesis file; ``endpoints`` are "host:port"
+    API addresses (default: every member's api address from genesis). ``timeout_s`` is the
+    default deadline of each call; ``call_timeout_s`` bounds a single RPC to one node, and
+    ``receipt_wait_s`` how long one node is asked to wait for a receipt before trying another.
+    """
+
+    def __init__(
+        self,
+        genesis: Genesis | Path | str,
+        endpoints: Sequence[str] | None = None,
+        *,
+        timeout_s: float = 10.0,
+        call_timeout_s: float = 2.0,
+        receipt_wait_s: float = 3.0,
+    ) -> None:
+        self.genesis = genesis if isinstance(genesis, Genesis) else load_genesis(Path(genesis))
+        self.endpoints: tuple[str, ...] = tuple(endpoints or [m.api_address for m in self.genesis.members])
+        if not self.endpoints:
+            raise ValueError("no endpoints")
+        if min(timeout_s, call_timeout_s, receipt_wait_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        self.timeout_s = timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.receipt_wait_s = receipt_wait_s
+        self.tx = TxBuilder(self.genesis.chain_id, self.genesis.limits)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, api_pb2_grpc.LedgerServiceStub] = {}
+        self._first = 0  # rotates the endpoint tried first, spreading load
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _stub(self, endpoint: str) -> api_pb2_grpc.LedgerServiceStub:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+            stub = api_pb2_grpc.LedgerServiceStub(channel)
+            self._stubs[endpoint] = stub
+        return stub
+
+    def _order(self) -> list[str]:
+        self._first += 1
+        return rotated(self.endpoints, self._first - 1)
+
+    def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _query(
+        self,
+        what: str,
+        call: Callable[[api_pb2_grpc.LedgerServiceStub, float], T],
+        timeout_s: float | None,
+        endpoints: Sequence[str] | None = None,
+    ) -> tuple[str, T]:
+        """Ask nodes in turn until one answers. ``call`` may raise ReceiptError (the answer did
+        not verify: next node). NotFound only after no node had it (see policy.QueryState)."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        state = QueryState(what)
+        for endpoint in endpoints or self._order():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state.errors.append("deadline passed")
+                break
+            try:
+                return endpoint, call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+            except ReceiptError as exc:
+                state.did_not_verify(endpoint, exc)
+            except grpc.RpcError as exc:
+                state.rpc_failed(endpoint, exc)
+        raise state.final_error()
+
+    # --- transactions ---------------------------------------------------------------------
+
+    def submit(self, tx: Transaction | bytes, *, timeout_s: float | None = None) -> Outcome:
+        """Submit a signed transaction and wait for its verified receipt.
+
+        Returns Committed (definite, with the ledger's result), Rejected (the nodes' stateless
+        checks refused the envelope) or Indefinite (deadline passed; resubmitting the same
+        envelope is safe). Raises only for a malformed argument (TxBuildError).
+        """
+        if isinstance(tx, bytes):
+            tx = Transaction.from_envelope(
+                self.genesis.chain_id, tx, tx_bytes_max=self.genesis.limits.tx_bytes_max
+            )
+        envelope = tx.envelope()
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        state = SubmitState(tx.tx_id, len(self.endpoints), self.genesis.f)
+        while True:
+            for endpoint in self._order():
+                if not state.worth_asking(endpoint):
+                    continue
+                if deadline - time.monotonic() <= 0:
+                    break
+                committed = self._submit_to(endpoint, envelope, deadline, state)
+                if committed is not None:
+                    return committed
+                rejected = state.rejected()
+                if rejected is not None:
+                    return rejected
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or state.exhausted():
+                return state.indefinite(tx.envelope_bytes())
+            time.sleep(state.next_backoff_s(remaining))  # retry backoff between rounds, not a sync wait
+
+    def _submit_to(
+        self, endpoint: str, envelope: tx_pb2.Envelope, deadline: float, state: SubmitState
+    ) -> Committed | None:
+        """One attempt at one node: submit, wait for the receipt, verify it."""
+        stub = self._stub(endpoint)
+        remaining = deadline - time.monotonic()
+        try:
+            stub.Submit(api_pb2.SubmitRequest(envelope=envelope), timeout=min(remaining, self.call_timeout_s))
+        except grpc.RpcError as exc:
+            if not state.submit_failed(endpoint, exc):
+                return None
+        wait_s = min(deadline - time.monotonic(), self.receipt_wait_s)
+        if wait_s <= 0:
+            return None
+        try:
+            receipt = stub.WaitReceipt(
+                api_pb2.WaitReceiptRequest(tx_id=state.tx_id, timeout_ms=int(wait_s * 1000)),
+                timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
+            )
+        except grpc.RpcError as exc:
+            state.wait_failed(endpoint, exc)
+            return None
+        try:
+            verified = verify_receipt(self.genesis, receipt, state.tx_id)
+        except ReceiptError as exc:
+            state.lied(endpoint, exc)
+            return None
+        committed = Committed(tx_id=state.tx_id, receipt=verified, endpoint=endpoint)
+        if not committed.final:
+            state.not_final(endpoint, committed)
+            return None
+        return committed
+
+    def submit_many(
+        self, txs: Sequence[Transaction], *, timeout_s: float | None = None, chunk_size: int = SUBMIT_CHUNK
+    ) -> list[Outcome]:
+        """Submit many transactions at once; one outcome per transaction, in order.
+
+        Each chunk goes to one node in a SubmitBatch, and its receipts stream back from
+        WaitReceipts, each verified like submit's. Whatever that path does not settle (a refusal,
+        a node that fails or lies, a receipt that is not final) goes through ``submit`` one by
+        one with the same envelope, so outcomes mean exactly what they mean there.
+        """
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        outcomes: dict[bytes, Outcome] = {}
+        for start in range(0, len(txs), max(chunk_size, 1)):
+            chunk = txs[start : start + chunk_size]
+            outcomes.update(self._submit_chunk(chunk, deadline))
+        for tx in txs:
+            if tx.tx_id not in outcomes:
+                outcomes[tx.tx_id] = self.submit(tx, timeout_s=max(deadline - time.monotonic(), 0.001))
+        return [outcomes[tx.tx_id] for tx in txs]
+
+    def _submit_chunk(self, chunk: Sequence[Transaction], deadline: float) -> dict[bytes, Committed]:
+        wanted = {tx.tx_id for tx in chunk}
+        settled: dict[bytes, Committed] = {}
+        endpoint = self._order()[0]
+        stub = self._stub(endpoint)
+        remaining = deadline - time.monotonic()
+        try:
+            resp = stub.SubmitBatch(
+                api_pb2.SubmitBatchRequest(envelopes=[tx.envelope() for tx in chunk]),
+                timeout=min(remaining, self.call_timeout_s),
+            )
+            accepted = [item.tx_id for item in resp.items if item.accepted and item.tx_id in wanted]
+            wait_s = min(deadline - time.monotonic(), self.receipt_wait_s * 2)
+            if not accepted or wait_s <= 0:
+                return settled
+            stream = stub.WaitReceipts(
+                api_pb2.WaitReceiptsRequest(tx_ids=accepted, timeout_ms=int(wait_s * 1000)),
+                timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
+            )
+            for receipt in stream:
+                tx_id = bytes(receipt.result.tx_id)
+                if tx_id not in wanted or tx_id in settled:
+                    continue
+                try:
+                    verified = verify_receipt(self.genesis, receipt, tx_id)
+                except ReceiptError:
+                    return settled  # a lying node: the rest go the careful way
+                committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)
+                if committed.final:
+                    settled[tx_id] = committed
+        except grpc.RpcError:
+            pass  # whatever is unsettled is retried one by one
+        return settled
+
+    def wait(self, tx_id: bytes, *, timeout_s: float | None = None) -> Committed | None:
+        """The verified receipt of ``tx_id`` if it is committed (asks nodes in turn), else None."""
+        try:
+            return self.transaction(tx_id, timeout_s=timeout_s).committed
+        except NotFound:
+            return None
+
+    # --- queries --------------------------------------------------------------------------
+
+    def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
+        """A committed transaction with its verified receipt (NotFound if no node has it)."""
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> TransactionInfo:
+            resp = stub.GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id), timeout=t)
+            return check_transaction(self.genesis, tx_id, resp)
+
+        endpoint, info = self._query("transaction", call, timeout_s)
+        return TransactionInfo(Committed(tx_id, info.committed.receipt, endpoint), info.transaction)
+
+    def account(
+        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+    ) -> AccountInfo:
+        """An account and its balances. NotFound for an unknown account.
+
+        Current state carries no certificate, so one node's answer is only that node's word.
+        With ``confirmations`` = f+1, the answer is returned only once f+1 nodes gave the same
+        one (one of them is honest); nodes at different heights may need a moment to agree.
+        """
+        what = f"account {account_id!r}"
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> AccountInfo:
+            req = api_pb2.GetAccountRequest(account_id=account_id)
+            return AccountInfo.from_proto(stub.GetAccount(req, timeout=t))
+
+        if confirmations <= 1:
+            return self._query(what, call, timeout_s)[1]
+        return self._agreed(what, call, confirmations, timeout_s)
+
+    def balances(
+        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+    ) -> dict[str, BalanceInfo]:
+        """The account's balances by asset (see ``account`` for ``confirmations``)."""
+        acc = self.account(account_id, confirmations=confirmations, timeout_s=timeout_s)
+        return {b.asset: b for b in acc.balances}
+
+    def _agreed(
+        self,
+        what: str,
+        call: Callable[[api_pb2_grpc.LedgerServiceStub, float], T],
+        confirmations: int,
+        timeout_s: float | None,
+    ) -> T:
+        """Ask every node, in rounds, until ``confirmations`` of them gave an equal answer."""
+        if confirmations > len(self.endpoints):
+            raise ValueError(f"{confirmations} confirmations asked of {len(self.endpoints)} endpoints")
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        state: AgreementState[T] = AgreementState(what, confirmations)
+        while True:
+            for endpoint in self.endpoints:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise state.final_error()
+                try:
+                    state.answered(endpoint, call(self._stub(endpoint), min(remaining, self.call_timeout_s)))
+                except grpc.RpcError as exc:
+                    state.rpc_failed(endpoint, exc)
+                agreed = state.agreed()
+                if agreed is not None:
+                    return agreed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise state.final_error()
+            time.sleep(state.next_backoff_s(remaining))  # nodes at different heights: ask again
+
+    def block(self, height: int, *, timeout_s: float | None = None) -> VerifiedBlock:
+        """The certified block at ``height``, verified against the genesis keys."""
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> VerifiedBlock:
+            return check_block(
+                self.genesis, height, stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=t)
+            )
+
+        return self._query(f"block {height}", call, timeout_s)[1]
+
+    def supply(self, *, timeout_s: float | None = None) -> Supply:
+        """Per-asset minted, redeemed and outstanding amounts (node-local read)."""
+        _, resp = self._query(
+            "supply", lambda stub, t: stub.GetSupply(api_pb2.GetSupplyRequest(), timeout=t), timeout_s
+        )
+        return Supply.from_proto(resp)
+
+    def status(self, endpoint: str | None = None, *, timeout_s: float | None = None) -> NodeStatusInfo:
+        """One node's status (the given endpoint, else the first that answers)."""
+        endpoint, resp = self._query(
+            "status",
+            lambda stub, t: stub.GetStatus(api_pb2.GetStatusRequest(), timeout=t),
+            timeout_s,
+            endpoints=[endpoint] if endpoint else None,
+        )
+        return NodeStatusInfo.from_proto(endpoint, resp)
+
+    def statuses(self, *, timeout_s: float | None = None) -> dict[str, NodeStatusInfo | str]:
+        """Every endpoint's status, or the error it gave (each within its own deadline)."""
+        out: dict[str, NodeStatusInfo | str] = {}
+        for endpoint in self.endpoints:
+            try:
+                out[endpoint] = self.status(endpoint, timeout_s=timeout_s or self.call_timeout_s)
+            except (Unreachable, NotFound, Unverified) as exc:
+                out[endpoint] = str(exc)
+        return out

@@ -1,0 +1,302 @@
+"""Receipt and block verification against the genesis keys (docs/ARCHITECTURE.md, "Receipts").
+
+One node's receipt is trusted only when it proves itself:
+  * the commit certificate holds 2f+1 valid Commit signatures from distinct members, all with
+    one view, sequence = header.height and digest = SHA-256(header);
+  * the tx_id is leaf ``result.index`` of ``header.tx_root``;
+  * ``result_bytes`` is the TxResult (for this tx_id, at this height and index) and leaf
+    ``result.index`` of the attested ``results_root``;
+  * f+1 distinct members signed matching Attestations (sequence, digest, results_root,
+    state_root): f+1 include an honest member, so the result is the one the ledger computed.
+Signatures are checked over the exact bytes received, never over re-serialized objects.
+Extra votes beyond a quorum that do not verify are ignored (a node may pass on more than it
+needs); what counts is the number of valid, distinct, matching ones. Every failure raises
+ReceiptError with a stable ``reason`` and a message naming the first culprit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError
+
+from ledger import merkle
+from ledger.crypto import DOMAIN_CONSENSUS, verify
+from ledger.genesis import Genesis
+from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+
+HEADER_BYTES_MAX = 1024
+RESULT_BYTES_MAX = 4096
+CONSENSUS_BODY_BYTES_MAX = 1024  # a Commit or an Attestation is well under 200 bytes
+
+
+class ReceiptError(Exception):
+    """A receipt or block does not prove what it claims. ``reason`` is a stable short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CertifiedHeader:
+    """A block header proven committed by 2f+1 members."""
+
+    header: tx_pb2.BlockHeader
+    digest: bytes
+    view: int
+    commit_signers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Attested:
+    """f+1 members' matching statement of a block's results and state root."""
+
+    results_root: bytes
+    state_root: bytes
+    signers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """A transaction's result, proven by a commit certificate and f+1 attestations."""
+
+    tx_id: bytes
+    result: tx_pb2.TxResult
+    result_bytes: bytes
+    block: CertifiedHeader
+    attested: Attested
+
+    @property
+    def code(self) -> int:
+        return int(self.result.code)
+
+    @property
+    def code_name(self) -> str:
+        return tx_pb2.ResultCode.Name(self.result.code)
+
+    @property
+    def height(self) -> int:
+        return int(self.result.height)
+
+    @property
+    def index(self) -> int:
+        return int(self.result.index)
+
+
+@dataclass(frozen=True)
+class VerifiedBlock:
+    """A certified block whose batch matches its header (and results, when attested)."""
+
+    block: CertifiedHeader
+    envelopes: tuple[bytes, ...]
+    tx_ids: tuple[bytes, ...]
+    results: tuple[tx_pb2.TxResult, ...]  # empty when the node sent none
+    attested: Attested | None
+
+
+_M = TypeVar("_M", tx_pb2.BlockHeader, tx_pb2.TxResult)
+
+
+def _parse(kind: type[_M], raw: bytes, reason: str) -> _M:
+    msg = kind()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as exc:
+        raise ReceiptError(reason, f"not a serialized {kind.__name__} ({exc})") from exc
+    return msg
+
+
+def _signed_body(
+    genesis: Genesis, sm: consensus_pb2.SignedMessage, what: str
+) -> consensus_pb2.ConsensusMessage:
+    """Verify one SignedMessage by a genesis member and decode its ConsensusMessage."""
+    if sm.signer >= genesis.n:
+        raise ReceiptError("non_member", f"{what}: signer {sm.signer} is not a member (n={genesis.n})")
+    if len(sm.body) > CONSENSUS_BODY_BYTES_MAX:
+        raise ReceiptError("malformed", f"{what}: body larger than {CONSENSUS_BODY_BYTES_MAX} bytes")
+    member = genesis.members[sm.signer]
+    if not verify(member.node_key, sm.signature, DOMAIN_CONSENSUS, genesis.chain_id, sm.body):
+        raise ReceiptError("bad_signature", f"{what}: signature of {member.member_id} does not verify")
+    msg = consensus_pb2.ConsensusMessage()
+    try:
+        msg.ParseFromString(sm.body)
+    except DecodeError as exc:
+        raise ReceiptError("malformed", f"{what}: body is not a ConsensusMessage ({exc})") from exc
+    return msg
+
+
+class _Tally:
+    """Valid votes grouped by what they vote for; invalid ones kept with their reason.
+
+    Extra or invalid entries are ignored rather than fatal (a node may pass on more votes
+    than needed), but when no group reaches the threshold the error names the first reason.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[object, list[int]] = {}
+        self.seen: set[int] = set()
+        self.rejected: list[ReceiptError] = []
+
+    def reject(self, reason: str, message: str) -> None:
+        self.rejected.append(ReceiptError(reason, message))
+
+    def add(self, signer: int, vote: object, what: str) -> None:
+        if signer in self.seen:
+            self.reject("duplicate_signer", f"{what}: replica {signer} signed twice")
+            return
+        self.seen.add(signer)
+        self.groups.setdefault(vote, []).append(signer)
+
+    def winner(self, needed: int, kind: str, split_reason: str, few_reason: str) -> tuple[object, list[int]]:
+        winners = [(vote, signers) for vote, signers in self.groups.items() if len(signers) >= needed]
+        if len(winners) > 1:  # two quorums for different things: only possible beyond f faults
+            raise ReceiptError(split_reason, f"conflicting {kind} each have {needed} signers")
+        if winners:
+            return winners[0]
+        best = max((len(s) for s in self.groups.values()), default=0)
+        message = f"{best} valid matching {kind}, need {needed}"
+        if self.rejected:
+            first = self.rejected[0]
+            raise ReceiptError(first.reason, f"{message}; {first}")
+        raise ReceiptError(split_reason if len(self.groups) > 1 else few_reason, message)
+
+
+def verify_certificate(
+    genesis: Genesis, header_bytes: bytes, certificate: consensus_pb2.CommitCertificate
+) -> CertifiedHeader:
+    """Check that 2f+1 distinct members committed SHA-256(header_bytes) at header.height
+    in one view."""
+    if len(header_bytes) > HEADER_BYTES_MAX:
+        raise ReceiptError("malformed", f"header larger than {HEADER_BYTES_MAX} bytes")
+    header = _parse(tx_pb2.BlockHeader, header_bytes, "malformed")
+    if header.chain_id != genesis.chain_id:
+        raise ReceiptError("wrong_chain", f"block is of chain {header.chain_id!r}, not {genesis.chain_id!r}")
+    digest = hashlib.sha256(header_bytes).digest()
+    commits = certificate.commits
+    if len(commits) > 2 * genesis.n:
+        raise ReceiptError("malformed", f"certificate has {len(commits)} commits for n={genesis.n}")
+    tally = _Tally()
+    for i, sm in enumerate(commits):
+        what = f"commit {i}"
+        try:
+            msg = _signed_body(genesis, sm, what)
+        except ReceiptError as exc:
+            tally.rejected.append(exc)
+            continue
+        if msg.WhichOneof("kind") != "commit":
+            tally.reject("not_commit", f"{what}: is a {msg.WhichOneof('kind')}, not a commit")
+            continue
+        c = msg.commit
+        if c.replica != sm.signer:
+            tally.reject("bad_signer", f"{what}: names replica {c.replica} but is signed by {sm.signer}")
+        elif c.sequence != header.height:
+            tally.reject("other_block", f"{what}: for sequence {c.sequence}, block is {header.height}")
+        elif c.digest != digest:
+            tally.reject("other_block", f"{what}: commits to another block digest")
+        else:
+            tally.add(sm.signer, c.view, what)
+    view, signers = tally.winner(genesis.quorum, "commits", "mixed_views", "too_few_commits")
+    assert isinstance(view, int)
+    return CertifiedHeader(header=header, digest=digest, view=view, commit_signers=tuple(signers))
+
+
+def verify_attestations(
+    genesis: Genesis, sequence: int, digest: bytes, attestations: Sequence[consensus_pb2.SignedMessage]
+) -> Attested:
+    """Check that f+1 distinct members attested the same roots for block (sequence, digest)."""
+    if len(attestations) > 2 * genesis.n:
+        raise ReceiptError("malformed", f"{len(attestations)} attestations for n={genesis.n}")
+    tally = _Tally()
+    for i, sm in enumerate(attestations):
+        what = f"attestation {i}"
+        try:
+            msg = _signed_body(genesis, sm, what)
+        except ReceiptError as exc:
+            tally.rejected.append(exc)
+            continue
+        if msg.WhichOneof("kind") != "attestation":
+            tally.reject("not_attestation", f"{what}: is a {msg.WhichOneof('kind')}, not an attestation")
+            continue
+        a = msg.attestation
+        if a.replica != sm.signer:
+            tally.reject("bad_signer", f"{what}: names replica {a.replica} but is signed by {sm.signer}")
+        elif a.sequence != sequence or a.digest != digest:
+            tally.reject("other_block", f"{what}: attests another block (sequence {a.sequence})")
+        else:
+            tally.add(sm.signer, (bytes(a.results_root), bytes(a.state_root)), what)
+    roots, signers = tally.winner(
+        genesis.f + 1, "attestations", "attestations_disagree", "too_few_attestations"
+    )
+    assert isinstance(roots, tuple)
+    return Attested(results_root=roots[0], state_root=roots[1], signers=tuple(signers))
+
+
+def verify_receipt(genesis: Genesis, receipt: api_pb2.Receipt, tx_id: bytes) -> VerifiedReceipt:
+    """Verify a node's receipt that ``tx_id`` committed with ``receipt.result_bytes``."""
+    if len(receipt.result_bytes) > RESULT_BYTES_MAX:
+        raise ReceiptError("malformed", f"result larger than {RESULT_BYTES_MAX} bytes")
+    result = _parse(tx_pb2.TxResult, receipt.result_bytes, "malformed")
+    # The decoded copy is a convenience; the signed-over bytes are the truth, so they must agree.
+    if receipt.HasField("result") and receipt.result != result:
+        raise ReceiptError("result_mismatch", "receipt.result differs from the attested result_bytes")
+    if result.tx_id != tx_id:
+        raise ReceiptError(
+            "other_transaction", f"receipt is for tx {result.tx_id.hex()[:16]}, not {tx_id.hex()[:16]}"
+        )
+    block = verify_certificate(genesis, receipt.header, receipt.certificate)
+    header = block.header
+    if result.height != header.height:
+        raise ReceiptError("other_block", f"result names height {result.height}, block is {header.height}")
+    if not merkle.verify(header.tx_root, tx_id, result.index, header.tx_count, receipt.tx_proof):
+        raise ReceiptError("bad_tx_proof", f"tx is not leaf {result.index} of the block's tx_root")
+    attested = verify_attestations(genesis, header.height, block.digest, receipt.attestations)
+    if not merkle.verify(
+        attested.results_root, receipt.result_bytes, result.index, header.tx_count, receipt.result_proof
+    ):
+        raise ReceiptError(
+            "bad_result_proof", f"result is not leaf {result.index} of the attested results_root"
+        )
+    return VerifiedReceipt(
+        tx_id=tx_id, result=result, result_bytes=bytes(receipt.result_bytes), block=block, attested=attested
+    )
+
+
+def batch_hash(envelopes: Sequence[bytes]) -> bytes:
+    """SHA-256 over the envelopes, each prefixed by its 4-byte big-endian length."""
+    h = hashlib.sha256()
+    for env in envelopes:
+        h.update(len(env).to_bytes(4, "big"))
+        h.update(env)
+    return h.digest()
+
+
+def verify_block(genesis: Genesis, response: api_pb2.GetBlockResponse) -> VerifiedBlock:
+    """Verify a served block: certificate, batch against header, results against attestations."""
+    cb = response.block
+    block = verify_certificate(genesis, cb.header, cb.certificate)
+    header = block.header
+    envelopes = tuple(e.SerializeToString(deterministic=True) for e in cb.batch.envelopes)
+    if len(envelopes) != header.tx_count:
+        raise ReceiptError("bad_batch", f"{len(envelopes)} envelopes, header says {header.tx_count}")
+    tx_ids = tuple(hashlib.sha256(e.body).digest() for e in cb.batch.envelopes)
+    if merkle.root(tx_ids) != header.tx_root:
+        raise ReceiptError("bad_batch", "the batch's tx ids do not match header.tx_root")
+    # The header hashes the envelopes as the primary serialized them; protobuf re-encoding of
+    # an Envelope (two bytes fields and nested messages) is canonical, so this is comparable.
+    if batch_hash(envelopes) != header.batch_hash:
+        raise ReceiptError("bad_batch", "the batch's envelopes do not match header.batch_hash")
+    attested: Attested | None = None
+    results: tuple[tx_pb2.TxResult, ...] = tuple(response.results)
+    if response.attestations:
+        attested = verify_attestations(genesis, header.height, block.digest, response.attestations)
+        if results:
+            leaves = [r.SerializeToString(deterministic=True) for r in results]
+            if merkle.root(leaves) != attested.results_root:
+                raise ReceiptError(
+                    "bad_results", "the block's results do not match the attested results_root"
+                )
+    return VerifiedBlock(block=block, envelopes=envelopes, tx_ids=tx_ids, results=results, attested=attested)

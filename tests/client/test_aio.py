@@ -1,0 +1,67 @@
+"""AsyncLedgerClient against the in-process fake nodes: same outcomes as the sync client."""
+
+import asyncio
+
+import pytest
+
+from client.aio import AsyncLedgerClient
+from client.models import Committed, Indefinite, NotFound, Rejected
+from client.tx import LegSpec
+from ledger.crypto import SigningKey
+from tests.client.fakes import FakeChain, FakeNode, closed_port, forge_certificate, serve
+
+
+def test_async_client_submits_verifies_fails_over_and_queries() -> None:
+    chain = FakeChain()
+    liar = FakeNode(chain, tamper=forge_certificate)
+    nodes = [liar, FakeNode(chain, mode="down"), FakeNode(chain)]
+    alice = SigningKey.generate()
+    op = chain.banks[0].operator_key
+
+    async def scenario(endpoints: list[str]) -> None:
+        async with AsyncLedgerClient(
+            chain.genesis, [*endpoints, closed_port()], timeout_s=5.0, call_timeout_s=1.0, receipt_wait_s=0.5
+        ) as client:
+            b = client.tx
+            opened = await client.submit(b.open_account("BANK-A", "alice", alice.public_key).signed_by(op))
+            assert isinstance(opened, Committed) and opened.ok and opened.endpoint == endpoints[2]
+            assert liar.submits == 1  # asked, but its forged receipt was refused
+            for tx in (
+                b.open_account("BANK-A", "bob", bytes(32)).signed_by(op),
+                b.mint("USD.BANK-A", "alice", 500, "d1").signed_by(op),
+            ):
+                assert isinstance(await client.submit(tx), Committed)
+            pay = b.transfer([LegSpec("alice", "bob", "USD.BANK-A", 200)]).signed_by(alice)
+            first, again = await client.submit(pay), await client.submit(pay.envelope_bytes())
+            assert (
+                isinstance(first, Committed) and isinstance(again, Committed) and first.height == again.height
+            )
+            assert (await client.account("bob")).balance("USD.BANK-A").available_minor == 200
+            confirmed = await client.balances("bob", confirmations=2)
+            assert confirmed["USD.BANK-A"].available_minor == 200
+            assert (await client.transaction(pay.tx_id)).committed.endpoint == endpoints[2]
+            assert (await client.block(first.height)).tx_ids == (pay.tx_id,)
+            assert {s.asset for s in (await client.supply()).assets} >= {"USD.BANK-A"}
+            assert (await client.status(endpoints[2])).last_executed == 4
+            with pytest.raises(NotFound):
+                await client.account("nobody")
+
+    with serve(nodes) as endpoints:
+        asyncio.run(scenario(endpoints))
+
+
+def test_async_client_rejected_and_indefinite() -> None:
+    chain = FakeChain()
+
+    async def scenario(refusing: list[str], holding: list[str]) -> None:
+        tx = chain.banks[0].operator_key
+        async with AsyncLedgerClient(chain.genesis, refusing, timeout_s=2.0) as client:
+            out = await client.submit(client.tx.open_account("BANK-A", "x", bytes(32)).signed_by(tx))
+            assert isinstance(out, Rejected)
+        async with AsyncLedgerClient(chain.genesis, holding, timeout_s=1.0, receipt_wait_s=0.3) as client:
+            out = await client.submit(client.tx.open_account("BANK-A", "y", bytes(32)).signed_by(tx))
+            assert isinstance(out, Indefinite) and "DEADLINE_EXCEEDED" in " ".join(out.errors)
+
+    refusers = [FakeNode(chain, mode="refuse") for _ in range(2)]
+    with serve(refusers) as refusing, serve([FakeNode(chain, mode="hold")]) as holding:
+        asyncio.run(scenario(refusing, holding))
