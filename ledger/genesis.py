@@ -12,8 +12,9 @@ from typing import Any
 from ledger.crypto import CHAIN_ID_BYTES_MAX, PUBLIC_KEY_BYTES
 
 GENESIS_BYTES_MAX = 1 << 20
-MEMBER_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
-ASSET_RE = re.compile(r"^([A-Z]{3,8})\.([A-Z0-9][A-Z0-9-]{0,31})$")
+# Anchored with \Z, not $ ($ also matches before a trailing "\n"); use them with fullmatch.
+MEMBER_ID_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{0,31}\Z")
+ASSET_RE = re.compile(r"([A-Z]{3,8})\.([A-Z0-9][A-Z0-9-]{0,31})\Z")
 SCALE_MAX = 18
 INT64_MAX = (1 << 63) - 1
 
@@ -166,7 +167,7 @@ def parse_genesis(data: Any) -> Genesis:
         if not isinstance(rm, dict):
             raise GenesisError(f"{where}: expected an object")
         member_id = _need(rm, "member_id", str, where)
-        if not MEMBER_ID_RE.match(member_id):
+        if not MEMBER_ID_RE.fullmatch(member_id):
             raise GenesisError(f"{where}.member_id: {member_id!r} is not A-Z, 0-9, '-' (1..32)")
         member_assets: list[str] = []
         for j, ra in enumerate(rm.get("assets", [])):
@@ -174,7 +175,7 @@ def parse_genesis(data: Any) -> Genesis:
             if not isinstance(ra, dict):
                 raise GenesisError(f"{awhere}: expected an object")
             name = _need(ra, "asset", str, awhere)
-            match = ASSET_RE.match(name)
+            match = ASSET_RE.fullmatch(name)
             if not match or match.group(2) != member_id:
                 raise GenesisError(f"{awhere}.asset: {name!r} must be CCY.{member_id}")
             scale = _need(ra, "scale", int, awhere)

@@ -159,6 +159,9 @@ class Ledger:
         )
 
     def _expire_escrows(self, block: _Block, now_ms: int) -> tuple[str, ...]:
+        # The scan is lazy and the index is in expiry order, so this reads only the due escrows
+        # and the first one not yet due: O(due), not O(pending). All reads end (break) before
+        # the first write below, as KVWriter requires of a scan (node/storage/kv.py).
         due: list[str] = []
         for key, _ in block.w.scan(st.EXPIRY):
             expires_at_ms, escrow_id = st.expiry_of_key(key)

@@ -104,7 +104,7 @@ def supply(r: st.Reader, genesis: Genesis) -> tuple[SupplyView, ...]:
 
 def check_invariants(r: KVReader, genesis: Genesis) -> list[str]:
     """Every violation found (empty when the state is sound). Per asset: balances + held ==
-    minted - redeemed; held per account == its pending escrows; no amount above amount_max;
+    minted - redeemed <= amount_max; held per account == its pending escrows; no amount above amount_max;
     the expiry index lists exactly the pending escrows."""
     violations: list[str] = []
     amount_max = genesis.limits.amount_max
@@ -144,8 +144,11 @@ def check_invariants(r: KVReader, genesis: Genesis) -> list[str]:
             f"expiry index {sorted(indexed)} differs from pending escrows {sorted(pending_ids)}"
         )
     for sv in supply(r, genesis):
-        if not 0 <= sv.redeemed <= sv.minted <= amount_max:
-            violations.append(f"{sv.asset}: supply minted={sv.minted} redeemed={sv.redeemed} out of order")
+        if not 0 <= sv.redeemed <= sv.minted or sv.outstanding > amount_max:
+            violations.append(
+                f"{sv.asset}: supply minted={sv.minted} redeemed={sv.redeemed} out of order or "
+                "outstanding above amount_max"
+            )
         if totals.get(sv.asset, 0) != sv.outstanding:
             violations.append(
                 f"{sv.asset}: balances + held = {totals.get(sv.asset, 0)} but minted - redeemed = {sv.outstanding}"

@@ -134,9 +134,13 @@ def mint(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Mint) -> Outcome:
         return _fail(Code.DUPLICATE_REFERENCE, f"deposit_ref {op.deposit_ref} already used")
     amount_max = genesis.limits.amount_max
     minted, redeemed = st.get_supply(w, asset.asset)
-    new_minted = money.credit(minted, op.amount, amount_max)
+    # amount_max bounds the outstanding supply, not the cumulative counters: mint/redeem
+    # turnover alone must never halt an asset. The counters are u128 (checked).
+    if money.credit(minted - redeemed, op.amount, amount_max) is None:
+        return _fail(Code.OVERFLOW, f"outstanding supply of {asset.asset} would pass amount_max")
+    new_minted = money.credit(minted, op.amount, st.U128_MAX)
     if new_minted is None:
-        return _fail(Code.OVERFLOW, f"minted supply of {asset.asset} would pass amount_max")
+        return _fail(Code.OVERFLOW, f"cumulative minted of {asset.asset} would pass 2^128-1")
     if not _credit(w, acct.account_id, asset.asset, op.amount, amount_max):
         return _fail(Code.OVERFLOW, f"balance of {acct.account_id} would pass amount_max")
     st.put_supply(w, asset.asset, new_minted, redeemed)
@@ -185,7 +189,8 @@ def redeem(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Redeem) -> Outcome
         return _fail(Code.UNKNOWN_ASSET, f"no asset {op.asset}")
     if acct.frozen:
         return _fail(Code.ACCOUNT_FROZEN, f"account {op.account_id} is frozen")
-    ref_key = st.payout_ref_key(asset.issuer, op.payout_ref)
+    # Unique per (issuer, redeeming account): another holder cannot consume this ref first.
+    ref_key = st.payout_ref_key(asset.issuer, acct.account_id, op.payout_ref)
     if w.get(ref_key) is not None:
         return _fail(Code.DUPLICATE_REFERENCE, f"payout_ref {op.payout_ref} already used")
     if not _debit(w, acct.account_id, asset.asset, op.amount):

@@ -6,12 +6,13 @@ Keys (ids are validated to exclude b"\\x00" and b"/", so the separators are unam
   s/h/<account>\\x00<asset>       held in pending escrows  (absent = 0)
   s/e/<escrow>                   escrow record
   s/x/<expires_ms:8><escrow>     index of pending escrows by expiry (consensus time)
-  s/q/<asset>                    supply: minted, redeemed
+  s/q/<asset>                    supply: cumulative minted, redeemed (u128 each)
   s/d/<issuer>\\x00<deposit_ref>  used deposit reference -> tx_id
-  s/p/<issuer>\\x00<payout_ref>   used payout reference -> tx_id
+  s/p/<issuer>\\x00<account>\\x00<payout_ref>  used payout reference of one redeeming
+                                 account -> tx_id (one holder cannot consume another's ref)
   s/t/<tx_id>                    serialized TxResult of the first authorized execution
   s/_/height, s/_/time, s/_/root last executed height, consensus time, state root
-Values: unsigned/signed 64-bit big-endian integers and length-prefixed UTF-8 strings; never
+Values: unsigned/signed 64-bit (supply counters: unsigned 128-bit) big-endian integers and length-prefixed UTF-8 strings; never
 JSON, never floats, so every node writes the same bytes.
 """
 
@@ -37,6 +38,7 @@ META_ROOT = b"s/_/root"
 
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
+U128_MAX = (1 << 128) - 1
 _VERSION = 1
 
 
@@ -185,20 +187,25 @@ def split_pair_key(prefix: bytes, key: bytes) -> tuple[str, str]:
     return a.decode(), b.decode()
 
 
+def _u128(value: int) -> bytes:
+    assert type(value) is int and 0 <= value <= U128_MAX, f"{value} does not fit a u128"
+    return value.to_bytes(16, "big")
+
+
 def get_supply(r: Reader, asset: str) -> tuple[int, int]:
-    """(minted, redeemed) of an asset."""
+    """(minted, redeemed) of an asset: cumulative counters (outstanding = minted - redeemed)."""
     raw = r.get(SUPPLY + asset.encode())
     if raw is None:
         return 0, 0
     c = _Cursor(raw)
-    minted, redeemed = c.u64(), c.u64()
+    minted, redeemed = int.from_bytes(c.take(16), "big"), int.from_bytes(c.take(16), "big")
     c.done()
     return minted, redeemed
 
 
 def put_supply(w: Writer, asset: str, minted: int, redeemed: int) -> None:
-    assert 0 <= redeemed <= minted
-    w.put(SUPPLY + asset.encode(), u64(minted) + u64(redeemed))
+    assert 0 <= redeemed <= minted <= U128_MAX, f"supply of {asset} out of order or past u128"
+    w.put(SUPPLY + asset.encode(), _u128(minted) + _u128(redeemed))
 
 
 def get_escrow(r: Reader, escrow_id: str) -> EscrowRecord | None:
@@ -244,8 +251,8 @@ def deposit_ref_key(issuer: str, ref: str) -> bytes:
     return DEPOSIT_REF + _pair(issuer, ref)
 
 
-def payout_ref_key(issuer: str, ref: str) -> bytes:
-    return PAYOUT_REF + _pair(issuer, ref)
+def payout_ref_key(issuer: str, account_id: str, ref: str) -> bytes:
+    return PAYOUT_REF + _pair(issuer, account_id) + b"\x00" + ref.encode()
 
 
 def result_key(tx_id: bytes) -> bytes:

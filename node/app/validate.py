@@ -40,11 +40,22 @@ Verifier = Callable[[bytes, bytes, bytes, str, bytes], bool]
 
 # Account, escrow and reference ids: they become parts of state keys, so no separators and no
 # control bytes. Length is bounded separately by limits.id_bytes_max.
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+# Anchored with \Z and used with fullmatch: "$" would also accept a trailing "\n".
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 # Whatever genesis says, an id must fit in a state key (LMDB keys are at most 511 bytes, and
 # state records length-prefix ids with one byte), so a generous genesis cannot turn a long id
 # into an assertion failure on every replica.
 ID_BYTES_HARD_MAX = 128
+# Client text quoted in a result detail (consensus bytes) is cut to this many characters.
+SHOWN_CHARS_MAX = 40
+
+
+def _show(value: str) -> str:
+    """Client text for a detail: a bounded prefix, ASCII-escaped. Never repr(): which non-ASCII
+    characters repr() escapes depends on the Unicode tables of the Python version, and details
+    are hashed into results_root. ascii() escapes every non-ASCII code point by number only."""
+    shown = ascii(value[:SHOWN_CHARS_MAX])
+    return shown if len(value) <= SHOWN_CHARS_MAX else shown + "..."
 
 
 def _bad(message: str) -> InvalidTransaction:
@@ -57,13 +68,13 @@ def _check_id(genesis: Genesis, what: str, value: str) -> None:
     id_max = min(genesis.limits.id_bytes_max, ID_BYTES_HARD_MAX)
     if len(value.encode()) > id_max:
         raise _bad(f"{what} longer than {id_max} bytes")
-    if not ID_RE.match(value):
-        raise _bad(f"{what} {value!r} has characters outside A-Z a-z 0-9 . _ : @ -")
+    if not ID_RE.fullmatch(value):
+        raise _bad(f"{what} {_show(value)} has characters outside A-Z a-z 0-9 . _ : @ -")
 
 
 def _check_asset(what: str, value: str) -> None:
-    if not ASSET_RE.match(value):
-        raise _bad(f"{what} {value!r} is not CCY.MEMBER")
+    if not ASSET_RE.fullmatch(value):
+        raise _bad(f"{what} {_show(value)} is not CCY.MEMBER")
 
 
 def _check_formats(genesis: Genesis, body: TxBody) -> None:
@@ -72,8 +83,8 @@ def _check_formats(genesis: Genesis, body: TxBody) -> None:
     if op is None:
         raise _bad("no operation set")
     if isinstance(op, OpenAccount):
-        if not MEMBER_ID_RE.match(op.member_id):
-            raise _bad(f"member_id {op.member_id!r} is not a member id")
+        if not MEMBER_ID_RE.fullmatch(op.member_id):
+            raise _bad(f"member_id {_show(op.member_id)} is not a member id")
         _check_id(genesis, "account_id", op.account_id)
         if len(op.owner_key) != PUBLIC_KEY_BYTES:
             raise _bad(f"owner_key must be {PUBLIC_KEY_BYTES} bytes, got {len(op.owner_key)}")
@@ -128,7 +139,8 @@ def decode_and_verify(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_v
         raise _bad(str(exc)) from exc
     if body.chain_id != genesis.chain_id:
         raise InvalidTransaction(
-            Code.WRONG_CHAIN, f"chain_id {body.chain_id[:64]!r} is not this ledger's {genesis.chain_id!r}"
+            Code.WRONG_CHAIN,
+            f"chain_id {_show(body.chain_id)} is not this ledger's {_show(genesis.chain_id)}",
         )
     if not limits.nonce_bytes_min <= len(body.nonce) <= limits.nonce_bytes_max:
         raise _bad(

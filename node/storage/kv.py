@@ -4,6 +4,15 @@ node/app and the consensus journal see only these protocols; node/storage/lmdb_s
 implements them on LMDB and node/storage/memory.py in memory for tests and the simulator.
 Key spaces (prefixes) are owned: b"s/" ledger state (node/app), b"b/" blocks and certificates,
 b"m/" node metadata, b"j/" consensus journal.
+
+Keys are 1..KEY_BYTES_MAX bytes in both stores: get, put and delete of any other key raise
+InvalidKeyError (``check_key``), so the in-memory twin refuses exactly what LMDB refuses.
+
+Scans are lazy: a scan reads a key only when the caller asks for the next pair, so stopping
+early (``break``) costs only what was consumed. Mutating the write transaction (put or
+delete) while one of its scans is still being iterated is NOT allowed: the next step of that
+scan raises ScanInvalidatedError, in both stores. Collect what you need first (read loop,
+``list(...)``), then write; a scan abandoned before the write is never resumed and is fine.
 """
 
 from __future__ import annotations
@@ -12,12 +21,32 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+KEY_BYTES_MAX = 511  # LMDB's default compile-time maximum key size
+
+
+class InvalidKeyError(ValueError):
+    """A key that is not 1..KEY_BYTES_MAX bytes: refused by every store, before any I/O."""
+
+
+class ScanInvalidatedError(RuntimeError):
+    """A write transaction was modified while one of its scans was still being iterated."""
+
+
+def check_key(key: bytes) -> None:
+    """The key check shared by LmdbStore and MemoryStore (get, put, delete)."""
+    if not isinstance(key, bytes):
+        raise TypeError(f"store keys are bytes, got {type(key).__name__}")
+    if not 0 < len(key) <= KEY_BYTES_MAX:
+        raise InvalidKeyError(f"store key must be 1..{KEY_BYTES_MAX} bytes, got {len(key)}")
+
 
 class KVReader(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Pairs whose key starts with prefix, in ascending key order."""
+        """Pairs whose key starts with prefix, in ascending key order, read lazily. In a write
+        transaction, a put/delete before the scan is exhausted makes its next step raise
+        ScanInvalidatedError (see the module docstring)."""
         ...
 
 

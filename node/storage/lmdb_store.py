@@ -8,15 +8,18 @@ surface as our own clear StoreFullError rather than a bare lmdb exception mid-ba
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
+from node.storage.kv import KEY_BYTES_MAX, ScanInvalidatedError, check_key
+
+__all__ = ["KEY_BYTES_MAX", "LmdbStore", "StoreError", "StoreFullError"]
+
 DB_NAME = b"main"
-KEY_BYTES_MAX = 511  # LMDB's default compile-time maximum key size
 
 
 class StoreFullError(Exception):
@@ -33,37 +36,50 @@ class _Reader:
         self._txn = txn
 
     def get(self, key: bytes) -> bytes | None:
+        check_key(key)
         value = self._txn.get(key)
         return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._scan(prefix, lambda: 0)
+
+    def _scan(self, prefix: bytes, mutations: Callable[[], int]) -> Iterator[tuple[bytes, bytes]]:
+        """Lazy: one cursor step per pair the caller takes. ``mutations`` counts the writes of
+        the transaction; a change between two steps means the cursor may have moved under us."""
+        start = mutations()
         cursor = self._txn.cursor()
-        if not cursor.set_range(prefix):
-            return
-        for key, value in cursor:
+        found = cursor.set_range(prefix)
+        while found:
+            key = cursor.key()
             if not key.startswith(prefix):
-                break
-            yield bytes(key), bytes(value)
+                return
+            yield bytes(key), bytes(cursor.value())
+            if mutations() != start:
+                raise ScanInvalidatedError("the write transaction changed while a scan of it was iterated")
+            found = cursor.next()
 
 
 class _Writer(_Reader):
     def __init__(self, txn: Any, full_message: str) -> None:
         super().__init__(txn)
         self._full_message = full_message
+        self._mutations = 0
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        # Materialized: puts/deletes while the caller iterates would otherwise move the cursor.
-        return iter(list(super().scan(prefix)))
+        # Lazy; a put/delete while the caller iterates invalidates the scan (see kv.py).
+        return self._scan(prefix, lambda: self._mutations)
 
     def put(self, key: bytes, value: bytes) -> None:
-        if not 0 < len(key) <= KEY_BYTES_MAX:
-            raise ValueError(f"LMDB key must be 1..{KEY_BYTES_MAX} bytes, got {len(key)}")
+        check_key(key)
+        self._mutations += 1
         try:
             self._txn.put(key, value)
         except lmdb.MapFullError as exc:
             raise StoreFullError(self._full_message) from exc
 
     def delete(self, key: bytes) -> None:
+        check_key(key)
+        self._mutations += 1
         self._txn.delete(key)
 
 

@@ -13,16 +13,11 @@ import bisect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from node.storage.kv import KEY_BYTES_MAX, ScanInvalidatedError, check_key
+
+__all__ = ["KEY_BYTES_MAX", "MemoryStore"]
+
 _DELETED = None
-KEY_BYTES_MAX = 511  # LMDB's maximum key size: the twin refuses what LmdbStore would refuse
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with prefix (None: no upper bound)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 class _Snapshot:
@@ -34,11 +29,14 @@ class _Snapshot:
         self.data = data
         self.keys = keys
 
-    def range_keys(self, prefix: bytes) -> list[bytes]:
-        lo = bisect.bisect_left(self.keys, prefix)
-        end = _prefix_end(prefix)
-        hi = len(self.keys) if end is None else bisect.bisect_left(self.keys, end)
-        return self.keys[lo:hi]
+    def range_keys(self, prefix: bytes) -> Iterator[bytes]:
+        """Lazily, the keys starting with prefix (the key list is not copied). A write
+        transaction never changes the snapshot it reads; commit installs or copies it."""
+        keys = self.keys
+        i = bisect.bisect_left(keys, prefix)
+        while i < len(keys) and keys[i].startswith(prefix):
+            yield keys[i]
+            i += 1
 
 
 class _Reader:
@@ -46,6 +44,7 @@ class _Reader:
         self._snap = snapshot
 
     def get(self, key: bytes) -> bytes | None:
+        check_key(key)
         return self._snap.data.get(key)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -60,31 +59,51 @@ class _Writer:
     def __init__(self, snapshot: _Snapshot) -> None:
         self._snap = snapshot
         self.overlay: dict[bytes, bytes | None] = {}
+        self._mutations = 0
 
     def get(self, key: bytes) -> bytes | None:
+        check_key(key)
         if key in self.overlay:
             return self.overlay[key]
         return self._snap.data.get(key)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        # Materialized so that puts made while the caller iterates cannot disturb the order.
-        keys = set(self._snap.range_keys(prefix))
-        keys.update(k for k in self.overlay if k.startswith(prefix))
-        pairs: list[tuple[bytes, bytes]] = []
-        for key in sorted(keys):
-            value = self.get(key)
-            if value is not None:
-                pairs.append((key, value))
-        return iter(pairs)
+        """Lazy merge of the committed keys and this transaction's own writes. A put/delete
+        while the caller iterates invalidates the scan, as in LmdbStore (see kv.py)."""
+        start = self._mutations
+        # This transaction's writes under prefix (bounded by the transaction, not the store).
+        mine = sorted(k for k in self.overlay if k.startswith(prefix))
+        committed = self._snap.range_keys(prefix)
+        data, overlay = self._snap.data, self.overlay
+        nxt = next(committed, None)
+        j = 0
+        value: bytes | None
+        while nxt is not None or j < len(mine):
+            if nxt is not None and (j == len(mine) or nxt < mine[j]):
+                key, value = nxt, data[nxt]
+                nxt = next(committed, None)
+            else:
+                key = mine[j]
+                j += 1
+                if nxt == key:
+                    nxt = next(committed, None)
+                value = overlay[key]
+            if value is None:
+                continue
+            yield key, value
+            if self._mutations != start:
+                raise ScanInvalidatedError("the write transaction changed while a scan of it was iterated")
 
     def put(self, key: bytes, value: bytes) -> None:
-        if not isinstance(key, bytes) or not isinstance(value, bytes):
+        if not isinstance(value, bytes):
             raise TypeError("MemoryStore keys and values are bytes")
-        if not 0 < len(key) <= KEY_BYTES_MAX:
-            raise ValueError(f"key must be 1..{KEY_BYTES_MAX} bytes, got {len(key)}")
+        check_key(key)
+        self._mutations += 1
         self.overlay[key] = bytes(value)
 
     def delete(self, key: bytes) -> None:
+        check_key(key)
+        self._mutations += 1
         self.overlay[key] = _DELETED
 
 

@@ -114,8 +114,8 @@ class Model:
         self.escrow_ids: set[str] = set()
         self.accounts: dict[str, tuple[str, bytes]] = {}  # id -> bank, owner key
         self.frozen: set[str] = set()
-        self.refs: set[tuple[str, str, str]] = set()
-        self.minted: dict[str, int] = defaultdict(int)
+        self.refs: set[tuple[str, ...]] = set()
+        self.outstanding: dict[str, int] = defaultdict(int)  # minted - redeemed
 
     def expire(self, escrow_ids: tuple[str, ...], now_ms: int) -> None:
         due = sorted(e for e, p in self.pending.items() if p[4] <= now_ms)
@@ -143,8 +143,9 @@ class Model:
     def _amount(self, n: int) -> None:
         assert 1 <= n <= LIMITS["amount_max"], f"OK with amount {n}"
 
-    def _new_ref(self, kind: str, asset: str, ref: str) -> None:
-        key = (kind, asset.partition(".")[2], ref)
+    def _new_ref(self, kind: str, asset: str, ref: str, *scope: str) -> None:
+        """Deposit refs are unique per issuer, payout refs per (issuer, redeeming account)."""
+        key = (kind, asset.partition(".")[2], *scope, ref)
         assert key not in self.refs, f"OK reused {key}"
         self.refs.add(key)
 
@@ -171,16 +172,17 @@ class Model:
             self._active(m.account_id)
             self._amount(m.amount)
             self._new_ref("deposit", m.asset, m.deposit_ref)
-            self.minted[m.asset] += m.amount
-            assert self.minted[m.asset] <= LIMITS["amount_max"], "OK minted past amount_max"
+            self.outstanding[m.asset] += m.amount
+            assert self.outstanding[m.asset] <= LIMITS["amount_max"], "OK outstanding past amount_max"
             self.available[m.account_id, m.asset] += m.amount
         elif kind == "redeem":
             r = body.redeem
             self._active(r.account_id)
             self._signed(signers, r.account_id)
             self._amount(r.amount)
-            self._new_ref("payout", r.asset, r.payout_ref)
+            self._new_ref("payout", r.asset, r.payout_ref, r.account_id)
             self.available[r.account_id, r.asset] -= r.amount
+            self.outstanding[r.asset] -= r.amount
         elif kind == "transfer":
             assert 1 <= len(body.transfer.legs) <= LIMITS["legs_max"]
             for g in body.transfer.legs:

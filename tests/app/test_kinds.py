@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from node.app import state as st
 from node.app.ledger import Ledger
 from node.app.tx import Code, EscrowCreate, Leg, Mint, OpenAccount, Transfer
 from node.storage.kv import KVStore
@@ -163,8 +164,34 @@ def test_mint_overflow_of_supply_and_max_amount(small: World) -> None:
     assert small.code(fx.mint(USD_A, "bob", 1)) == Code.OVERFLOW
     assert small.code(fx.mint(USD_A, "bob", 1001)) == Code.AMOUNT_OUT_OF_RANGE
     assert small.code(fx.redeem("bob", USD_A, 400)) == Code.OK
-    # Minted is cumulative: redeeming does not make room to mint past amount_max.
+    # amount_max bounds the outstanding supply: redeeming makes room to mint again.
+    assert small.code(fx.mint(USD_A, "bob", 400)) == Code.OK
     assert small.code(fx.mint(USD_A, "bob", 1)) == Code.OVERFLOW
+
+
+def test_mint_redeem_turnover_never_halts_an_asset(small: World) -> None:
+    """Regression: mint compared cumulative minted with amount_max, so turnover alone (mint,
+    redeem, mint, ...) eventually made every further mint an OVERFLOW."""
+    fx = small.fx
+    assert small.code(fx.redeem("alice", USD_A, 500)) == Code.OK
+    for _ in range(5):
+        assert small.code(fx.mint(USD_A, "bob", 1000)) == Code.OK
+        assert small.code(fx.redeem("bob", USD_A, 1000)) == Code.OK
+    assert small.code(fx.mint(USD_A, "bob", 1000)) == Code.OK
+    with small.store.read() as r:
+        usd = {s.asset: s for s in small.chain.ledger.supply(r)}[USD_A]
+    assert (usd.minted, usd.redeemed, usd.outstanding) == (6500, 5500, 1000)
+
+
+def test_supply_counters_are_u128_and_checked() -> None:
+    store = MemoryStore()
+    big = (1 << 100) + 7
+    with store.write() as wr:
+        st.put_supply(wr, USD_A, big, big - 5)
+    with store.read() as r:
+        assert st.get_supply(r, USD_A) == (big, big - 5)
+    with pytest.raises(AssertionError), store.write() as wr:
+        st.put_supply(wr, USD_A, 1 << 128, 0)
 
 
 # --- transfer -----------------------------------------------------------------------------------
@@ -257,6 +284,7 @@ def test_redeem_bad_inputs(w: World) -> None:
     assert w.code(fx.redeem("alice", USD_A, 1, signers=[fx.operators["BANK-A"]])) == Code.MISSING_SIGNATURE
     assert w.code(fx.redeem("alice", USD_A, 1, "p-x")) == Code.OK
     assert w.code(fx.redeem("alice", USD_A, 1, "p-x")) == Code.DUPLICATE_REFERENCE
+    assert w.code(fx.redeem("alice", USD_A, 1, "p-x\n")) == Code.MALFORMED  # not a new ref
     for amount in (0, -1, 10**15 + 1):
         assert w.code(fx.redeem("alice", USD_A, amount)) == Code.AMOUNT_OUT_OF_RANGE
 
@@ -384,3 +412,49 @@ def test_ids_are_bounded_even_when_genesis_allows_more() -> None:
     assert big.code(fx.mint(USD_A, long_id, 5, "r" * 128)) == Code.OK
     assert big.code(fx.escrow_create("e" * 128, long_id, "alice", USD_A, 5, 5_000)) == Code.OK
     assert big.bal(long_id, USD_A) == (0, 5)
+
+
+def test_one_holder_cannot_consume_another_holders_payout_ref(w: World) -> None:
+    """Regression: payout refs were unique per issuer only, so mallory could redeem 1 unit with
+    alice's payout_ref first and alice's redeem was DUPLICATE_REFERENCE (recorded, tx_id burned)."""
+    fx = w.fx
+    assert w.code(fx.open_account("BANK-C", "mallory", w.keys["mallory"])) == Code.OK
+    assert w.code(fx.transfer([("alice", "mallory", USD_A, 1)])) == Code.OK
+    assert w.code(fx.redeem("mallory", USD_A, 1, "p-alice")) == Code.OK
+    assert w.code(fx.redeem("alice", USD_A, 100, "p-alice")) == Code.OK
+    assert w.bal("alice", USD_A) == (399, 0)
+    # Still unique per (issuer, account): alice cannot reuse her own ref.
+    assert w.code(fx.redeem("alice", USD_A, 1, "p-alice")) == Code.DUPLICATE_REFERENCE
+
+
+def test_ids_with_a_trailing_newline_are_malformed(w: World) -> None:
+    """Regression: ^...$ with .match accepted "alice\n" as a distinct id."""
+    fx = w.fx
+    assert w.code(fx.open_account("BANK-A", "alice\n", w.keys["mallory"])) == Code.MALFORMED
+    assert w.code(fx.open_account("BANK-A\n", "x1", w.keys["mallory"], signers=[fx.operators["BANK-A"]])) == (
+        Code.MALFORMED
+    )
+    assert w.code(fx.mint(USD_A, "alice", 1, "d-alice\n")) == Code.MALFORMED
+    op = Mint(asset=USD_A + "\n", account_id="alice", amount=1, deposit_ref="d-nl")
+    assert w.code(fx.envelope(op, [fx.operators["BANK-A"]])) == Code.MALFORMED
+    assert w.bal("alice", USD_A) == (500, 0)
+
+
+def test_details_never_hold_repr_of_client_text(w: World) -> None:
+    """Regression: details (consensus bytes) embedded repr() of client strings; repr of
+    non-ASCII text depends on the Python version's Unicode tables."""
+    fx = w.fx
+    bad = [
+        fx.open_account("BANK-A", "caf\u00e9", w.keys["mallory"]),
+        fx.open_account("B\u00c4NK" * 30, "x1", w.keys["mallory"], signers=[fx.operators["BANK-A"]]),
+        fx.envelope(Mint(asset="USD.B\u00c4NK", account_id="alice", amount=1, deposit_ref="d1"), []),
+        fx.open_account("BANK-A", "x2", w.keys["mallory"], chain_id="ch\u00e4in-\U0001f600"),
+    ]
+    results = w.chain.results(bad)
+    assert [r.code for r in results] == [Code.MALFORMED] * 3 + [Code.WRONG_CHAIN]
+    for r in results:
+        assert r.detail.isascii(), r.detail
+        assert len(r.detail) <= 120, r.detail
+    assert "\\xe9" in results[0].detail
+    assert "..." in results[1].detail  # 120 characters of client text, shown bounded
+    assert "\\U0001f600" in results[3].detail

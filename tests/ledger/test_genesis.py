@@ -79,3 +79,16 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text(json.dumps([1]))
     with pytest.raises(GenesisError, match="JSON object"):
         load_genesis(tmp_path / "list.json")
+
+
+def test_ids_with_a_trailing_newline_are_rejected() -> None:
+    """Regression: ^...$ with .match accepted "BANK-A\n" and "USD.BANK-A\n"."""
+    doc = make_doc()
+    doc["members"][0]["member_id"] = "BANK-A\n"
+    doc["members"][0]["assets"] = []
+    with pytest.raises(GenesisError, match="member_id"):
+        parse_genesis(doc)
+    doc = make_doc()
+    doc["members"][0]["assets"] = [{"asset": "USD.BANK-A\n", "scale": 2}]
+    with pytest.raises(GenesisError, match="asset"):
+        parse_genesis(doc)

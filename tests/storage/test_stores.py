@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from node.storage.kv import KVStore
+from node.storage import lmdb_store, memory
+from node.storage.kv import InvalidKeyError, KVStore, ScanInvalidatedError
 from node.storage.lmdb_store import LmdbStore, StoreError, StoreFullError
 from node.storage.memory import MemoryStore
 
@@ -63,10 +65,9 @@ def test_scan_is_prefix_bounded_and_ordered_and_sees_own_writes(store: KVStore) 
             (b"a/15", b"new"),
             (b"a/\xff\xff", b"a/\xff\xff"),
         ]
-        # Writing while iterating a scan must not disturb it.
-        seen = []
-        for key, _ in w.scan(b"a/"):
-            seen.append(key)
+        # Read first, then write (writing while a scan is iterated is refused, see below).
+        seen = [key for key, _ in w.scan(b"a/")]
+        for key in seen:
             w.put(key + b"x", b"")
         assert seen == [b"a/1", b"a/15", b"a/\xff\xff"]
     with store.read() as r:
@@ -228,3 +229,117 @@ def test_a_read_inside_an_open_write_sees_only_committed_data(store: KVStore) ->
             assert r.get(b"a") == b"1" and r.get(b"b") is None
             assert list(r.scan(b"")) == [(b"a", b"1")]
     assert dump(store) == [(b"a", b"2"), (b"b", b"new")]
+
+
+def test_writing_while_a_scan_is_iterated_is_refused_the_same_in_both(store: KVStore) -> None:
+    with store.write() as w:
+        for i in range(5):
+            w.put(b"p/%d" % i, b"v")
+    for mutate in ("put", "delete"):
+        with store.write() as w:
+            it = w.scan(b"p/")
+            assert next(it)[0] == b"p/0"
+            if mutate == "put":
+                w.put(b"p/9", b"new")
+            else:
+                w.delete(b"p/3")
+            with pytest.raises(ScanInvalidatedError):
+                next(it)
+            # A scan abandoned before the write is fine; a fresh scan sees the write.
+            keys = [k for k, _ in w.scan(b"p/")]
+            assert b"p/9" in keys and (b"p/3" in keys) == (mutate == "put")
+
+
+class _CountingCursor:
+    """An LMDB cursor that counts the records it reads."""
+
+    def __init__(self, inner: object, counter: list[int]) -> None:
+        self._inner: Any = inner
+        self._counter = counter
+
+    def set_range(self, key: bytes) -> bool:
+        return bool(self._inner.set_range(key))
+
+    def key(self) -> bytes:
+        return bytes(self._inner.key())
+
+    def value(self) -> bytes:
+        self._counter[0] += 1
+        return bytes(self._inner.value())
+
+    def next(self) -> bool:
+        return bool(self._inner.next())
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        for pair in self._inner:
+            self._counter[0] += 1
+            yield pair
+
+
+class _CountingTxn:
+    def __init__(self, inner: object, counter: list[int]) -> None:
+        self._inner: Any = inner
+        self._counter = counter
+
+    def cursor(self) -> _CountingCursor:
+        return _CountingCursor(self._inner.cursor(), self._counter)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CountingDict(dict[bytes, bytes]):
+    def __init__(self, data: dict[bytes, bytes], counter: list[int]) -> None:
+        super().__init__(data)
+        self.counter = counter
+
+    def __getitem__(self, key: bytes) -> bytes:
+        self.counter[0] += 1
+        return super().__getitem__(key)
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        self.counter[0] += 1
+        return super().get(key, default)
+
+
+def count_reads(store: KVStore, w: Any) -> list[int]:
+    """Instrument an open write transaction: the returned counter counts committed records read."""
+    counter = [0]
+    if isinstance(store, MemoryStore):
+        assert isinstance(w, memory._Writer)
+        w._snap.data = _CountingDict(w._snap.data, counter)
+    else:
+        assert isinstance(w, lmdb_store._Writer)
+        w._txn = _CountingTxn(w._txn, counter)
+    return counter
+
+
+def test_write_scan_is_lazy_in_both_stores(store: KVStore) -> None:
+    """Regression: a write transaction's scan materialized the whole prefix even when the caller
+    stopped at the first pair (the ledger's escrow-expiry pre-pass does exactly that)."""
+    with store.write() as w:
+        for i in range(500):
+            w.put(b"x/%04d" % i, b"v")
+    with store.write() as w:
+        reads = count_reads(store, w)
+        w.put(b"x/0000a", b"mine")  # the transaction's own writes merge in order, lazily too
+        it = w.scan(b"x/")
+        assert [next(it)[0] for _ in range(3)] == [b"x/0000", b"x/0000a", b"x/0001"]
+        assert reads[0] <= 5, reads[0]
+        del it
+
+
+def test_both_stores_refuse_empty_and_oversized_keys_on_every_access(store: KVStore) -> None:
+    """Regression: MemoryStore accepted get/delete of b"" (and put of b"" raised a different
+    error) where LmdbStore raised a bare lmdb error."""
+    for bad in (b"", b"k" * 512):
+        with store.write() as w:
+            with pytest.raises(InvalidKeyError, match="key"):
+                w.get(bad)
+            with pytest.raises(InvalidKeyError, match="key"):
+                w.delete(bad)
+            with pytest.raises(InvalidKeyError, match="key"):
+                w.put(bad, b"v")
+        with store.read() as r, pytest.raises(InvalidKeyError, match="key"):
+            r.get(bad)
+    assert dump(store) == []
