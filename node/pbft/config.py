@@ -1,0 +1,43 @@
+"""Replica configuration: the node-local limits and timers of one PBFT replica."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    n: int
+    f: int
+    replica_id: int
+    chain_id: str
+    batch_size_max: int = 64
+    batch_delay_ms: int = 20
+    checkpoint_interval: int = 16
+    log_window: int = 64  # sequences above the stable checkpoint a pre-prepare may use
+    view_change_timeout_ms: int = 2000
+    view_change_backoff_max: int = 6  # the timeout doubles at most this many times
+    retransmit_ms: int = 1000  # own votes are re-sent this often (lossy links)
+    pending_requests_max: int = 10_000
+    message_bytes_max: int = 16 << 20
+    recent_executed_max: int = 10_000  # tx_ids remembered to drop late duplicates
+
+    def __post_init__(self) -> None:
+        if self.f < 0 or self.n != 3 * self.f + 1:
+            raise ValueError(f"n must be 3f+1, got n={self.n} f={self.f}")
+        if not 0 <= self.replica_id < self.n:
+            raise ValueError(f"replica_id {self.replica_id} outside 0..{self.n - 1}")
+        if self.checkpoint_interval < 1 or self.log_window < 2 * self.checkpoint_interval:
+            raise ValueError("log_window must be at least 2 * checkpoint_interval")
+        if self.log_window % self.checkpoint_interval:
+            raise ValueError("log_window must be a multiple of checkpoint_interval")
+        for name in ("batch_size_max", "view_change_timeout_ms", "retransmit_ms", "pending_requests_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def quorum(self) -> int:
+        return 2 * self.f + 1
+
+    def primary(self, view: int) -> int:
+        return view % self.n

@@ -1,0 +1,149 @@
+"""Checks of signed consensus messages and of the certificates built from them. Every check
+returns None/False on bad input (a lying or broken peer is an expected event) and never raises."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from node.pbft import wire
+from node.pbft.actions import ConsensusCrypto
+from node.pbft.config import ReplicaConfig
+from node.pbft.wire import Checkpoint, Commit, Prepare, PreparedCert, PrePrepare, Signed, ViewChange
+
+_CACHE_MAX = 8192
+
+
+@dataclass(frozen=True)
+class CheckedCert:
+    """A prepared certificate that verified: the batch at `sequence` prepared in `view`."""
+
+    view: int
+    sequence: int
+    digest: bytes
+    header: bytes
+    envelopes: tuple[bytes, ...]
+    cert: PreparedCert
+
+
+class Verifier:
+    def __init__(self, config: ReplicaConfig, crypto: ConsensusCrypto) -> None:
+        self.cfg = config
+        self.crypto = crypto
+        self._cache: dict[bytes, Signed] = {}  # verified SignedMessage bytes (retransmits repeat)
+
+    def signed(self, raw: bytes) -> Signed | None:
+        """Decode and verify a serialized SignedMessage; None when anything is wrong."""
+        hit = self._cache.get(raw)
+        if hit is not None:
+            return hit
+        try:
+            body, signer, signature = wire.decode_signed(raw)
+            if not 0 <= signer < self.cfg.n or not self.crypto.verify(signer, body, signature):
+                return None
+            msg = wire.decode_body(body)
+        except wire.WireError:
+            return None
+        claimed = getattr(msg, "replica", signer)
+        if claimed != signer:
+            return None
+        if isinstance(msg, PrePrepare) and signer != self.cfg.primary(msg.view):
+            return None
+        if isinstance(msg, wire.NewView) and signer != self.cfg.primary(msg.view):
+            return None
+        s = Signed(raw=raw, body=body, signer=signer, signature=signature, msg=msg)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[raw] = s
+        return s
+
+    def checkpoint_proof(self, sequence: int, proof: Sequence[bytes]) -> bytes | None:
+        """The state root that 2f+1 distinct replicas signed at `sequence`, else None.
+        Sequence 0 (genesis) needs no proof and has no root here."""
+        if sequence == 0:
+            return b"" if not proof else None
+        if len(proof) < self.cfg.quorum or len(proof) > self.cfg.n:
+            return None
+        root: bytes | None = None
+        signers: set[int] = set()
+        for raw in proof:
+            s = self.signed(raw)
+            if s is None or not isinstance(s.msg, Checkpoint) or s.msg.sequence != sequence:
+                return None
+            if root is None:
+                root = s.msg.state_root
+            if s.msg.state_root != root or s.signer in signers:
+                return None
+            signers.add(s.signer)
+        return root
+
+    def prepared_cert(self, cert: PreparedCert, view_below: int) -> CheckedCert | None:
+        """A pre-prepare (view < view_below) by its view's primary, 2f matching prepares from
+        distinct backups, and a batch that matches the header the digest names."""
+        pp = self.signed(cert.pre_prepare)
+        if pp is None or not isinstance(pp.msg, PrePrepare) or pp.msg.view >= view_below:
+            return None
+        m = pp.msg
+        if wire.digest_of(m.header) != m.digest:
+            return None
+        if len(cert.prepares) < 2 * self.cfg.f or len(cert.prepares) > self.cfg.n:
+            return None
+        signers: set[int] = set()
+        for raw in cert.prepares:
+            p = self.signed(raw)
+            if p is None or not isinstance(p.msg, Prepare):
+                return None
+            q = p.msg
+            if (q.view, q.sequence, q.digest) != (m.view, m.sequence, m.digest):
+                return None
+            if p.signer in signers or p.signer == pp.signer:
+                return None
+            signers.add(p.signer)
+        try:
+            header = wire.decode_header(m.header)
+        except wire.WireError:
+            return None
+        if not wire.header_matches(header, self.cfg.chain_id, m.sequence, cert.envelopes):
+            return None
+        return CheckedCert(m.view, m.sequence, m.digest, m.header, cert.envelopes, cert)
+
+    def view_change(self, s: Signed) -> list[CheckedCert] | None:
+        """The checked prepared certificates of a VIEW-CHANGE, or None if any part is bad."""
+        vc = s.msg
+        if not isinstance(vc, ViewChange):
+            return None
+        if self.checkpoint_proof(vc.stable_sequence, vc.checkpoint_proof) is None:
+            return None
+        if len(vc.prepared) > self.cfg.log_window:
+            return None
+        checked: list[CheckedCert] = []
+        seen: set[int] = set()
+        for cert in vc.prepared:
+            c = self.prepared_cert(cert, vc.new_view)
+            if c is None or c.sequence in seen:
+                return None
+            if not vc.stable_sequence < c.sequence <= vc.stable_sequence + self.cfg.log_window:
+                return None
+            seen.add(c.sequence)
+            checked.append(c)
+        return checked
+
+    def commit_certificate(self, sequence: int, digest: bytes, commits: Sequence[bytes]) -> bool:
+        """2f+1 valid commits from distinct replicas on (view, sequence, digest), one view."""
+        if len(commits) < self.cfg.quorum or len(commits) > self.cfg.n:
+            return False
+        view: int | None = None
+        signers: set[int] = set()
+        for raw in commits:
+            s = self.signed(raw)
+            if s is None or not isinstance(s.msg, Commit):
+                return False
+            c = s.msg
+            if c.sequence != sequence or c.digest != digest or s.signer in signers:
+                return False
+            if view is None:
+                view = c.view
+            if c.view != view:
+                return False
+            signers.add(s.signer)
+        return True

@@ -1,0 +1,230 @@
+"""View changes: the timer, VIEW-CHANGE, NEW-VIEW (built from and checked against the plan in
+node/pbft/viewchange.py) and retransmission of our own votes."""
+
+from __future__ import annotations
+
+from node.pbft import journal as jr
+from node.pbft import wire
+from node.pbft.actions import (
+    Broadcast,
+    ForwardRequests,
+    Note,
+    Send,
+)
+from node.pbft.normal import ReplicaCore
+from node.pbft.verify import CheckedCert
+from node.pbft.viewchange import Plan, plan_new_view
+from node.pbft.wire import (
+    NewView,
+    PrePrepare,
+    Signed,
+    ViewChange,
+)
+
+
+class ViewChanging(ReplicaCore):
+    # --- view change -----------------------------------------------------------------------
+
+    def _timer_expired(self) -> None:
+        # Nothing executed for a whole timeout: maybe the others moved on and a liar keeps us
+        # from seeing f+1 evidence of it (regression: seed 65, ledger). Asking costs one
+        # request, and whatever comes back is verified block by block.
+        self._fetch(tuple(r for r in range(self.cfg.n) if r != self.id))
+        if not self.in_view_change:
+            if self._work_outstanding():
+                self._start_view_change(self.view + 1)
+            else:
+                self._deadline = None
+            return
+        # Escalate only once a quorum has left the old view too: a replica cut off alone keeps
+        # asking for the same view instead of racing ahead to views nobody else will join.
+        joined = sum(1 for s in self._view_changes.values() if getattr(s.msg, "new_view", -1) >= self.view)
+        if joined >= self.cfg.quorum:
+            self._start_view_change(self.view + 1)
+        else:
+            self._deadline = self.now_ms + self._timeout()
+            if self._own_view_change is not None:
+                self._out.append(Broadcast(wire.encode_peer(self._own_view_change)))
+
+    def _start_view_change(self, new_view: int) -> None:
+        assert new_view > self.view or (new_view == self.view and not self.in_view_change)
+        self.view = new_view
+        self.in_view_change = True
+        self.view_changes_started += 1
+        self._persist(jr.VIEW, jr.encode_view(self.view, True))
+        certs = tuple(
+            slot.cert
+            for seq, slot in sorted(self.slots.items())
+            if slot.cert is not None and seq > self.stable_seq
+        )
+        vc = self._sign(ViewChange(new_view, self.stable_seq, self.stable_proof, certs, self.id))
+        self._own_view_change = vc.raw
+        self._persist(jr.OWN_VIEW_CHANGE, vc.raw)
+        self._out.append(Broadcast(wire.encode_peer(vc.raw)))
+        self._out.append(Note("view_change", {"view": new_view}))
+        checked = self.verifier.view_change(vc)
+        assert checked is not None, "own view-change does not verify"
+        self._view_changes[self.id] = vc
+        self._vc_certs[self.id] = checked
+        self._vc_attempts += 1
+        self._deadline = self.now_ms + self._timeout()
+        if self.is_primary:
+            self._try_new_view()
+
+    def _on_view_change(self, s: Signed, m: ViewChange) -> None:
+        prev = self._view_changes.get(s.signer)
+        if m.new_view < self.view or (prev is not None and getattr(prev.msg, "new_view", -1) >= m.new_view):
+            # A replica still asking for a view we are past: show it the way in.
+            if m.new_view < self.view and not self.in_view_change and self._new_view_peer is not None:
+                self._out.append(Send(s.signer, self._new_view_peer))
+            return
+        certs = self.verifier.view_change(s)
+        if certs is None:
+            self._reject("bad_view_change")
+            return
+        self._view_changes[s.signer] = s
+        self._vc_certs[s.signer] = certs
+        higher = sorted(
+            v.msg.new_view
+            for r, v in self._view_changes.items()
+            if r != self.id and isinstance(v.msg, ViewChange) and v.msg.new_view > self.view
+        )
+        if len(higher) >= self.cfg.f + 1:
+            self._start_view_change(higher[0])  # f+1 include a correct replica: join it
+        elif self.in_view_change and m.new_view == self.view and self.is_primary:
+            self._try_new_view()
+
+    def _try_new_view(self) -> None:
+        chosen = [
+            (r, s)
+            for r, s in sorted(self._view_changes.items())
+            if getattr(s.msg, "new_view", -1) == self.view
+        ][: self.cfg.quorum]
+        if len(chosen) < self.cfg.quorum:
+            return
+        pairs = [(s.msg, self._vc_certs[r]) for r, s in chosen if isinstance(s.msg, ViewChange)]
+        plan = plan_new_view(self.cfg.chain_id, pairs)
+        pps: list[tuple[Signed, tuple[bytes, ...]]] = []
+        for p in plan.proposals:
+            pps.append(
+                (
+                    self._sign(PrePrepare(self.view, p.sequence, wire.digest_of(p.header), p.header)),
+                    p.envelopes,
+                )
+            )
+        nv = self._sign(
+            NewView(
+                self.view,
+                tuple(s.raw for _, s in chosen),
+                tuple(pp.raw for pp, _ in pps),
+                tuple(envs for _, envs in pps),
+            )
+        )
+        self._new_view_peer = wire.encode_peer(nv.raw)
+        self._persist(jr.NEW_VIEW, self._new_view_peer)
+        self._install_new_view(self.view, plan, pps)
+        self._out.append(Broadcast(self._new_view_peer))
+        self._maybe_propose()
+
+    def _on_new_view(self, s: Signed, m: NewView) -> None:
+        if m.view < self.view or (m.view == self.view and not self.in_view_change):
+            self._reject("old_view")
+            return
+        if not self.cfg.quorum <= len(m.view_changes) <= self.cfg.n:
+            self._reject("bad_new_view")
+            return
+        pairs: list[tuple[ViewChange, list[CheckedCert]]] = []
+        signers: set[int] = set()
+        for raw in m.view_changes:
+            vs = self.verifier.signed(raw)
+            certs = self.verifier.view_change(vs) if vs is not None else None
+            if vs is None or certs is None or vs.signer in signers:
+                self._reject("bad_new_view")
+                return
+            assert isinstance(vs.msg, ViewChange)
+            if vs.msg.new_view != m.view:
+                self._reject("bad_new_view")
+                return
+            signers.add(vs.signer)
+            pairs.append((vs.msg, certs))
+        plan = plan_new_view(self.cfg.chain_id, pairs)
+        if len(m.pre_prepares) != len(plan.proposals) or len(m.batches) != len(plan.proposals):
+            self._reject("bad_new_view")
+            return
+        pps: list[tuple[Signed, tuple[bytes, ...]]] = []
+        for p, raw, envelopes in zip(plan.proposals, m.pre_prepares, m.batches, strict=True):
+            ps = self.verifier.signed(raw)
+            pm = ps.msg if ps is not None else None
+            if (
+                ps is None
+                or not isinstance(pm, PrePrepare)
+                or (pm.view, pm.sequence, pm.header) != (m.view, p.sequence, p.header)
+                or envelopes != p.envelopes
+            ):
+                self._reject("bad_new_view")
+                return
+            pps.append((ps, envelopes))
+        self._install_new_view(m.view, plan, pps)
+
+    def _install_new_view(self, view: int, plan: Plan, pps: list[tuple[Signed, tuple[bytes, ...]]]) -> None:
+        self.view = view
+        self.in_view_change = False
+        self._persist(jr.VIEW, jr.encode_view(view, False))
+        if plan.stable_sequence > self.stable_seq:
+            root = self.verifier.checkpoint_proof(plan.stable_sequence, plan.stable_proof)
+            assert root is not None, "plan carries a checked proof"
+            self._make_stable(plan.stable_sequence, plan.stable_proof, root)
+        for pp, envelopes in pps:
+            if self._in_window(getattr(pp.msg, "sequence", 0)):
+                self._accept_pre_prepare(pp, envelopes)
+        for seq, slot in self.slots.items():
+            old = slot.pp
+            if seq > plan.last_sequence and old is not None and old.view < view:
+                slot.pre_prepare = None  # never re-proposed: void in this view
+                slot.committed = False
+        if self.is_primary:
+            self.seq_next = max(plan.last_sequence, self.stable_seq)
+            self._proposed = {t for slot in self.slots.values() if slot.pp is not None for t in slot.tx_ids}
+        elif self.pending:
+            self._out.append(ForwardRequests(self.cfg.primary(view), tuple(self.pending.values())))
+        self._deadline = self.now_ms + self._timeout() if self._work_outstanding() else None
+        self._out.append(Note("new_view", {"view": view, "proposals": len(plan.proposals)}))
+        for slot in list(self.slots.values()):
+            self._check_prepared(slot)
+
+    def _retransmit(self) -> None:
+        """Links lose messages: re-send our own latest votes (idempotent at the receiver)."""
+        if self.in_view_change and self._own_view_change is not None:
+            self._out.append(Broadcast(wire.encode_peer(self._own_view_change)))
+        if not self.in_view_change and not self.is_primary:
+            self._reforward()
+        # Votes of the view we are leaving too: re-sending a vote already cast is safe, and a
+        # peer still in that view may need exactly this one to commit (regression: seed 1336).
+        oldest = self.view - 1 if self.in_view_change else self.view
+        for _, slot in sorted(self.slots.items()):
+            pp = slot.pp
+            mine = self.is_primary and not self.in_view_change and pp is not None and pp.view == self.view
+            if mine and not slot.committed:
+                self._out.append(Broadcast(slot.pre_prepare_peer))
+            # Prepares too after committing: a peer that missed ours cannot prepare, so it
+            # would never send the commit a third replica may still be waiting for.
+            prepare, commit = slot.prepares.get(self.id), slot.commits.get(self.id)
+            if prepare is not None and getattr(prepare.msg, "view", -1) >= oldest:
+                self._out.append(Broadcast(wire.encode_peer(prepare.raw)))
+            if commit is not None:  # a commit of any view is evidence for a replica left behind
+                self._out.append(Broadcast(wire.encode_peer(commit.raw)))
+        if self._own_checkpoint is not None:
+            self._out.append(Broadcast(wire.encode_peer(self._own_checkpoint.raw)))
+
+    def _reforward(self) -> None:
+        """A forward to the primary may have been lost: re-send requests that waited a whole
+        retransmit period and appear in no pre-prepare we hold, a batch at a time."""
+        proposed = {t for slot in self.slots.values() if slot.pp is not None for t in slot.tx_ids}
+        due = self.now_ms - self.cfg.retransmit_ms
+        stale = [
+            env
+            for tx_id, env in self.pending.items()
+            if self._pending_since[tx_id] <= due and tx_id not in proposed
+        ][: self.cfg.batch_size_max]
+        if stale:
+            self._out.append(ForwardRequests(self.cfg.primary(self.view), tuple(stale)))

@@ -1,0 +1,166 @@
+"""View change: timers, VIEW-CHANGE / NEW-VIEW, re-proposal, null batches, NEW-VIEW checks."""
+
+from __future__ import annotations
+
+from node.pbft import wire
+from node.pbft.wire import Commit, NewView, Prepare, PrePrepare, ViewChange
+from tests.pbft.harness import Cluster, body_of
+
+
+def test_silent_primary_is_replaced_and_the_request_executes() -> None:
+    c = Cluster()
+    c.down.add(0)
+    tx_id = c.submit(1, 1)
+    c.run_for(150)
+    assert c.nodes[1].replica.in_view_change  # only replica 1 knew the request
+    assert not c.nodes[2].replica.in_view_change
+    for i in (2, 3):  # the client's retry reaches everyone
+        c.submit(i, 1)
+    c.run_for(300)
+    for i in (1, 2, 3):
+        r = c.nodes[i].replica
+        assert r.view == 1 and not r.in_view_change
+        assert [e.tx_ids for e in c.nodes[i].executed] == [(tx_id,)]
+
+
+def test_timeout_doubles_on_repeated_view_changes() -> None:
+    c = Cluster(view_change_timeout_ms=100)
+    c.down.update({0, 1})  # primaries of views 0 and 1 both silent: no quorum of the living
+    c.submit(2, 1)
+    r = c.nodes[2].replica
+    starts: list[int] = []
+    for _ in range(200):
+        view = r.view
+        c.tick(10)
+        if r.view != view:
+            starts.append(c.now)
+    # Without a quorum it never escalates past view 1 (no race ahead alone), but it re-sends.
+    assert r.view == 1 and r.in_view_change
+    assert starts == [100]
+    assert r._timeout() == 200
+
+
+def test_prepared_batch_is_re_proposed_and_gaps_get_null_batches() -> None:
+    c = Cluster(checkpoint_interval=4, log_window=8)
+
+    # Seq 1 prepares everywhere but no commit gets through; seq 2 never leaves the primary.
+    def no_view0_commits(src: int, dst: int, msg: bytes) -> bool:
+        m = body_of(msg)
+        return isinstance(m, Commit) and m.view == 0
+
+    c.drop = no_view0_commits
+    tx1 = c.submit(0, 1)
+    c.deliver()
+    assert all(n.executed == [] for n in c.nodes)
+    assert c.nodes[1].replica.slots[1].cert is not None
+    c.down.add(0)
+    c.run_for(400)
+    for i in (1, 2, 3):
+        ex = c.nodes[i].executed
+        assert ex and ex[0].sequence == 1 and ex[0].tx_ids == (tx1,)
+        assert c.nodes[i].replica.view == 1
+
+
+def test_null_batch_fills_a_gap_below_a_prepared_sequence() -> None:
+    c = Cluster(checkpoint_interval=4, log_window=8)
+
+    def drop(src: int, dst: int, msg: bytes) -> bool:
+        m = body_of(msg)
+        if isinstance(m, Commit | PrePrepare | Prepare) and m.view == 0:
+            return isinstance(m, Commit) or m.sequence == 1  # seq 1 never prepares in view 0
+        return False
+
+    c.drop = drop
+    c.submit(0, 1)
+    tx2 = c.submit(0, 2)
+    c.deliver()
+    slots = c.nodes[1].replica.slots
+    assert slots[2].cert is not None and 1 not in slots
+    c.down.add(0)
+    c.run_for(400)
+    ex = c.nodes[1].executed
+    assert [e.sequence for e in ex[:2]] == [1, 2]
+    assert ex[0].envelopes == () and wire.decode_header(ex[0].header).tx_count == 0  # null batch
+    assert ex[1].tx_ids == (tx2,)
+
+
+def _new_view_from_a_run() -> tuple[Cluster, bytes]:
+    c = Cluster()
+    c.drop = lambda src, dst, msg: isinstance(body_of(msg), Commit)
+    c.submit(0, 1)
+    c.deliver()  # seq 1 prepared everywhere, committed nowhere: the new view must re-propose it
+    c.down.add(0)
+    captured: list[bytes] = []
+
+    def capture(src: int, dst: int, msg: bytes) -> bool:
+        if isinstance(body_of(msg), Commit) and body_of(msg).view == 0:  # type: ignore[union-attr]
+            return True
+        if isinstance(body_of(msg), NewView) and dst == 2:
+            captured.append(msg)
+            return True
+        return False
+
+    c.drop = capture
+    c.run_for(200)
+    assert captured and c.nodes[2].replica.in_view_change
+    return c, captured[0]
+
+
+def _resign_new_view(c: Cluster, nv: NewView, signer: int = 1) -> bytes:
+    return wire.encode_peer(c.sign(signer, nv))
+
+
+def test_new_view_verification_accepts_the_real_one() -> None:
+    c, msg = _new_view_from_a_run()
+    r = c.nodes[2].replica
+    c.handle(2, r.on_message(msg))
+    assert r.view == 1 and not r.in_view_change
+
+
+def test_new_view_verification_rejects_bad_proofs() -> None:
+    c, msg = _new_view_from_a_run()
+    r = c.nodes[2].replica
+    nv = body_of(msg)
+    assert isinstance(nv, NewView) and len(nv.view_changes) == 3 and len(nv.pre_prepares) == 1
+    vc0 = wire.decode_signed(nv.view_changes[0])
+    forged_sig = wire.encode_signed(vc0[0], vc0[1], bytes(64))
+    fake_pp_header = wire.null_header("unit-chain", 1)
+    other_pp = c.sign(1, PrePrepare(1, 1, wire.digest_of(fake_pp_header), fake_pp_header))
+    vc_body = body_of(wire.encode_peer(nv.view_changes[0]))
+    assert isinstance(vc_body, ViewChange)
+    wrong_view_vc = c.sign(vc_body.replica, ViewChange(5, 0, (), (), vc_body.replica))
+    bad = {
+        "too few view-changes": NewView(1, nv.view_changes[:2], nv.pre_prepares, nv.batches),
+        "duplicate signer": NewView(1, (nv.view_changes[0],) * 3, nv.pre_prepares, nv.batches),
+        "forged view-change signature": NewView(
+            1, (forged_sig, *nv.view_changes[1:]), nv.pre_prepares, nv.batches
+        ),
+        "view-change for another view": NewView(
+            1, (wrong_view_vc, *nv.view_changes[1:]), nv.pre_prepares, nv.batches
+        ),
+        "pre-prepare not in the plan": NewView(1, nv.view_changes, (other_pp,), ((),)),
+        "re-proposal with another batch": NewView(1, nv.view_changes, nv.pre_prepares, ((),)),
+        "missing re-proposal": NewView(1, nv.view_changes, (), ()),
+    }
+    for what, forged in bad.items():
+        before = r.counters["bad_new_view"]
+        c.handle(2, r.on_message(_resign_new_view(c, forged)))
+        assert r.counters["bad_new_view"] == before + 1, what
+        assert r.in_view_change, what
+    before = r.counters["bad_signature"]
+    c.handle(2, r.on_message(_resign_new_view(c, nv, signer=3)))  # not the primary of view 1
+    assert r.counters["bad_signature"] == before + 1
+    c.handle(2, r.on_message(msg))
+    assert not r.in_view_change  # the genuine one still works afterwards
+
+
+def test_f_plus_one_view_changes_pull_a_replica_into_the_view_change() -> None:
+    c = Cluster()
+    c.submit(0, 1)
+    c.deliver()
+    r = c.nodes[3].replica
+    for i in (1, 2):
+        vc = ViewChange(1, 0, (), (), i)
+        c.handle(3, r.on_message(wire.encode_peer(c.sign(i, vc))))
+        assert r.in_view_change == (i == 2)
+    assert r.view == 1
