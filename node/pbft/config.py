@@ -21,6 +21,8 @@ class ReplicaConfig:
     pending_requests_max: int = 10_000
     message_bytes_max: int = 16 << 20
     recent_executed_max: int = 10_000  # tx_ids remembered to drop late duplicates
+    # A backup will not prepare a block stamped further than this ahead of its own clock.
+    timestamp_skew_ms_max: int = 30_000
 
     def __post_init__(self) -> None:
         if self.f < 0 or self.n != 3 * self.f + 1:
@@ -31,7 +33,13 @@ class ReplicaConfig:
             raise ValueError("log_window must be at least 2 * checkpoint_interval")
         if self.log_window % self.checkpoint_interval:
             raise ValueError("log_window must be a multiple of checkpoint_interval")
-        for name in ("batch_size_max", "view_change_timeout_ms", "retransmit_ms", "pending_requests_max"):
+        for name in (
+            "batch_size_max",
+            "view_change_timeout_ms",
+            "retransmit_ms",
+            "pending_requests_max",
+            "timestamp_skew_ms_max",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 

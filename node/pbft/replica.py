@@ -172,6 +172,16 @@ class Replica(ViewChanging):
 
     # --- dispatch --------------------------------------------------------------------------
 
+    def _from_the_future(self, m: PrePrepare) -> bool:
+        # Consensus time never goes back (the ledger takes max(previous, proposed)), so one
+        # block stamped far ahead would expire every escrow and refuse new ones for good. Only
+        # an upper bound: re-proposals in a new view rightly carry their older timestamps.
+        try:
+            header = wire.decode_header(m.header)
+        except wire.WireError:
+            return False  # _accept_pre_prepare rejects and counts it as bad_batch
+        return header.timestamp_ms > self.now_ms + self.cfg.timestamp_skew_ms_max
+
     def _dispatch(self, s: Signed, batch: tuple[bytes, ...] | None) -> None:
         m: Body = s.msg
         if isinstance(m, PrePrepare):
@@ -181,6 +191,8 @@ class Replica(ViewChanging):
                 self._reject("wrong_view")
             elif not self._in_window(m.sequence):
                 self._reject("out_of_window")
+            elif self._from_the_future(m):
+                self._reject("future_timestamp")
             else:
                 self._accept_pre_prepare(s, batch)
         elif isinstance(m, Prepare | Commit):

@@ -12,8 +12,10 @@ from tests.pbft.harness import CHAIN, Cluster, request
 D = hashlib.sha256(b"some batch").digest()
 
 
-def _pp(c: Cluster, view: int, seq: int, envelopes: tuple[bytes, ...], signer: int | None = None) -> bytes:
-    header = wire.build_header(CHAIN, seq, 0, envelopes)
+def _pp(
+    c: Cluster, view: int, seq: int, envelopes: tuple[bytes, ...], signer: int | None = None, ts: int = 0
+) -> bytes:
+    header = wire.build_header(CHAIN, seq, ts, envelopes)
     pp = PrePrepare(view, seq, wire.digest_of(header), header)
     return wire.encode_peer(
         c.sign(c.config_for(0).primary(view) if signer is None else signer, pp), envelopes
@@ -60,6 +62,18 @@ def test_pre_prepare_checks() -> None:
     other_chain = wire.build_header("other-chain", 1, 0, (env,))
     signed = c.sign(0, PrePrepare(0, 1, wire.digest_of(other_chain), other_chain))
     _expect(c, 1, wire.encode_peer(signed, (env,)), "bad_batch")
+
+
+def test_a_block_stamped_far_in_the_future_is_not_prepared() -> None:
+    # Regression (ledger review): a faulty primary stamping 2**63-1 would end escrow for good.
+    c = Cluster()
+    c.tick(1000)
+    _, env = request(1)
+    skew = c.config_for(1).timestamp_skew_ms_max
+    _expect(c, 1, _pp(c, 0, 1, (env,), ts=2**63 - 1), "future_timestamp")
+    _expect(c, 1, _pp(c, 0, 1, (env,), ts=1000 + skew + 1), "future_timestamp")
+    actions = c.nodes[1].replica.on_message(_pp(c, 0, 1, (env,), ts=1000 + skew))
+    assert any(isinstance(a, Broadcast) for a in actions), "a timestamp within the skew is prepared"
 
 
 def test_equivocating_primary_is_detected_and_not_followed() -> None:
