@@ -517,6 +517,26 @@ Global___PeerStatus: _TypeAlias = PeerStatus  # noqa: Y015
 class NodeStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CountersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
@@ -528,6 +548,7 @@ class NodeStatus(_message.Message):
     PENDING_REQUESTS_FIELD_NUMBER: _builtins.int
     CHAIN_ID_FIELD_NUMBER: _builtins.int
     LAST_BLOCK_HASH_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     replica: _builtins.int
     view: _builtins.int
@@ -540,6 +561,12 @@ class NodeStatus(_message.Message):
     last_block_hash: _builtins.bytes
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
+    @_builtins.property
+    def counters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Node-local counters: dropped peer input (peer_garbage, peer_non_member, ...), rejected
+        client input (rejected_<CODE>), protocol notes (note_<kind>). For operators and tests.
+        """
+
     def __init__(
         self,
         *,
@@ -554,10 +581,11 @@ class NodeStatus(_message.Message):
         pending_requests: _builtins.int = ...,
         chain_id: _builtins.str = ...,
         last_block_hash: _builtins.bytes = ...,
+        counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "last_block_hash", b"last_block_hash", "last_executed", b"last_executed", "member_id", b"member_id", "peers", b"peers", "pending_requests", b"pending_requests", "primary", b"primary", "replica", b"replica", "stable_checkpoint", b"stable_checkpoint", "state_root", b"state_root", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "counters", b"counters", "last_block_hash", b"last_block_hash", "last_executed", b"last_executed", "member_id", b"member_id", "peers", b"peers", "pending_requests", b"pending_requests", "primary", b"primary", "replica", b"replica", "stable_checkpoint", b"stable_checkpoint", "state_root", b"state_root", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

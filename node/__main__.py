@@ -1,0 +1,262 @@
+"""A bank's node: ``python -m node --config PATH`` (console script ``ledger-node``).
+
+Serves LedgerService (+ gRPC health and reflection) to clients and ReplicaService to peers,
+runs the driver loop, and stops cleanly on SIGTERM/SIGINT. Restart after kill -9 needs nothing
+but the data dir: the head, the ledger state and the consensus journal are all in LMDB.
+Exit codes: 0 clean stop, 2 bad config/genesis/key, 3 cannot listen, 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from ledger.crypto import KeyFileError, SigningKey, load_key
+from ledger.genesis import Genesis, GenesisError, Member, load_genesis
+from ledger.v1 import api_pb2
+from node.api import LedgerApi
+from node.app import queries
+from node.app.ledger import Ledger
+from node.config import ConfigError, NodeConfig, load_node_config
+from node.driver import Driver
+from node.log import EventLog
+from node.pbft.config import ReplicaConfig
+from node.pbft.crypto import Ed25519Crypto
+from node.pbft.replica import Replica
+from node.receipts import AttestationBackfill
+from node.signing import VerifyCache
+from node.storage import blocks
+from node.storage.lmdb_store import LmdbStore
+from node.transport import PeerLinks, ReplicaServer, grpc_options
+
+PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: NodeConfig
+    genesis: Genesis
+    member: Member
+
+
+def load(config_path: Path) -> tuple[Loaded, SigningKey]:
+    """Config, genesis and own key; the key must be the member's node key in genesis."""
+    try:
+        config = load_node_config(config_path)
+        genesis = load_genesis(config.genesis_path)
+        key = load_key(config.key_path)
+    except (ConfigError, GenesisError, KeyFileError) as exc:
+        raise StartupError(str(exc), 2) from exc
+    member = genesis.member(config.member_id)
+    if member is None:
+        raise StartupError(
+            f"{config_path}: member_id {config.member_id!r} is not in {config.genesis_path}", 2
+        )
+    if key.public_key != member.node_key:
+        raise StartupError(f"{config.key_path}: not the node key genesis lists for {member.member_id}", 2)
+    return Loaded(config, genesis, member), key.key
+
+
+class _Inbound:
+    """Transport callbacks -> driver / API."""
+
+    def __init__(self, driver: Driver, api: LedgerApi) -> None:
+        self._driver = driver
+        self._api = api
+
+    def on_peer_message(self, raw: bytes) -> None:
+        self._driver.on_peer_message(raw)
+
+    def on_forward(self, envelopes: list[bytes]) -> None:
+        self._api.admit_forwarded(envelopes)
+
+    def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
+        return self._driver.fetch_blocks(from_height, max_blocks)
+
+
+async def run(loaded: Loaded, key: SigningKey) -> int:
+    config, genesis, member = loaded.config, loaded.genesis, loaded.member
+    limits = config.limits
+    log = EventLog(member.member_id, config.log_path)
+    lmdb_store = LmdbStore(config.data_dir, map_size_bytes=limits.lmdb_map_size_bytes, sync=True)
+    store = blocks.ScopedReads(lmdb_store)
+    verify = VerifyCache()  # admission and execution share it: each signature checked once
+    ledger = Ledger(genesis, verify)
+    genesis_root = queries.genesis_state_root(genesis)
+    with store.read() as r:
+        head = blocks.read_head(r, genesis_root)
+        journal = blocks.read_journal(r)
+        # Both are written in the one transaction per block; disagreement is a corrupt store.
+        assert ledger.last_height(r) == head.last_executed, "ledger height and block head disagree"
+    crypto = Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id)
+    replica = Replica(
+        ReplicaConfig(
+            n=genesis.n,
+            f=genesis.f,
+            replica_id=member.replica,
+            chain_id=genesis.chain_id,
+            batch_size_max=limits.batch_size_max,
+            batch_delay_ms=limits.batch_delay_ms,
+            checkpoint_interval=limits.checkpoint_interval,
+            log_window=limits.log_window,
+            view_change_timeout_ms=limits.view_change_timeout_ms,
+            pending_requests_max=limits.pending_requests_max,
+            message_bytes_max=limits.message_bytes_max,
+        ),
+        crypto,
+        journal,
+        head.last_executed,
+        head.state_root,
+    )
+    # SERVING only once this node can reach a quorum (2f peers + itself): a client told it is
+    # healthy can then expect its transaction to reach enough replicas to commit.
+    quorum_links = asyncio.Event()
+
+    def on_peer_up(_replica: int) -> None:
+        if links.up_count() >= 2 * genesis.f:
+            quorum_links.set()
+
+    links = PeerLinks(genesis, member.replica, limits, log, on_peer_up=on_peer_up)
+    driver = Driver(
+        genesis,
+        store,
+        ledger,
+        replica,
+        links,
+        log,
+        tick_ms=limits.tick_ms,
+        pending_requests_max=limits.pending_requests_max,
+        pending_ttl_ms=limits.view_change_timeout_ms * PENDING_TTL_FACTOR,
+        genesis_root=genesis_root,
+        own_replica=member.replica,
+    )
+    backfill = AttestationBackfill(genesis, member.replica, crypto, store, log)
+    api = LedgerApi(
+        genesis,
+        member.member_id,
+        member.replica,
+        limits,
+        driver,
+        ledger,
+        replica_status(replica),
+        log,
+        backfill,
+        verify,
+    )
+
+    options = grpc_options(limits)
+    replica_server = grpc.aio.server(options=options)
+    replica_server.add_generic_rpc_handlers(
+        (ReplicaServer(genesis, limits, _Inbound(driver, api), log).handler(),)
+    )
+    api_server = grpc.aio.server(options=options)
+    api_server.add_generic_rpc_handlers((api.handler(),))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, api_server)
+    reflection.enable_server_reflection(
+        (
+            api_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        api_server,
+    )
+    try:
+        if replica_server.add_insecure_port(config.replica_listen) == 0:
+            raise StartupError(f"cannot listen on {config.replica_listen} (replica port)", 3)
+        if api_server.add_insecure_port(config.api_listen) == 0:
+            raise StartupError(f"cannot listen on {config.api_listen} (api port)", 3)
+    except RuntimeError as exc:  # grpc raises this when the address is in use
+        raise StartupError(f"cannot listen: {exc}", 3) from exc
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await replica_server.start()
+    await api_server.start()
+    links.start()
+    driver.start()
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def serving_when_connected() -> None:
+        await quorum_links.wait()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.SERVING)
+        log.event("serving", peers_up=links.up_count())
+
+    serving = asyncio.ensure_future(serving_when_connected())
+    log.event(
+        "node_started",
+        replica=member.replica,
+        api=config.api_listen,
+        replica_port=config.replica_listen,
+        last_executed=head.last_executed,
+        journal_records=len(journal),
+    )
+    stopper = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(driver.wait_failed())
+    done, _ = await asyncio.wait([stopper, failed], return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if failed in done:
+        log.event("node_failed", error=repr(failed.exception()))
+        exit_code = 1
+    for task in (stopper, failed, serving):
+        task.cancel()
+
+    await health.enter_graceful_shutdown()
+    await api_server.stop(grace=1.0)
+    await replica_server.stop(grace=0.5)
+    await driver.stop()
+    await links.close()
+    await backfill.close()
+    store.close()
+    log.event("node_stopped", exit_code=exit_code, last_executed=driver.head.last_executed)
+    log.close()
+    return exit_code
+
+
+def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:
+    def read() -> dict[str, int]:
+        out = {f"replica_{k}": int(v) for k, v in replica.counters.items()}
+        out["view"] = int(replica.view)
+        out["stable_checkpoint"] = int(replica.stable_seq)
+        out["replica_pending"] = len(replica.pending)
+        return out
+
+    return read
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node", description="Run one bank's ledger node.")
+    parser.add_argument("--config", type=Path, required=True, help="node config JSON (node/config.py)")
+    args = parser.parse_args(argv)
+    try:
+        loaded, key = load(args.config)
+        return asyncio.run(run(loaded, key))
+    except StartupError as exc:
+        print(f"node: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""LedgerService: the client API of a bank's node.
+
+Requests arrive as raw bytes and are parsed here, so garbage gets INVALID_ARGUMENT with a
+message instead of gRPC's generic deserialization failure. Status codes (the SDK relies on them):
+
+  INVALID_ARGUMENT     not parseable, malformed field, amount out of range, limit exceeded,
+                       too many envelopes/ids in one call, bad tx_id/height/account id format
+  FAILED_PRECONDITION  wrong chain id
+  UNAUTHENTICATED      a signature does not verify (or none at all); whether every *required*
+                       signer signed depends on state, so execution decides that: the
+                       receipt then carries result code MISSING_SIGNATURE
+  NOT_FOUND            unknown transaction, account or block
+  RESOURCE_EXHAUSTED   past pending_requests_max (retry later); also gRPC's own answer to a
+                       message over message_bytes_max
+  DEADLINE_EXCEEDED    WaitReceipt: not committed and attested within the timeout
+Unknown accounts in a transfer are a stateful outcome: the transaction commits with result code
+UNKNOWN_ACCOUNT in its receipt (only execution knows the state in its sequence position).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from ledger.genesis import Genesis
+from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node.app.ledger import Ledger
+from node.app.tx import Code, InvalidTransaction
+from node.app.validate import Verifier, check_envelope
+from node.config import NodeLimits
+from node.driver import Driver
+from node.log import EventLog
+from node.receipts import AttestationBackfill, ProofCache, build_receipt
+from node.storage import blocks
+
+SERVICE = "ledger.v1.LedgerService"
+TX_ID_BYTES = 32
+
+_STATUS_OF_CODE: dict[Code, grpc.StatusCode] = {
+    Code.WRONG_CHAIN: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
+    Code.MISSING_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
+}
+
+M = TypeVar("M", bound=Message)
+
+
+def status_of(code: Code) -> grpc.StatusCode:
+    return _STATUS_OF_CODE.get(code, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _parse(cls: type[M], raw: bytes) -> M:
+    try:
+        return cls.FromString(raw)
+    except Exception as exc:  # DecodeError and friends
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a {cls.__name__}") from exc
+
+
+class LedgerApi:
+    def __init__(
+        self,
+        genesis: Genesis,
+        member_id: str,
+        replica_id: int,
+        limits: NodeLimits,
+        driver: Driver,
+        ledger: Ledger,
+        replica_status: Callable[[], dict[str, int]],
+        log: EventLog,
+        backfill: AttestationBackfill,
+        verify: Verifier,
+    ) -> None:
+        self.genesis = genesis
+        self.member_id = member_id
+        self.replica_id = replica_id
+        self.limits = limits
+        self.driver = driver
+        self.ledger = ledger
+        self.replica_status = replica_status
+        self.log = log
+        self._proofs = ProofCache()
+        self.backfill = backfill
+        self.verify = verify
+
+    # --- submit -------------------------------------------------------------------------
+
+    def _admit(self, envelope: tx_pb2.Envelope) -> bytes:
+        raw = envelope.SerializeToString()
+        try:
+            checked = check_envelope(self.genesis, raw, self.verify)
+        except InvalidTransaction as exc:
+            self.log.count(f"rejected_{exc.code.name}")
+            raise _Abort(status_of(exc.code), str(exc)) from exc
+        with self.driver.store.read() as r:
+            found = blocks.find_tx(r, checked.tx_id)
+        if found is not None and found.recorded:
+            return checked.tx_id  # already final: a retry is answered, not re-proposed
+        if not self.driver.submit(checked.tx_id, raw):
+            self.log.count("rejected_pending_full")
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node has {self.limits.pending_requests_max} pending transactions (pending_requests_max); retry later",
+            )
+        return checked.tx_id
+
+    def admit_forwarded(self, envelopes: list[bytes]) -> None:
+        """Envelopes a peer relayed to us: the same stateless checks as a client's, but a
+        failure is a peer's bad input: dropped and counted, never answered. Ones already
+        final here are dropped too: after a restart the replica no longer remembers what it
+        executed, and would hold them as pending forever (and time out into a view change)."""
+        checked: list[tuple[bytes, bytes]] = []
+        for raw in envelopes:
+            try:
+                tx = check_envelope(self.genesis, raw, self.verify)
+            except InvalidTransaction:
+                self.log.count("peer_forward_invalid")
+                continue
+            checked.append((tx.tx_id, raw))
+        with self.driver.store.read() as r:
+            located = [blocks.find_tx(r, tx_id) for tx_id, _ in checked]
+        fresh = [c for c, loc in zip(checked, located, strict=True) if loc is None or not loc.recorded]
+        if len(fresh) < len(checked):
+            self.log.count("peer_forward_already_final", len(checked) - len(fresh))
+        self.driver.on_forward(fresh)
+
+    async def submit(self, raw: bytes) -> bytes:
+        req = _parse(api_pb2.SubmitRequest, raw)
+        if not req.HasField("envelope"):
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "envelope is required")
+        return api_pb2.SubmitResponse(tx_id=self._admit(req.envelope)).SerializeToString()
+
+    async def submit_batch(self, raw: bytes) -> bytes:
+        req = _parse(api_pb2.SubmitBatchRequest, raw)
+        if len(req.envelopes) > self.limits.submit_batch_max:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(req.envelopes)} envelopes; at most {self.limits.submit_batch_max} (submit_batch_max)",
+            )
+        out = api_pb2.SubmitBatchResponse()
+        for envelope in req.envelopes:
+            item = out.items.add()
+            item.tx_id = hashlib.sha256(envelope.body).digest()
+            try:
+                self._admit(envelope)
+                item.accepted = True
+            except _Abort as exc:
+                item.accepted = False
+                item.error = exc.message
+                item.status_code = exc.code.value[0]
+        return out.SerializeToString()
+
+    # --- receipts -----------------------------------------------------------------------
+
+    async def _await_receipt(self, tx_id: bytes, timeout_s: float) -> int | None:
+        with self.driver.store.read() as r:
+            found = blocks.find_tx(r, tx_id)
+            attested = found is not None and bool(blocks.get_attestations(r, found.height))
+        if found is not None and not attested and self.driver.unlikely_to_be_attested(found.height):
+            await self.backfill.fill(found.height)
+        return await self.driver.wait_receipt(tx_id, timeout_s)
+
+    def _tx_id(self, raw: bytes) -> bytes:
+        if len(raw) != TX_ID_BYTES:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"tx_id must be {TX_ID_BYTES} bytes, got {len(raw)}"
+            )
+        return raw
+
+    def _timeout_s(self, timeout_ms: int) -> float:
+        cap = self.limits.receipt_wait_ms_max
+        return (min(timeout_ms, cap) if timeout_ms else cap) / 1000
+
+    async def wait_receipt(self, raw: bytes) -> bytes:
+        req = _parse(api_pb2.WaitReceiptRequest, raw)
+        tx_id = self._tx_id(req.tx_id)
+        timeout_s = self._timeout_s(req.timeout_ms)
+        height = await self._await_receipt(tx_id, timeout_s)
+        if height is None:
+            raise _Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"not committed and attested within {timeout_s:.3f}s"
+            )
+        with self.driver.store.read() as r:
+            receipt = build_receipt(r, self._proofs, tx_id, require_attested=True)
+        assert receipt is not None
+        return receipt.SerializeToString()
+
+    async def wait_receipts(self, raw: bytes) -> AsyncIterator[bytes]:
+        req = _parse(api_pb2.WaitReceiptsRequest, raw)
+        if len(req.tx_ids) > self.limits.submit_batch_max:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {self.limits.submit_batch_max} tx_ids")
+        tx_ids = list(dict.fromkeys(self._tx_id(t) for t in req.tx_ids))
+        timeout_s = self._timeout_s(req.timeout_ms)
+        # Each waiter reports once: its tx_id when attested, None on timeout.
+        ready: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def one(tx_id: bytes) -> None:
+            height = await self._await_receipt(tx_id, timeout_s)
+            ready.put_nowait(None if height is None else tx_id)
+
+        tasks = [asyncio.ensure_future(one(t)) for t in tx_ids]
+        try:
+            for _ in tx_ids:
+                tx_id = await ready.get()
+                if tx_id is None:
+                    continue
+                with self.driver.store.read() as r:
+                    receipt = build_receipt(r, self._proofs, tx_id, require_attested=True)
+                assert receipt is not None
+                yield receipt.SerializeToString()
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    # --- queries ------------------------------------------------------------------------
+
+    async def get_transaction(self, raw: bytes) -> bytes:
+        req = _parse(api_pb2.GetTransactionRequest, raw)
+        tx_id = self._tx_id(req.tx_id)
+        with self.driver.store.read() as r:
+            receipt = build_receipt(r, self._proofs, tx_id, require_attested=False)
+        if (
+            receipt is not None
+            and not receipt.attestations
+            and self.driver.unlikely_to_be_attested(receipt.result.height)
+        ):
+            await self.backfill.fill(receipt.result.height)
+        with self.driver.store.read() as r:
+            receipt = build_receipt(r, self._proofs, tx_id, require_attested=False)
+            if receipt is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"transaction {tx_id.hex()} is not committed here")
+            found = blocks.find_tx(r, tx_id)
+            assert found is not None
+            block_raw = blocks.get_block(r, found.height)
+        assert block_raw is not None
+        block = consensus_pb2.CertifiedBlock.FromString(block_raw)
+        out = api_pb2.GetTransactionResponse(receipt=receipt, envelope=block.batch.envelopes[found.index])
+        return out.SerializeToString()
+
+    async def get_account(self, raw: bytes) -> bytes:
+        req = _parse(api_pb2.GetAccountRequest, raw)
+        account_id = req.account_id
+        if not account_id or len(account_id.encode()) > self.genesis.limits.id_bytes_max:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"account_id must be 1..{self.genesis.limits.id_bytes_max} bytes",
+            )
+        with self.driver.store.read() as r:
+            acct = self.ledger.account(r, account_id)
+        if acct is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no account {account_id!r}")
+        out = api_pb2.Account(
+            account_id=acct.account_id, member_id=acct.member_id, owner_key=acct.owner_key, frozen=acct.frozen
+        )
+        for b in acct.balances:
+            out.balances.add(asset=b.asset, available=b.available, held=b.held)
+        return out.SerializeToString()
+
+    async def get_block(self, raw: bytes) -> bytes:
+        req = _parse(api_pb2.GetBlockRequest, raw)
+        with self.driver.store.read() as r:
+            block_raw = blocks.get_block(r, req.height)
+            if block_raw is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"no block at height {req.height} here")
+            out = api_pb2.GetBlockResponse(block=consensus_pb2.CertifiedBlock.FromString(block_raw))
+            for result in blocks.get_results(r, req.height):
+                out.results.add().MergeFromString(result)
+            for a in blocks.get_attestations(r, req.height):
+                out.attestations.add().MergeFromString(a)
+        return out.SerializeToString()
+
+    async def get_supply(self, raw: bytes) -> bytes:
+        _parse(api_pb2.GetSupplyRequest, raw)
+        with self.driver.store.read() as r:
+            supply = self.ledger.supply(r)
+            height = self.ledger.last_height(r)
+        out = api_pb2.GetSupplyResponse(height=height)
+        for a in supply:
+            out.assets.add(
+                asset=a.asset,
+                issuer=a.issuer,
+                scale=a.scale,
+                minted=a.minted,
+                redeemed=a.redeemed,
+                outstanding=a.outstanding,
+            )
+        return out.SerializeToString()
+
+    async def get_status(self, raw: bytes) -> bytes:
+        _parse(api_pb2.GetStatusRequest, raw)
+        head = self.driver.head
+        rs = self.replica_status()
+        view = rs.get("view", 0)
+        out = api_pb2.NodeStatus(
+            member_id=self.member_id,
+            replica=self.replica_id,
+            view=view,
+            primary=view % self.genesis.n,
+            last_executed=head.last_executed,
+            stable_checkpoint=rs.get("stable_checkpoint", 0),
+            state_root=head.state_root,
+            pending_requests=len(self.driver.pending),
+            chain_id=self.genesis.chain_id,
+            last_block_hash=head.last_block_hash,
+        )
+        for m in self.genesis.members:
+            if m.replica != self.replica_id:
+                out.peers.add(
+                    replica=m.replica, member_id=m.member_id, up=self.driver.transport.is_up(m.replica)
+                )
+        for name, value in self.log.counters.items():
+            out.counters[name] = value
+        for name, value in rs.items():
+            if name.startswith("replica_"):
+                out.counters[name] = value
+        for name, value in (
+            ("executed_blocks", self.driver.stats.executed_blocks),
+            ("executed_txs", self.driver.stats.executed_txs),
+            ("fetched_blocks", self.driver.stats.fetched_blocks),
+        ):
+            out.counters[name] = value
+        return out.SerializeToString()
+
+    # --- registration -------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        def unary(fn: Callable[[bytes], Any]) -> grpc.RpcMethodHandler[Any, Any]:
+            async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                try:
+                    result: bytes = await fn(raw)
+                    return result
+                except _Abort as exc:
+                    await context.abort(exc.code, exc.message)
+                    raise AssertionError("unreachable") from None
+
+            return grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=_raw, response_serializer=_raw
+            )
+
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+            try:
+                async for item in self.wait_receipts(raw):
+                    yield item
+            except _Abort as exc:
+                await context.abort(exc.code, exc.message)
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Submit": unary(self.submit),
+                "SubmitBatch": unary(self.submit_batch),
+                "WaitReceipt": unary(self.wait_receipt),
+                "WaitReceipts": grpc.unary_stream_rpc_method_handler(
+                    stream, request_deserializer=_raw, response_serializer=_raw
+                ),
+                "GetTransaction": unary(self.get_transaction),
+                "GetAccount": unary(self.get_account),
+                "GetBlock": unary(self.get_block),
+                "GetSupply": unary(self.get_supply),
+                "GetStatus": unary(self.get_status),
+            },
+        )
+
+
+def _raw(data: bytes) -> bytes:
+    return data

@@ -1,0 +1,142 @@
+"""The node config file: which genesis, which member this node is, where its key and data live,
+where it listens, and the node-local limits (not consensus: each bank may tune them).
+
+One loader, ``load_node_config``; every error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_BYTES_MAX = 1 << 16
+
+
+class ConfigError(Exception):
+    """The node config is missing or wrong; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """Node-local limits (docs/ARCHITECTURE.md "Node-local limits"). Past one: a clear error."""
+
+    message_bytes_max: int = 4 << 20  # one gRPC message, either direction, both ports
+    batch_size_max: int = 500  # envelopes per proposed block
+    batch_delay_ms: int = 5  # how long the primary waits to fill a batch
+    pending_requests_max: int = 20_000  # admitted but not yet executed client transactions
+    log_window: int = 200  # PBFT high - low watermark
+    checkpoint_interval: int = 50  # sequences between checkpoints
+    view_change_timeout_ms: int = 2_000  # a pending request older than this starts a view change
+    submit_batch_max: int = 1_000  # envelopes per SubmitBatch call
+    receipt_wait_ms_max: int = 30_000  # cap on WaitReceipt(s) timeout_ms
+    tick_ms: int = 20  # driver tick period (timers, batching)
+    fetch_blocks_max: int = 64  # blocks per FetchBlocks response
+    peer_queue_max: int = 10_000  # outbound messages queued per peer before dropping
+    peer_backoff_ms_max: int = 2_000  # reconnect backoff ceiling
+    lmdb_map_size_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    genesis_path: Path
+    member_id: str
+    key_path: Path  # the member's node key (ledger.crypto key file)
+    data_dir: Path  # LMDB environment lives here
+    api_listen: str  # host:port for LedgerService (+ health, reflection)
+    replica_listen: str  # host:port for ReplicaService
+    log_path: Path | None = None  # JSON event lines; None = stderr
+    limits: NodeLimits = NodeLimits()
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {
+            "genesis_path": str(self.genesis_path),
+            "member_id": self.member_id,
+            "key_path": str(self.key_path),
+            "data_dir": str(self.data_dir),
+            "api_listen": self.api_listen,
+            "replica_listen": self.replica_listen,
+            "log_path": None if self.log_path is None else str(self.log_path),
+            "limits": asdict(self.limits),
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+_REQUIRED_STR = ("genesis_path", "member_id", "key_path", "data_dir", "api_listen", "replica_listen")
+_LIMIT_NAMES = {f.name for f in fields(NodeLimits)}
+
+
+def _listen(value: str, where: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected host:port with port 1..65535, got {value!r}")
+    return value
+
+
+def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeConfig:
+    """Validate a decoded config; relative paths are relative to base_dir (the file's folder)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object")
+    known = set(_REQUIRED_STR) | {"log_path", "limits"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    values: dict[str, str] = {}
+    for key in _REQUIRED_STR:
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}.{key}: required, a non-empty string")
+        values[key] = value
+
+    def path(text: str) -> Path:
+        p = Path(text)
+        return p if p.is_absolute() else base_dir / p
+
+    log_path: Path | None = None
+    raw_log = data.get("log_path")
+    if raw_log is not None:
+        if not isinstance(raw_log, str) or not raw_log:
+            raise ConfigError(f"{where}.log_path: a non-empty string or null")
+        log_path = path(raw_log)
+
+    raw_limits = data.get("limits", {})
+    if not isinstance(raw_limits, dict):
+        raise ConfigError(f"{where}.limits: expected an object")
+    bad = set(raw_limits) - _LIMIT_NAMES
+    if bad:
+        raise ConfigError(f"{where}.limits: unknown field(s) {sorted(bad)}")
+    limits = NodeLimits()
+    for key, value in raw_limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < (1 << 63):
+            raise ConfigError(f"{where}.limits.{key}: a positive integer, got {value!r}")
+        limits = replace(limits, **{key: value})
+    if limits.checkpoint_interval * 2 > limits.log_window or limits.log_window % limits.checkpoint_interval:
+        raise ConfigError(
+            f"{where}.limits: log_window must be a multiple of checkpoint_interval, at least 2x"
+        )
+
+    return NodeConfig(
+        genesis_path=path(values["genesis_path"]),
+        member_id=values["member_id"],
+        key_path=path(values["key_path"]),
+        data_dir=path(values["data_dir"]),
+        api_listen=_listen(values["api_listen"], f"{where}.api_listen"),
+        replica_listen=_listen(values["replica_listen"], f"{where}.replica_listen"),
+        log_path=log_path,
+        limits=limits,
+    )
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read node config: {exc.strerror}") from exc
+    if len(raw) > CONFIG_BYTES_MAX:
+        raise ConfigError(f"{path}: larger than {CONFIG_BYTES_MAX} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc})") from exc
+    return parse_node_config(data, path.resolve().parent, where=str(path))

@@ -1,0 +1,418 @@
+"""The node's only loop: every event (peer message, client request, tick, fetched blocks) goes
+to the Replica through one asyncio queue, and its actions run strictly in list order:
+
+  Persist   journal records, consecutive ones in one fsync'ed LMDB write transaction
+  Send/Broadcast/ForwardRequests   hand bytes to the transport (after the Persist before them)
+  Execute   one write transaction: ledger state changes + certified block + results + head;
+            then Replica.on_executed, whose actions run next
+  Attested  store the attestations; wake the clients waiting for those receipts
+  FetchBlocks   ask peers in the background; the blocks come back as an event (on_blocks)
+  Note      one event log line and a counter
+
+One consumer task drains the queue, so the replica is never entered twice at once and a Persist
+is on disk before any later action of the same step runs (persist before send). After kill -9
+the node restarts from LMDB alone: the journal and the last executed block go back to the
+Replica's constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ledger.genesis import Genesis
+from ledger.v1 import tx_pb2
+from node.log import EventLog
+from node.pbft import actions as act
+from node.pbft import wire
+from node.storage import blocks
+from node.storage.kv import KVStore, KVWriter
+
+# Results under these codes are returned in the block but not recorded under the tx_id
+# (docs/ARCHITECTURE.md, "Which outcomes consume a tx_id").
+UNRECORDED_CODES = frozenset(
+    {tx_pb2.MALFORMED, tx_pb2.WRONG_CHAIN, tx_pb2.BAD_SIGNATURE, tx_pb2.MISSING_SIGNATURE}
+)
+EVENT_QUEUE_MAX = 50_000
+RELAY_BATCH_MAX = 500  # client envelopes per relay RPC to each peer
+ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
+REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
+
+
+class ReplicaLike(Protocol):
+    """The replica contract of docs/ARCHITECTURE.md, as the driver uses it."""
+
+    @property
+    def pending(self) -> Mapping[bytes, bytes]:
+        """tx_id -> envelope of the requests it holds until they execute."""
+        ...
+
+    def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]: ...
+
+    def on_message(self, peer_message: bytes) -> list[act.Action]: ...
+
+    def on_tick(self, now_ms: int) -> list[act.Action]: ...
+
+    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[act.Action]: ...
+
+    def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]: ...
+
+
+class LedgerLike(Protocol):
+    def execute(self, w: KVWriter, height: int, timestamp_ms: int, envelopes: Sequence[bytes]) -> Any: ...
+
+
+class Transport(Protocol):
+    def send(self, to: int, message: bytes) -> None: ...
+
+    def broadcast(self, message: bytes) -> None: ...
+
+    def forward(self, to: int, envelopes: Sequence[bytes]) -> None: ...
+
+    def is_up(self, replica: int) -> bool: ...
+
+    async def fetch_blocks(self, peer_id: int, from_height: int) -> tuple[list[bytes], int] | None: ...
+
+
+@dataclass
+class _Pending:
+    admitted_ms: float
+    forwarded: bool = False
+
+
+@dataclass
+class DriverStats:
+    executed_blocks: int = 0
+    executed_txs: int = 0
+    fetched_blocks: int = 0
+    events: int = 0
+    persist_txns: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+Event = Callable[[], list[act.Action]]
+
+
+class Driver:
+    def __init__(
+        self,
+        genesis: Genesis,
+        store: KVStore,
+        ledger: LedgerLike,
+        replica: ReplicaLike,
+        transport: Transport,
+        log: EventLog,
+        tick_ms: int,
+        pending_requests_max: int,
+        pending_ttl_ms: int,
+        genesis_root: bytes,
+        own_replica: int,
+    ) -> None:
+        self.genesis = genesis
+        self.store = store
+        self.ledger = ledger
+        self.replica = replica
+        self.transport = transport
+        self.log = log
+        self.tick_ms = tick_ms
+        self.pending_requests_max = pending_requests_max
+        self.pending_ttl_ms = pending_ttl_ms
+        self.pending: dict[bytes, _Pending] = {}
+        self.stats = DriverStats()
+        self.genesis_root = genesis_root
+        with store.read() as r:
+            self.head = blocks.read_head(r, genesis_root)
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
+        self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._fetching = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopped = False
+        self._relay_buffer: list[bytes] = []
+        self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
+        self.own_replica = own_replica
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consume()), loop.create_task(self._ticker())]
+
+    async def wait_failed(self) -> None:
+        """Returns (raising the cause) only if the event consumer died: a replica/ledger bug."""
+        await self._tasks[0]
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        for task in [*self._tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+
+    # --- events in ----------------------------------------------------------------------
+
+    def _enqueue(self, event: Event, counter: str) -> bool:
+        if self._stopped:
+            return False
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.log.count(counter)
+            return False
+        return True
+
+    def on_peer_message(self, raw: bytes) -> None:
+        self._enqueue(lambda: self.replica.on_message(raw), "events_dropped_full")
+
+    def submit(self, tx_id: bytes, envelope: bytes) -> bool:
+        """Admit a stateless-checked client transaction. False when past pending_requests_max
+        (the caller answers RESOURCE_EXHAUSTED)."""
+        if tx_id not in self.pending:
+            if len(self.pending) >= self.pending_requests_max:
+                self.log.count("requests_rejected_full")
+                return False
+            self.pending[tx_id] = _Pending(time.monotonic() * 1000)
+        return self._enqueue(
+            functools.partial(self._client_request, tx_id, envelope), "requests_dropped_full"
+        )
+
+    def on_forward(self, checked: list[tuple[bytes, bytes]]) -> None:
+        """Envelopes relayed by a peer, already stateless-checked by the caller."""
+        for tx_id, envelope in checked:
+            self._enqueue(functools.partial(self._relayed_request, tx_id, envelope), "forwards_dropped_full")
+
+    # Request relay. A request known to one replica only cannot start a view change when the
+    # primary is dead or silent (joining one takes f+1 timed-out replicas), so the node that
+    # takes a client's transaction relays it to every peer, batched, as a PBFT client would
+    # broadcast it. The replica's own immediate ForwardRequests (to the primary) is then
+    # redundant, for the entry node and the relayed copies alike, and dropped; its
+    # re-forwards after a view change come from other steps and still go out.
+
+    def _client_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
+        actions = self.replica.on_request(tx_id, envelope)
+        if tx_id in self.replica.pending:  # accepted, not a duplicate of something known
+            self._relay_buffer.append(envelope)
+        return [a for a in actions if not isinstance(a, act.ForwardRequests)]
+
+    def _relayed_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
+        return [a for a in self.replica.on_request(tx_id, envelope) if not isinstance(a, act.ForwardRequests)]
+
+    def _flush_relay(self) -> None:
+        if not self._relay_buffer:
+            return
+        batch, self._relay_buffer = self._relay_buffer, []
+        for replica in range(self.genesis.n):
+            if replica != self.own_replica:
+                self.transport.forward(replica, batch)
+
+    # --- queries from the API and peers -------------------------------------------------
+
+    def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
+        out: list[bytes] = []
+        with self.store.read() as r:
+            last = blocks.read_head(r, self.genesis_root).last_executed
+            height = max(from_height, 1)
+            while height <= last and len(out) < max_blocks:
+                raw = blocks.get_block(r, height)
+                assert raw is not None, f"executed block {height} missing from the store"
+                out.append(raw)
+                height += 1
+        return out, last
+
+    async def wait_receipt(self, tx_id: bytes, timeout_s: float) -> int | None:
+        """The height whose attested block carries tx_id's receipt, or None on timeout."""
+        height = self.receipt_height(tx_id)
+        if height is not None:
+            return height
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(tx_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            futures = self._waiters.get(tx_id)
+            if futures is not None:
+                with contextlib.suppress(ValueError):
+                    futures.remove(fut)
+                if not futures:
+                    del self._waiters[tx_id]
+
+    def unlikely_to_be_attested(self, height: int) -> bool:
+        """An executed block whose Attested will probably never come here: it was replayed from
+        a peer's certified copy (catch-up), or it is well behind the head."""
+        return height in self._replayed or height + ATTEST_LAG_BLOCKS <= self.head.last_executed
+
+    def receipt_height(self, tx_id: bytes) -> int | None:
+        """Height of tx_id's receipt if its block is executed and attested."""
+        with self.store.read() as r:
+            found = blocks.find_tx(r, tx_id)
+            if found is None or not blocks.get_attestations(r, found.height):
+                return None
+            return found.height
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        period = self.tick_ms / 1000
+        while True:
+            await asyncio.sleep(period)  # the clock itself: ticks are the replica's time source
+            now_ms = int(time.time() * 1000)
+            self._enqueue(functools.partial(self.replica.on_tick, now_ms), "ticks_dropped_full")
+            self._expire_pending()
+
+    def _expire_pending(self) -> None:
+        # A request the replica dropped (duplicate, refused) never executes here; forget it
+        # after a bound so it does not hold a pending_requests_max slot forever.
+        cutoff = time.monotonic() * 1000 - self.pending_ttl_ms
+        stale = [t for t, p in self.pending.items() if p.admitted_ms < cutoff]
+        for tx_id in stale:
+            del self.pending[tx_id]
+        if stale:
+            self.log.count("pending_expired", len(stale))
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self._queue.get()
+            self.stats.events += 1
+            try:
+                actions = event()
+            except Exception as exc:  # a replica bug: log it loudly and stop the node
+                self.log.event("replica_crash", error=repr(exc))
+                raise
+            self.run(actions)
+            if self._queue.empty() or len(self._relay_buffer) >= RELAY_BATCH_MAX:
+                self._flush_relay()
+
+    def run(self, actions: list[act.Action]) -> None:
+        """Run actions strictly in order; Execute's follow-up actions run right after it."""
+        todo: deque[act.Action] = deque(actions)
+        while todo:
+            action = todo.popleft()
+            if isinstance(action, act.Persist):
+                records = [(action.key, action.value)]
+                while todo and isinstance(todo[0], act.Persist):
+                    nxt = todo.popleft()
+                    assert isinstance(nxt, act.Persist)
+                    records.append((nxt.key, nxt.value))
+                with self.store.write() as w:
+                    blocks.apply_journal(w, records)
+                self.stats.persist_txns += 1
+            elif isinstance(action, act.Send):
+                self.transport.send(action.to, action.message)
+            elif isinstance(action, act.Broadcast):
+                self.transport.broadcast(action.message)
+            elif isinstance(action, act.ForwardRequests):
+                self.transport.forward(action.to, action.envelopes)
+            elif isinstance(action, act.Execute):
+                todo.extendleft(reversed(self._execute(action)))
+            elif isinstance(action, act.Attested):
+                self._attested(action)
+            elif isinstance(action, act.FetchBlocks):
+                self._start_fetch(action)
+            elif isinstance(action, act.Note):
+                self.log.count(f"note_{action.kind}")
+                self.log.event(action.kind, **action.detail)
+            else:  # pragma: no cover - the Action union is closed
+                raise AssertionError(f"unknown action {action!r}")
+
+    def _execute(self, action: act.Execute) -> list[act.Action]:
+        assert action.sequence == self.head.last_executed + 1, (
+            f"replica asked to execute {action.sequence} after {self.head.last_executed}"
+        )
+        header = wire.decode_header(action.header)
+        certified = wire.encode_certified_block(action.header, action.envelopes, action.certificate)
+        block_hash = wire.digest_of(action.header)
+        with self.store.write() as w:
+            out = self.ledger.execute(w, action.sequence, header.timestamp_ms, action.envelopes)
+            results: tuple[bytes, ...] = tuple(out.results)
+            tx_ids: tuple[bytes, ...] = tuple(out.tx_ids)
+            recorded = [tx_pb2.TxResult.FromString(r).code not in UNRECORDED_CODES for r in results]
+            blocks.put_executed_block(
+                w,
+                action.sequence,
+                certified,
+                block_hash,
+                tx_ids,
+                results,
+                recorded,
+                out.results_root,
+                out.state_root,
+            )
+        self.head = blocks.Head(action.sequence, out.state_root, block_hash)
+        self.stats.executed_blocks += 1
+        self.stats.executed_txs += len(tx_ids)
+        for tx_id in tx_ids:
+            self.pending.pop(tx_id, None)
+        if action.sequence % 100 == 0 or len(tx_ids) >= 100:
+            self.log.event(
+                "executed", height=action.sequence, txs=len(tx_ids), state_root=out.state_root.hex()[:16]
+            )
+        return self.replica.on_executed(action.sequence, out.state_root, out.results_root)
+
+    def _attested(self, action: act.Attested) -> None:
+        with self.store.write() as w:
+            blocks.put_attestations(w, action.sequence, action.attestations)
+            raw = blocks.get_block(w, action.sequence)
+        if raw is None or not self._waiters:
+            return
+        _, envelopes, _ = wire.decode_certified_block(raw)
+        waiting = [t for t in wire.tx_ids_of(envelopes) if t in self._waiters]
+        with self.store.read() as r:
+            # A retry of an earlier tx in this block keeps its receipt at the earlier height.
+            located = {t: blocks.find_tx(r, t) for t in waiting}
+        for tx_id, loc in located.items():
+            if loc is None or (loc.height != action.sequence and self.receipt_height(tx_id) is None):
+                continue
+            for fut in self._waiters.get(tx_id, []):
+                if not fut.done():
+                    fut.set_result(loc.height)
+
+    def _replay(self, fetched: list[bytes]) -> list[act.Action]:
+        actions = self.replica.on_blocks(fetched)
+        for a in actions:
+            if isinstance(a, act.Execute):
+                self._replayed[a.sequence] = None
+        while len(self._replayed) > REPLAYED_REMEMBERED_MAX:
+            del self._replayed[next(iter(self._replayed))]
+        return actions
+
+    def _start_fetch(self, action: act.FetchBlocks) -> None:
+        if self._fetching or self._stopped:
+            return
+        self._fetching = True
+        task = asyncio.get_running_loop().create_task(self._fetch(action))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fetch(self, action: act.FetchBlocks) -> None:
+        try:
+            peers = [p for p in action.peers if self.transport.is_up(p)] or list(action.peers)
+            for peer in peers:
+                got = await self.transport.fetch_blocks(peer, action.from_sequence)
+                if not got or not got[0]:
+                    continue
+                fetched, last = got
+                self.stats.fetched_blocks += len(fetched)
+                self.log.event(
+                    "catch_up",
+                    peer=peer,
+                    from_height=action.from_sequence,
+                    blocks=len(fetched),
+                    peer_last=last,
+                )
+                self._enqueue(functools.partial(self._replay, fetched), "fetch_dropped_full")
+                return
+        finally:
+            self._fetching = False

@@ -1,0 +1,305 @@
+"""Replica-to-replica transport on grpc.aio: bytes in, bytes out, nothing else.
+
+Inbound, ReplicaService takes raw bytes (no generated deserializer), so garbage from anyone on
+the replica port becomes a counted drop rather than an exception inside gRPC. Outbound, one
+long-lived client stream per peer, fed by a bounded queue and re-dialled with capped
+exponential backoff; a message past the queue bound is dropped and counted (PBFT tolerates
+loss: retransmission is the replica's view change and the catch-up path, not ours).
+Messages for a peer whose link is down wait in its queue up to peer_queue_max, then drop.
+Whether a message really comes from a member is decided by the replica, which verifies the
+signature on the bytes; here we only drop what cannot be a member's message at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+
+from ledger.genesis import Genesis
+from ledger.v1 import consensus_pb2, tx_pb2
+from node.config import NodeLimits
+from node.log import EventLog
+
+SERVICE = "ledger.v1.ReplicaService"
+_ACK = consensus_pb2.PeerAck().SerializeToString()
+FORWARD_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 10.0
+
+
+def grpc_options(limits: NodeLimits) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", limits.message_bytes_max),
+        ("grpc.max_send_message_length", limits.message_bytes_max),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+        # gRPC's default first reconnect backoff is 1 s; peers starting together (or one
+        # restarting) should find each other in tens of milliseconds.
+        ("grpc.initial_reconnect_backoff_ms", 50),
+        ("grpc.min_reconnect_backoff_ms", 50),
+        ("grpc.max_reconnect_backoff_ms", limits.peer_backoff_ms_max),
+    ]
+
+
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+class ReplicaInbound(Protocol):
+    """What the transport hands to the driver. All three are called on the event loop."""
+
+    def on_peer_message(self, raw: bytes) -> None: ...
+
+    def on_forward(self, envelopes: list[bytes]) -> None: ...
+
+    def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
+        """Certified blocks from from_height on (at most max_blocks), and our last height."""
+        ...
+
+
+def check_peer_message(raw: bytes, n: int) -> str | None:
+    """Why raw cannot be a member's PeerMessage (a counter name), or None if it may be."""
+    try:
+        msg = consensus_pb2.PeerMessage.FromString(raw)
+    except Exception:  # protobuf raises DecodeError and others on garbage
+        return "peer_garbage"
+    if not msg.HasField("message") or not msg.message.body:
+        return "peer_garbage"
+    if msg.message.signer >= n:
+        return "peer_non_member"
+    if len(msg.message.signature) != 64:
+        return "peer_bad_signature"
+    return None
+
+
+class ReplicaServer:
+    """The ReplicaService servicer, registered with raw-bytes handlers."""
+
+    def __init__(self, genesis: Genesis, limits: NodeLimits, inbound: ReplicaInbound, log: EventLog):
+        self._genesis = genesis
+        self._limits = limits
+        self._inbound = inbound
+        self._log = log
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        try:
+            async for raw in requests:
+                reason = check_peer_message(raw, self._genesis.n)
+                if reason is not None:
+                    self._log.count(reason)
+                    continue
+                self._log.count("peer_messages_in")
+                self._inbound.on_peer_message(raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a peer's stream broke (oversized message, reset): its loss only
+            self._log.count("peer_stream_errors")
+        return _ACK
+
+    async def forward(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            msg = consensus_pb2.Forward.FromString(raw)
+        except Exception:
+            self._log.count("peer_garbage")
+            return _ACK
+        if len(msg.envelopes) > self._limits.submit_batch_max:
+            self._log.count("peer_forward_too_many")
+            return _ACK
+        self._inbound.on_forward([e.SerializeToString() for e in msg.envelopes])
+        return _ACK
+
+    async def fetch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            req = consensus_pb2.FetchBlocksRequest.FromString(raw)
+        except Exception:
+            self._log.count("peer_garbage")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a FetchBlocksRequest")
+            raise AssertionError("unreachable") from None  # abort raises
+        max_blocks = min(max(req.max_blocks, 1), self._limits.fetch_blocks_max)
+        blocks, last = self._inbound.fetch_blocks(req.from_height, max_blocks)
+        # Stay under the message limit: stop adding blocks once the next would pass it.
+        budget = self._limits.message_bytes_max - 1024
+        out = consensus_pb2.FetchBlocksResponse(last_height=last)
+        used = 0
+        for block in blocks:
+            if used + len(block) + 8 > budget and used > 0:
+                break
+            out.blocks.append(consensus_pb2.CertifiedBlock.FromString(block))
+            used += len(block) + 8
+        return out.SerializeToString()
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Stream": grpc.stream_unary_rpc_method_handler(
+                    self.stream, request_deserializer=_identity, response_serializer=_identity
+                ),
+                "ForwardTransactions": grpc.unary_unary_rpc_method_handler(
+                    self.forward, request_deserializer=_identity, response_serializer=_identity
+                ),
+                "FetchBlocks": grpc.unary_unary_rpc_method_handler(
+                    self.fetch, request_deserializer=_identity, response_serializer=_identity
+                ),
+            },
+        )
+
+
+@dataclass
+class _PeerState:
+    replica: int
+    member_id: str
+    address: str
+    queue: asyncio.Queue[bytes]
+    channel: grpc.aio.Channel | None = None
+    up: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class PeerLinks:
+    """Outbound links to every other replica."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        own_replica: int,
+        limits: NodeLimits,
+        log: EventLog,
+        on_peer_up: Callable[[int], None] | None = None,
+    ) -> None:
+        self._limits = limits
+        self._log = log
+        self._on_peer_up = on_peer_up
+        self._closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.peers: dict[int, _PeerState] = {
+            m.replica: _PeerState(
+                m.replica, m.member_id, m.replica_address, asyncio.Queue(limits.peer_queue_max)
+            )
+            for m in genesis.members
+            if m.replica != own_replica
+        }
+
+    def start(self) -> None:
+        for peer in self.peers.values():
+            peer.channel = grpc.aio.insecure_channel(peer.address, options=grpc_options(self._limits))
+            peer.task = asyncio.get_running_loop().create_task(self._run(peer))
+
+    def up_count(self) -> int:
+        return sum(1 for p in self.peers.values() if p.up)
+
+    def is_up(self, replica: int) -> bool:
+        peer = self.peers.get(replica)
+        return peer is not None and peer.up
+
+    def send(self, to: int, message: bytes) -> None:
+        peer = self.peers.get(to)
+        assert peer is not None, f"send to unknown replica {to}"
+        # Queued even while the link is down: a peer that is just starting, or reconnecting
+        # after a blip, still gets our votes and attestations. The bound keeps a dead peer
+        # from costing more than peer_queue_max messages of memory.
+        if peer.queue.full():
+            peer.queue.get_nowait()  # drop the oldest: the newest votes matter most
+            self._log.count("peer_send_dropped_full")
+        peer.queue.put_nowait(message)
+
+    def broadcast(self, message: bytes) -> None:
+        for replica in self.peers:
+            self.send(replica, message)
+
+    def forward(self, to: int, envelopes: Sequence[bytes]) -> None:
+        peer = self.peers.get(to)
+        assert peer is not None and peer.channel is not None, f"forward to unknown replica {to}"
+        body = consensus_pb2.Forward(envelopes=[tx_pb2.Envelope.FromString(e) for e in envelopes])
+        call = peer.channel.unary_unary(
+            f"/{SERVICE}/ForwardTransactions", request_serializer=_identity, response_deserializer=_identity
+        )
+        # wait_for_ready: a peer that is (re)connecting gets the requests once it is up, within
+        # the timeout, instead of an immediate UNAVAILABLE that would lose them.
+        request = body.SerializeToString()
+        self._spawn(self._forward(call(request, timeout=FORWARD_TIMEOUT_S, wait_for_ready=True)))
+
+    async def _forward(self, call: Awaitable[Any]) -> None:
+        try:
+            await call
+            self._log.count("forwards_out")
+        except grpc.aio.AioRpcError:
+            self._log.count("forwards_failed")
+
+    async def fetch_blocks(self, peer_id: int, from_height: int) -> tuple[list[bytes], int] | None:
+        """Ask one peer for certified blocks; None when it cannot answer."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.channel is None:
+            return None
+        call = peer.channel.unary_unary(
+            f"/{SERVICE}/FetchBlocks", request_serializer=_identity, response_deserializer=_identity
+        )
+        req = consensus_pb2.FetchBlocksRequest(
+            from_height=from_height, max_blocks=self._limits.fetch_blocks_max
+        )
+        try:
+            raw = await call(req.SerializeToString(), timeout=FETCH_TIMEOUT_S)
+            resp = consensus_pb2.FetchBlocksResponse.FromString(raw)
+        except grpc.aio.AioRpcError:
+            self._log.count("fetch_failed")
+            return None
+        except Exception:
+            self._log.count("peer_garbage")
+            return None
+        return [b.SerializeToString() for b in resp.blocks], resp.last_height
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _messages(self, peer: _PeerState) -> AsyncIterator[bytes]:
+        while True:
+            yield await peer.queue.get()
+
+    async def _run(self, peer: _PeerState) -> None:
+        backoff_ms = 50
+        assert peer.channel is not None
+        stream = peer.channel.stream_unary(
+            f"/{SERVICE}/Stream", request_serializer=_identity, response_deserializer=_identity
+        )
+        while not self._closing:
+            try:
+                await asyncio.wait_for(peer.channel.channel_ready(), timeout=backoff_ms / 1000)
+            except TimeoutError:
+                backoff_ms = min(backoff_ms * 2, self._limits.peer_backoff_ms_max)
+                continue
+            backoff_ms = 50
+            peer.up = True
+            self._log.event("peer_up", peer=peer.member_id, replica=peer.replica)
+            if self._on_peer_up is not None:
+                self._on_peer_up(peer.replica)
+            try:
+                await stream(self._messages(peer))
+            except grpc.aio.AioRpcError as exc:
+                self._log.event("peer_down", peer=peer.member_id, replica=peer.replica, code=exc.code().name)
+            peer.up = False
+
+    async def close(self) -> None:
+        self._closing = True
+        for peer in self.peers.values():
+            if peer.task is not None:
+                peer.task.cancel()
+        for peer in self.peers.values():
+            if peer.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await peer.task
+            if peer.channel is not None:
+                await peer.channel.close(None)
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Chaos run: kill nodes under load, then prove nothing acknowledged was lost and all agree.
+
+Starts a local consortium, opens accounts at every bank, mints every asset into them, and runs
+a continuous load of transfers, payment-versus-payment and escrows from several client
+processes through the SDK. Each client records every transaction it submitted and what it was
+told. Meanwhile, fault rounds chosen by --seed: SIGKILL of a backup, of the primary, of f nodes
+at once, of a node during a view change, SIGSTOP/SIGCONT, and one node restarted many times in
+a row. Never more than f nodes are down or paused at once; each is brought back after a random
+delay. Then the load stops, the nodes settle, and scripts/audit.py checks them without trusting
+their own claims: every acknowledged transaction present everywhere with its result (lost),
+no id executed twice (duplicated), identical chains (divergent_nodes), conservation per asset.
+
+    scripts/chaos.py --rounds 30 --banks 4 --seed 7 --json
+
+Exit status 0 when every check passes, 1 when one fails, 2 when the run could not be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "scripts"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from audit import audit  # noqa: E402
+from consortium import Consortium  # noqa: E402
+
+from client.models import Committed, Indefinite  # noqa: E402
+from client.sdk import LedgerClient  # noqa: E402
+from client.tx import LegSpec  # noqa: E402
+from ledger.crypto import SigningKey, load_key  # noqa: E402
+from ledger.genesis import Genesis  # noqa: E402
+
+PROGRESS_TIMEOUT_S = 30.0  # a fault after which nothing commits for this long fails the run
+SETTLE_TIMEOUT_S = 60.0
+INITIAL_MINOR = 1_000_000_00
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- load: client processes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    index: int
+    genesis_path: str
+    seed: int
+    own: tuple[tuple[str, str], ...]  # (account_id, owner seed hex) this client signs for
+    everyone: tuple[str, ...]  # every account id (transfer targets)
+    assets: tuple[str, ...]
+    out_path: str
+
+
+def client_main(plan: ClientPlan, stop: EventType) -> None:
+    """One load client: random transfers, PvPs and escrows until stop is set; one JSON line
+    per submitted transaction: {"tx", "kind", "outcome", "code"}."""
+    rng = random.Random(plan.seed)
+    keys = {acct: SigningKey(bytes.fromhex(seed)) for acct, seed in plan.own}
+    own = sorted(keys)
+    client = LedgerClient(plan.genesis_path, timeout_s=15.0, call_timeout_s=2.0, receipt_wait_s=3.0)
+    escrow_n = 0
+    with open(plan.out_path, "w") as out:
+
+        def record(kind: str, tx_id: bytes, outcome: object) -> None:
+            if isinstance(outcome, Committed):
+                row: dict[str, Any] = {"outcome": "committed", "code": outcome.result.code}
+            elif isinstance(outcome, Indefinite):
+                row = {"outcome": "indefinite", "code": None}
+            else:
+                row = {"outcome": "rejected", "code": None}
+            out.write(json.dumps({"tx": tx_id.hex(), "kind": kind, **row}) + "\n")
+            out.flush()
+
+        while not stop.is_set():
+            roll = rng.random()
+            src = rng.choice(own)
+            asset = rng.choice(plan.assets)
+            amount = rng.randint(1, 500_00)
+            if roll < 0.6 or len(own) < 2:
+                dst = rng.choice([a for a in plan.everyone if a != src])
+                tx = client.tx.transfer([LegSpec(src, dst, asset, amount)]).signed_by(keys[src])
+                record("transfer", tx.tx_id, client.submit(tx))
+            elif roll < 0.8:
+                other = rng.choice([a for a in own if a != src])
+                asset2 = rng.choice([a for a in plan.assets if a != asset] or [asset])
+                legs = [
+                    LegSpec(src, other, asset, amount),
+                    LegSpec(other, src, asset2, rng.randint(1, 500_00)),
+                ]
+                tx = client.tx.transfer(legs).signed_by(keys[src], keys[other])
+                record("pvp", tx.tx_id, client.submit(tx))
+            else:
+                escrow_n += 1
+                escrow_id = f"c{plan.index}-e{escrow_n}-{rng.getrandbits(32):08x}"
+                dst = rng.choice([a for a in plan.everyone if a != src])
+                expires = int(time.time() * 1000) + rng.randint(500, 5000)
+                tx = client.tx.escrow_create(escrow_id, LegSpec(src, dst, asset, amount), expires).signed_by(
+                    keys[src]
+                )
+                outcome = client.submit(tx)
+                record("escrow_create", tx.tx_id, outcome)
+                if isinstance(outcome, Committed) and outcome.ok and rng.random() < 0.7:
+                    if rng.random() < 0.6:
+                        follow = client.tx.escrow_post(escrow_id, rng.randint(1, amount))
+                    else:
+                        follow = client.tx.escrow_void(escrow_id)
+                    follow = follow.signed_by(keys[src])
+                    record("escrow_settle", follow.tx_id, client.submit(follow))
+    client.close()
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    recovery_s: list[float] = field(default_factory=list)
+    catchup_s: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+class Chaos:
+    def __init__(self, c: Consortium, genesis: Genesis, rng: random.Random, stats: Stats) -> None:
+        self.c = c
+        self.g = genesis
+        self.rng = rng
+        self.stats = stats
+        self.banks = [m.member_id for m in genesis.members]
+
+    def heights(self) -> dict[str, int]:
+        out = {}
+        for b in self.banks:
+            if self.c.pid(b) is not None:
+                st = self.c.node_status(b, timeout_s=0.5)
+                if st is not None:
+                    out[b] = int(st.last_executed)
+        return out
+
+    def primary(self) -> str:
+        views = []
+        for b in self.banks:
+            st = self.c.node_status(b, timeout_s=0.5) if self.c.pid(b) is not None else None
+            if st is not None:
+                views.append(int(st.view))
+        view = statistics.median_low(views) if views else 0
+        return self.banks[view % self.g.n]
+
+    def wait_progress(self, above: int, what: str) -> float | None:
+        """Seconds until some live node executes past height `above`; None on timeout."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < PROGRESS_TIMEOUT_S:
+            if max(self.heights().values(), default=0) > above:
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        self.stats.failures.append(f"no commit for {PROGRESS_TIMEOUT_S:.0f}s after {what}")
+        return None
+
+    def bring_back(self, bank: str) -> None:
+        """Restart a killed node and time its catch-up to the others' height at restart."""
+        target = max(self.heights().values(), default=0)
+        t0 = time.monotonic()
+        self.c.start(bank)
+        while time.monotonic() - t0 < PROGRESS_TIMEOUT_S:
+            st = self.c.node_status(bank, timeout_s=0.5)
+            if st is not None and st.last_executed >= target:
+                self.stats.catchup_s.append(time.monotonic() - t0)
+                return
+            time.sleep(0.05)
+        self.stats.failures.append(f"{bank} did not catch up to {target} within {PROGRESS_TIMEOUT_S:.0f}s")
+
+    def kill_then_recover(self, victims: list[str], what: str) -> None:
+        h0 = max(self.heights().values(), default=0)
+        t_fault = time.monotonic()
+        for v in victims:
+            self.c.kill(v)
+        took = self.wait_progress(h0, what)
+        if took is not None:
+            self.stats.recovery_s.append(time.monotonic() - t_fault)
+        time.sleep(self.rng.uniform(0.2, 1.5))  # the random outage length is the point here
+        for v in victims:
+            self.bring_back(v)
+
+    def round(self, kind: str) -> str:
+        primary = self.primary()
+        backups = [b for b in self.banks if b != primary]
+        if kind == "kill_backup":
+            victim = self.rng.choice(backups)
+            self.kill_then_recover([victim], f"killing backup {victim}")
+            return victim
+        if kind == "kill_primary":
+            self.kill_then_recover([primary], f"killing primary {primary}")
+            return primary
+        if kind == "kill_f":
+            victims = self.rng.sample(self.banks, self.g.f)
+            self.kill_then_recover(victims, f"killing {victims}")
+            return ",".join(victims)
+        if kind == "kill_in_view_change":
+            # Kill the primary; as soon as a view change is under way, bring it back and kill the
+            # replica that would lead the next view, so the view change itself is interrupted.
+            h0 = max(self.heights().values(), default=0)
+            t_fault = time.monotonic()
+            views0 = {b: self.c.node_status(b, 0.5) for b in backups}
+            v0 = max((int(s.view) for s in views0.values() if s is not None), default=0)
+            self.c.kill(primary)
+            deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+            while time.monotonic() < deadline:
+                statuses = [self.c.node_status(b, 0.5) for b in backups]
+                if any(s is not None and s.view > v0 for s in statuses):
+                    break
+                time.sleep(0.02)
+            next_primary = self.banks[(v0 + 1) % self.g.n]
+            self.bring_back(primary)
+            if next_primary != primary:
+                self.c.kill(next_primary)
+            took = self.wait_progress(h0, "a kill during a view change")
+            if took is not None:
+                self.stats.recovery_s.append(time.monotonic() - t_fault)
+            if next_primary != primary:
+                time.sleep(self.rng.uniform(0.2, 1.0))
+                self.bring_back(next_primary)
+            return f"{primary}->{next_primary}"
+        if kind == "pause":
+            victim = self.rng.choice(self.banks)
+            pid = self.c.pid(victim)
+            assert pid is not None, f"{victim} should be running"
+            h0 = max(self.heights().values(), default=0)
+            t_fault = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                took = self.wait_progress(h0, f"pausing {victim}")
+                if took is not None:
+                    self.stats.recovery_s.append(time.monotonic() - t_fault)
+                time.sleep(self.rng.uniform(0.5, 2.0))
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            return victim
+        if kind == "restart_loop":
+            victim = self.rng.choice(self.banks)
+            for _ in range(5):
+                self.c.kill(victim)
+                self.c.start(victim)
+                self.c.wait_healthy([victim])
+            self.c.kill(victim)
+            self.bring_back(victim)
+            return victim
+        raise ValueError(kind)
+
+
+FAULTS = ("kill_backup", "kill_primary", "kill_f", "kill_in_view_change", "pause", "restart_loop")
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def setup_accounts(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple[str, str]]:
+    """Open per_bank accounts at every bank and mint every asset into each; (id, seed hex)."""
+    client = LedgerClient(genesis, timeout_s=30.0)
+    accounts: list[tuple[str, str]] = []
+    operators = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
+    try:
+        for m in genesis.members:
+            for i in range(per_bank):
+                owner = SigningKey.generate()
+                account_id = f"{m.member_id.lower()}-acct-{i}"
+                tx = client.tx.open_account(m.member_id, account_id, owner.public_key)
+                _expect_ok(client.submit(tx.signed_by(operators[m.member_id])), f"open {account_id}")
+                accounts.append((account_id, owner.seed.hex()))
+        for asset in genesis.assets:
+            for account_id, _ in accounts:
+                tx = client.tx.mint(asset.asset, account_id, INITIAL_MINOR, f"dep-{account_id}-{asset.asset}")
+                _expect_ok(client.submit(tx.signed_by(operators[asset.issuer])), f"mint {asset.asset}")
+    finally:
+        client.close()
+    return accounts
+
+
+def _expect_ok(outcome: object, what: str) -> None:
+    if not (isinstance(outcome, Committed) and outcome.ok):
+        raise RuntimeError(f"setup step failed: {what}: {outcome}")
+
+
+def settle(chaos: Chaos) -> bool:
+    """Wait until every node reports the same height, unchanged for a second."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    last: dict[str, int] = {}
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        h = chaos.heights()
+        if h != last:
+            last, since = h, time.monotonic()
+        elif len(h) == len(chaos.banks) and len(set(h.values())) == 1 and time.monotonic() - since > 1.0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    c = Consortium(workdir / "consortium")
+    procs: list[SpawnProcess] = []
+    stop = mp.get_context("spawn").Event()
+    stats = Stats()
+    started = time.monotonic()
+    try:
+        c.up(banks=args.banks)
+        genesis = c.genesis()
+        log(f"chaos: {args.banks} banks up in {c.dir}; seed {args.seed}")
+        accounts = setup_accounts(c, genesis, args.accounts_per_bank)
+        log(f"chaos: {len(accounts)} accounts open and funded")
+        everyone = tuple(a for a, _ in accounts)
+        ctx = mp.get_context("spawn")
+        for k in range(args.clients):
+            plan = ClientPlan(
+                index=k,
+                genesis_path=str(c.genesis_path),
+                seed=rng.getrandbits(32),
+                own=tuple(accounts[k :: args.clients]),
+                everyone=everyone,
+                assets=tuple(a.asset for a in genesis.assets),
+                out_path=str(workdir / f"client-{k}.jsonl"),
+            )
+            proc = ctx.Process(target=client_main, args=(plan, stop), daemon=True)
+            proc.start()
+            procs.append(proc)
+        chaos = Chaos(c, genesis, rng, stats)
+        for r in range(1, args.rounds + 1):
+            kind = rng.choice(FAULTS)
+            t0 = time.monotonic()
+            target = chaos.round(kind)
+            h = chaos.heights()
+            log(
+                f"round {r}/{args.rounds}: {kind:<20} {target:<16} {time.monotonic() - t0:5.1f}s  "
+                f"heights {min(h.values(), default=0)}..{max(h.values(), default=0)}"
+            )
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=30)
+        settled = settle(chaos)
+        if not settled:
+            stats.failures.append(f"nodes did not settle to one height within {SETTLE_TIMEOUT_S:.0f}s")
+        acknowledged: dict[bytes, int] = {}
+        counts = {"committed": 0, "indefinite": 0, "rejected": 0}
+        for k in range(args.clients):
+            path = workdir / f"client-{k}.jsonl"
+            for line in path.read_text().splitlines() if path.exists() else []:
+                row = json.loads(line)
+                counts[row["outcome"]] += 1
+                if row["outcome"] == "committed":
+                    acknowledged[bytes.fromhex(row["tx"])] = int(row["code"])
+        report = audit(genesis, {m.member_id: m.api_address for m in genesis.members}, acknowledged)
+        for problem in report.problems + stats.failures:
+            log(f"  ! {problem}")
+        rec = stats.recovery_s
+        return {
+            "rounds": args.rounds,
+            "banks": args.banks,
+            "seed": args.seed,
+            "acknowledged": len(acknowledged),
+            "indefinite": counts["indefinite"],
+            "lost": report.lost,
+            "duplicated": report.duplicated,
+            "divergent_nodes": report.divergent_nodes,
+            "conservation_violations": report.conservation_violations,
+            "replay_mismatches": report.replay_mismatches + report.certificate_failures,
+            "height": report.audited_height,
+            "recovery_s_p50": round(statistics.median(rec), 2) if rec else None,
+            "recovery_s_max": round(max(rec), 2) if rec else None,
+            "catchup_s_max": round(max(stats.catchup_s), 2) if stats.catchup_s else None,
+            "failures": len(stats.failures) + len(report.unreachable),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    finally:
+        stop.set()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for b in c.banks() if c.exists() else []:
+            pid = c.pid(b)
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)  # a paused node must be able to take SIGTERM
+        for line in c.down():
+            log(f"chaos: {line}")
+
+
+def passed(result: dict[str, Any]) -> bool:
+    zero = (
+        "lost",
+        "duplicated",
+        "divergent_nodes",
+        "conservation_violations",
+        "replay_mismatches",
+        "failures",
+    )
+    return all(result[k] == 0 for k in zero)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=30, help="fault rounds (default 30)")
+    parser.add_argument("--banks", type=int, default=4, help="banks: 4 (f=1), 7 (f=2), ...")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="fixes the faults and the load (default: random)"
+    )
+    parser.add_argument("--clients", type=int, default=3, help="load client processes (default 3)")
+    parser.add_argument("--accounts-per-bank", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a fresh temp dir)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:
+        parser.error("--rounds, --clients and --accounts-per-bank must be >= 1")
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 31)
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        workdir = args.dir
+        result = run(args, workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+            result = run(args, Path(tmp))
+    ok = passed(result)
+    summary = " ".join(f"{k}={v}" for k, v in result.items())
+    log(f"chaos {'PASSED' if ok else 'FAILED'}: {summary}")
+    if args.json:
+        print(json.dumps(result), flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""A local consortium in one command: genesis, keys, one node process per bank on 127.0.0.1.
+
+    python scripts/consortium.py up --banks 4      create ./consortium (if new) and start every node
+    python scripts/consortium.py status            per node: up/down, view, primary, height, root
+    python scripts/consortium.py kill BANK-B       SIGKILL one node (kill -9)
+    python scripts/consortium.py restart BANK-B    start it again (kills it first if running)
+    python scripts/consortium.py down              stop every node it started: SIGTERM, then SIGKILL
+    python scripts/consortium.py demo              the lifecycle demo (scripts/demo.py) in --dir
+
+Every subcommand takes --dir PATH (default ./consortium). The directory layout, which the client
+SDK, demo, chaos and bench scripts rely on:
+
+    genesis.json                       chain id, f, members (keys, ports), assets
+    consortium.json                    manifest: chain id, banks in replica order
+    keys/<BANK>.node.key               the bank node's consensus key (ledger.crypto key file)
+    keys/<BANK>.operator.key           the bank operator's key: signs OpenAccount, Mint, freeze
+    nodes/<BANK>/config.json           node config (node/config.py)
+    nodes/<BANK>/data/                 LMDB environment
+    nodes/<BANK>/events.log            JSON event lines of the node
+    nodes/<BANK>/stderr.log            anything else the process printed
+    nodes/<BANK>/node.pid              pid of the running process (removed when stopped)
+
+Import ``Consortium`` from here to drive the same thing from tests and scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from ledger.crypto import SigningKey, save_key  # noqa: E402
+from ledger.genesis import Asset, Genesis, LedgerLimits, Member, load_genesis  # noqa: E402
+from ledger.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+from node.config import NodeConfig, NodeLimits, load_node_config  # noqa: E402
+
+CURRENCIES: tuple[tuple[str, int], ...] = (("USD", 2), ("EUR", 2), ("GBP", 2), ("CHF", 2), ("JPY", 0))
+HOST = "127.0.0.1"
+UP_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+
+
+class ConsortiumError(Exception):
+    """A consortium command cannot be carried out; the message says why."""
+
+
+def bank_name(i: int) -> str:
+    """BANK-A .. BANK-Z, then BANK-AA, BANK-AB, ..."""
+    letters = ""
+    i += 1
+    while i:
+        i, rem = divmod(i - 1, 26)
+        letters = chr(65 + rem) + letters
+    return f"BANK-{letters}"
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1, held open together so none repeats."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    bank: str
+    replica: int
+    pid: int | None
+    up: bool  # the process is alive
+    api_address: str
+    replica_address: str
+    status: api_pb2.NodeStatus | None  # None when it did not answer
+
+
+class Consortium:
+    """A consortium directory and the node processes started from it."""
+
+    def __init__(self, directory: Path, python: str = sys.executable) -> None:
+        self.dir = directory.resolve()
+        self.python = python
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- layout -------------------------------------------------------------------------
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.dir / "genesis.json"
+
+    def node_dir(self, bank: str) -> Path:
+        return self.dir / "nodes" / bank
+
+    def config_path(self, bank: str) -> Path:
+        return self.node_dir(bank) / "config.json"
+
+    def pid_path(self, bank: str) -> Path:
+        return self.node_dir(bank) / "node.pid"
+
+    def operator_key_path(self, bank: str) -> Path:
+        return self.dir / "keys" / f"{bank}.operator.key"
+
+    def node_key_path(self, bank: str) -> Path:
+        return self.dir / "keys" / f"{bank}.node.key"
+
+    def exists(self) -> bool:
+        return self.genesis_path.exists()
+
+    def genesis(self) -> Genesis:
+        return load_genesis(self.genesis_path)
+
+    def banks(self) -> list[str]:
+        return [m.member_id for m in self.genesis().members]
+
+    def node_limits(self, bank: str | None = None) -> NodeLimits:
+        return load_node_config(self.config_path(bank or self.banks()[0])).limits
+
+    def member(self, bank: str) -> Member:
+        m = self.genesis().member(bank)
+        if m is None:
+            raise ConsortiumError(
+                f"no bank {bank!r} in {self.genesis_path} (banks: {', '.join(self.banks())})"
+            )
+        return m
+
+    # --- init ---------------------------------------------------------------------------
+
+    def init(self, banks: int, chain_id: str | None = None, limits: dict[str, int] | None = None) -> Genesis:
+        """Write genesis, keys and node configs for ``banks`` banks; refuse an existing dir."""
+        if banks < 4:
+            raise ConsortiumError(f"--banks must be >= 4 (n = 3f+1 with f >= 1), got {banks}")
+        if self.exists():
+            raise ConsortiumError(f"{self.dir} already holds a consortium ({self.genesis_path})")
+        f = (banks - 1) // 3
+        n = banks
+        if n != 3 * f + 1:  # genesis requires n = 3f+1 exactly
+            raise ConsortiumError(f"--banks must be 3f+1 (4, 7, 10, ...), got {banks}")
+        node_limits = NodeLimits(**(limits or {}))
+        chain_id = chain_id or f"local-{secrets.token_hex(4)}"
+        ports = free_ports(2 * n)
+        members: list[Member] = []
+        assets: list[Asset] = []
+        for i in range(n):
+            bank = bank_name(i)
+            node_key, operator_key = SigningKey.generate(), SigningKey.generate()
+            save_key(self.node_key_path(bank), node_key, f"{bank} node")
+            save_key(self.operator_key_path(bank), operator_key, f"{bank} operator")
+            ccy, scale = CURRENCIES[i % len(CURRENCIES)]
+            asset = f"{ccy}.{bank}"
+            assets.append(Asset(asset=asset, issuer=bank, scale=scale))
+            members.append(
+                Member(
+                    member_id=bank,
+                    replica=i,
+                    node_key=node_key.public_key,
+                    operator_key=operator_key.public_key,
+                    host=HOST,
+                    replica_port=ports[2 * i],
+                    api_port=ports[2 * i + 1],
+                    assets=(asset,),
+                )
+            )
+        genesis = Genesis(
+            chain_id=chain_id,
+            f=f,
+            members=tuple(members),
+            assets=tuple(sorted(assets, key=lambda a: a.asset)),
+            limits=LedgerLimits(),
+        )
+        for m in members:
+            node_dir = self.node_dir(m.member_id)
+            (node_dir / "data").mkdir(parents=True, exist_ok=True)
+            config = NodeConfig(
+                genesis_path=self.genesis_path,
+                member_id=m.member_id,
+                key_path=self.node_key_path(m.member_id),
+                data_dir=node_dir / "data",
+                api_listen=m.api_address,
+                replica_listen=m.replica_address,
+                log_path=node_dir / "events.log",
+                limits=node_limits,
+            )
+            self.config_path(m.member_id).write_text(config.to_json())
+        manifest = {"chain_id": chain_id, "banks": [m.member_id for m in members], "f": f}
+        (self.dir / "consortium.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # genesis last: its presence is what marks the directory as initialized
+        self.genesis_path.write_text(genesis.to_json())
+        return genesis
+
+    # --- processes ----------------------------------------------------------------------
+
+    def pid(self, bank: str) -> int | None:
+        """The pid of bank's running node, or None (a stale pid file is removed)."""
+        proc = self._procs.get(bank)
+        if proc is not None:
+            if proc.poll() is None:
+                return proc.pid  # our own child: poll() is exact (and it may not have exec'd yet)
+            del self._procs[bank]
+        path = self.pid_path(bank)
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if _pid_alive(pid) and self._is_our_node(pid, bank):
+            return pid
+        path.unlink(missing_ok=True)
+        return None
+
+    def _is_our_node(self, pid: int, bank: str) -> bool:
+        """The pid still runs this bank's node (not a recycled pid of something else)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return sys.platform != "linux"  # no /proc to ask: trust the pid file
+        return str(self.config_path(bank)).encode() in cmdline
+
+    def start(self, bank: str) -> int:
+        self.member(bank)
+        if self.pid(bank) is not None:
+            raise ConsortiumError(f"{bank} is already running (pid {self.pid(bank)})")
+        node_dir = self.node_dir(bank)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with (node_dir / "stderr.log").open("ab") as err:
+            proc = subprocess.Popen(
+                [self.python, "-m", "node", "--config", str(self.config_path(bank))],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,  # own process group: a ^C on the script does not hit it
+            )
+        self._procs[bank] = proc
+        self.pid_path(bank).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def health(self, bank: str, timeout_s: float = 1.0) -> bool:
+        m = self.member(bank)
+        with grpc.insecure_channel(m.api_address) as channel:
+            try:
+                resp = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s
+                )
+            except grpc.RpcError:
+                return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def wait_healthy(self, banks: list[str], timeout_s: float = UP_TIMEOUT_S) -> None:
+        """Return when every bank answers SERVING; raise if one exits or the bound passes."""
+        deadline = time.monotonic() + timeout_s
+        waiting = list(banks)
+        while waiting:
+            for bank in list(waiting):
+                if self.pid(bank) is None:
+                    tail = self._stderr_tail(bank)
+                    raise ConsortiumError(f"{bank} exited during start-up:\n{tail}")
+                if self.health(bank, timeout_s=0.5):
+                    waiting.remove(bank)
+            if waiting and time.monotonic() > deadline:
+                raise ConsortiumError(f"not healthy after {timeout_s:.0f}s: {', '.join(waiting)}")
+            if waiting:
+                time.sleep(0.05)  # polling a remote health endpoint: there is no event to await
+
+    def _stderr_tail(self, bank: str, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            text = (self.node_dir(bank) / "stderr.log").read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return "(no stderr.log)"
+
+    def up(
+        self, banks: int = 4, timeout_s: float = UP_TIMEOUT_S, limits: dict[str, int] | None = None
+    ) -> list[str]:
+        """Create the consortium if needed and start every node that is not running.
+        Returns the banks started; raises ConsortiumError if all were already running."""
+        if not self.exists():
+            self.init(banks, limits=limits)
+        all_banks = self.banks()
+        to_start = [b for b in all_banks if self.pid(b) is None]
+        if not to_start:
+            raise ConsortiumError(f"consortium in {self.dir} is already up ({len(all_banks)} nodes running)")
+        try:
+            for bank in to_start:
+                self.start(bank)
+            self.wait_healthy(to_start, timeout_s)
+        except BaseException:
+            self.down()
+            raise
+        return to_start
+
+    def kill(self, bank: str) -> int:
+        """SIGKILL (kill -9) one node; returns its pid."""
+        self.member(bank)
+        pid = self.pid(bank)
+        if pid is None:
+            raise ConsortiumError(f"{bank} is not running")
+        os.kill(pid, signal.SIGKILL)
+        self._reap(bank, pid, STOP_GRACE_S)
+        return pid
+
+    def restart(self, bank: str, timeout_s: float = UP_TIMEOUT_S) -> int:
+        if self.pid(bank) is not None:
+            self.kill(bank)
+        pid = self.start(bank)
+        self.wait_healthy([bank], timeout_s)
+        return pid
+
+    def stop(self, bank: str, grace_s: float = STOP_GRACE_S) -> str:
+        """SIGTERM, then SIGKILL past grace_s. Returns what happened, for the report."""
+        self.member(bank)
+        pid = self.pid(bank)
+        if pid is None:
+            return f"{bank}: not running"
+        os.kill(pid, signal.SIGTERM)
+        if self._reap(bank, pid, grace_s):
+            return f"{bank}: pid {pid} stopped (SIGTERM)"
+        os.kill(pid, signal.SIGKILL)
+        self._reap(bank, pid, grace_s)
+        return f"{bank}: pid {pid} killed (SIGKILL after {grace_s:.0f}s)"
+
+    def _reap(self, bank: str, pid: int, timeout_s: float) -> bool:
+        """Wait until pid is gone; True if it went within timeout_s."""
+        proc = self._procs.get(bank)
+        if proc is not None and proc.pid == pid:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                return False
+        else:
+            deadline = time.monotonic() + timeout_s
+            while _pid_alive(pid):  # not our child: poll its liveness
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+        self._procs.pop(bank, None)
+        self.pid_path(bank).unlink(missing_ok=True)
+        return True
+
+    def down(self) -> list[str]:
+        """Stop every running node; one report line each. Empty when nothing was running."""
+        if not self.exists():
+            return []
+        return [self.stop(b) for b in self.banks() if self.pid(b) is not None]
+
+    # --- queries ------------------------------------------------------------------------
+
+    def ledger_channel(self, bank: str) -> grpc.Channel:
+        return grpc.insecure_channel(self.member(bank).api_address)
+
+    def node_status(self, bank: str, timeout_s: float = 1.0) -> api_pb2.NodeStatus | None:
+        with self.ledger_channel(bank) as channel:
+            try:
+                return api_pb2_grpc.LedgerServiceStub(channel).GetStatus(
+                    api_pb2.GetStatusRequest(), timeout=timeout_s
+                )
+            except grpc.RpcError:
+                return None
+
+    def status(self) -> list[NodeInfo]:
+        out = []
+        for m in self.genesis().members:
+            pid = self.pid(m.member_id)
+            st = self.node_status(m.member_id) if pid is not None else None
+            out.append(
+                NodeInfo(m.member_id, m.replica, pid, pid is not None, m.api_address, m.replica_address, st)
+            )
+        return out
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _print_endpoints(c: Consortium) -> None:
+    g = c.genesis()
+    print(f"consortium {g.chain_id} in {c.dir}: n={g.n} f={g.f}")
+    print(f"{'bank':<10} {'replica':>7} {'pid':>8}  {'api':<21} {'replica port':<21} asset")
+    for m in g.members:
+        pid = c.pid(m.member_id)
+        print(
+            f"{m.member_id:<10} {m.replica:>7} {pid or '-':>8}  {m.api_address:<21} {m.replica_address:<21} "
+            f"{','.join(m.assets)}"
+        )
+    print(f"operator keys: {c.dir / 'keys'}/<BANK>.operator.key")
+
+
+def _print_status(c: Consortium) -> None:
+    print(
+        f"{'bank':<10} {'pid':>8} {'state':<5} {'view':>5} {'primary':>7} {'height':>7} {'stable':>7} "
+        f"{'peers':>5}  state root"
+    )
+    for info in c.status():
+        st = info.status
+        if st is None:
+            state = "up?" if info.up else "down"
+            print(f"{info.bank:<10} {info.pid or '-':>8} {state:<5}")
+            continue
+        print(
+            f"{info.bank:<10} {info.pid or '-':>8} {'up':<5} {st.view:>5} {st.primary:>7} {st.last_executed:>7} "
+            f"{st.stable_checkpoint:>7} {sum(p.up for p in st.peers):>3}/{len(st.peers)}  {st.state_root.hex()[:16]}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dir", type=Path, default=Path("consortium"), help="consortium directory")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_init = sub.add_parser("init", help="write genesis, keys and configs without starting nodes")
+    p_init.add_argument("--banks", type=int, default=4)
+    p_up = sub.add_parser("up", help="create (if new) and start every node")
+    p_up.add_argument("--banks", type=int, default=4)
+    p_up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S)
+    sub.add_parser("status")
+    for name in ("kill", "restart", "start", "stop"):
+        sub.add_parser(name).add_argument("bank")
+    sub.add_parser("down")
+    sub.add_parser("demo", help="start a consortium in --dir and run the demo (scripts/demo.py)")
+    for p in sub.choices.values():  # --dir also after the subcommand: `consortium.py up --dir X`
+        p.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help="consortium directory")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from demo import run_demo  # scripts/demo.py; imported late, it imports this module
+
+        return run_demo(args.dir)
+    c = Consortium(args.dir)
+    try:
+        if args.command == "init":
+            c.init(args.banks)
+            _print_endpoints(c)
+        elif args.command == "up":
+            if c.exists() and args.banks != len(c.banks()):
+                print(f"note: {c.dir} already has {len(c.banks())} banks; --banks {args.banks} ignored")
+            started = c.up(args.banks, timeout_s=args.timeout)
+            print(f"started {len(started)} node(s), all healthy")
+            _print_endpoints(c)
+        elif not c.exists():
+            raise ConsortiumError(f"no consortium in {c.dir} (run: consortium.py --dir {args.dir} up)")
+        elif args.command == "status":
+            _print_status(c)
+        elif args.command == "kill":
+            print(f"{args.bank}: pid {c.kill(args.bank)} killed (SIGKILL)")
+        elif args.command == "restart":
+            print(f"{args.bank}: restarted, pid {c.restart(args.bank)}, healthy")
+        elif args.command == "start":
+            pid = c.start(args.bank)
+            c.wait_healthy([args.bank])
+            print(f"{args.bank}: started, pid {pid}, healthy")
+        elif args.command == "stop":
+            print(c.stop(args.bank))
+        elif args.command == "down":
+            lines = c.down()
+            if not lines:
+                print(f"nothing running in {c.dir}")
+            for line in lines:
+                print(line)
+    except ConsortiumError as exc:
+        print(f"consortium: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The SDK and ledgerctl over a real 4-node consortium (one OS process per bank).
+
+One consortium per module (start-up costs seconds on 2 shared cores); every node it started is
+stopped by pid in the fixture's finalizer, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from client.cli import run
+from client.models import Committed, NotFound, Rejected
+from client.sdk import LedgerClient
+from client.tx import LegSpec, Transaction
+from ledger.crypto import SigningKey, load_key
+from ledger.v1 import api_pb2_grpc
+from tests.client.fakes import closed_port, forge_certificate
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+from consortium import Consortium  # noqa: E402
+
+
+def _kill_leftovers(c: Consortium) -> None:
+    """Stop every node process this test started, by pid, whatever state the test left."""
+    c.down()
+    for proc in list(c._procs.values()):  # the test owns these children
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
+    c = Consortium(tmp_path_factory.mktemp("live") / "c")
+    try:
+        c.up(4)
+        yield c
+    finally:
+        _kill_leftovers(c)
+
+
+@pytest.fixture(scope="module")
+def client(consortium: Consortium) -> Iterator[LedgerClient]:
+    with LedgerClient(consortium.genesis_path, timeout_s=15.0) as c:
+        yield c
+
+
+def _op(c: Consortium, bank: str) -> SigningKey:
+    return load_key(c.operator_key_path(bank)).key
+
+
+def _in_an_hour() -> int:
+    return int(time.time() * 1000) + 3_600_000
+
+
+def _ok(outcome: object) -> Committed:
+    assert isinstance(outcome, Committed) and outcome.ok, str(outcome)
+    return outcome
+
+
+def test_every_transaction_kind_and_query_through_the_sdk(
+    consortium: Consortium, client: LedgerClient
+) -> None:
+    b = client.tx
+    alice, bob = SigningKey.generate(), SigningKey.generate()
+    _ok(
+        client.submit(
+            b.open_account("BANK-A", "sdk-alice", alice.public_key).signed_by(_op(consortium, "BANK-A"))
+        )
+    )
+    _ok(
+        client.submit(
+            b.open_account("BANK-B", "sdk-bob", bob.public_key).signed_by(_op(consortium, "BANK-B"))
+        )
+    )
+    _ok(
+        client.submit(
+            b.mint("USD.BANK-A", "sdk-alice", 50000, "sdk-dep-1").signed_by(_op(consortium, "BANK-A"))
+        )
+    )
+    _ok(
+        client.submit(
+            b.mint("EUR.BANK-B", "sdk-bob", 40000, "sdk-dep-2").signed_by(_op(consortium, "BANK-B"))
+        )
+    )
+    pay = b.transfer([LegSpec("sdk-alice", "sdk-bob", "USD.BANK-A", 1000)]).signed_by(alice)
+    first = _ok(client.submit(pay))
+    pvp = b.pvp(
+        LegSpec("sdk-alice", "sdk-bob", "USD.BANK-A", 2000),
+        LegSpec("sdk-bob", "sdk-alice", "EUR.BANK-B", 1800),
+    )
+    _ok(client.submit(pvp.signed_by(alice, bob)))
+    _ok(
+        client.submit(
+            b.escrow_create(
+                "sdk-e1", LegSpec("sdk-alice", "sdk-bob", "USD.BANK-A", 500), _in_an_hour()
+            ).signed_by(alice)
+        )
+    )
+    _ok(client.submit(b.escrow_post("sdk-e1", 200).signed_by(alice)))
+    _ok(
+        client.submit(
+            b.escrow_create(
+                "sdk-e2", LegSpec("sdk-alice", "sdk-bob", "USD.BANK-A", 100), _in_an_hour()
+            ).signed_by(alice)
+        )
+    )
+    _ok(client.submit(b.escrow_void("sdk-e2").signed_by(bob)))
+    _ok(client.submit(b.redeem("sdk-bob", "USD.BANK-A", 700, "sdk-pay-1").signed_by(bob)))
+    _ok(client.submit(b.set_frozen("sdk-bob", True).signed_by(_op(consortium, "BANK-B"))))
+    frozen = client.submit(b.transfer([LegSpec("sdk-alice", "sdk-bob", "USD.BANK-A", 1)]).signed_by(alice))
+    assert isinstance(frozen, Committed) and frozen.code_name == "ACCOUNT_FROZEN"
+    _ok(client.submit(b.set_frozen("sdk-bob", False).signed_by(_op(consortium, "BANK-B"))))
+    poor = client.submit(b.transfer([LegSpec("sdk-bob", "sdk-alice", "EUR.BANK-B", 10**9)]).signed_by(bob))
+    assert isinstance(poor, Committed) and poor.code_name == "INSUFFICIENT_FUNDS"
+
+    many = [
+        b.transfer([LegSpec("sdk-alice", "sdk-bob", "USD.BANK-A", 1)]).signed_by(alice) for _ in range(20)
+    ]
+    outcomes = client.submit_many(many)
+    assert all(isinstance(o, Committed) and o.ok for o in outcomes), [str(o) for o in outcomes]
+    heights = {o.height for o in outcomes if isinstance(o, Committed)}
+    assert len(heights) < 20, heights  # the batch path: the primary packs them into shared blocks
+
+    # Resubmitting the same envelope is answered with the first result, not executed again.
+    again = _ok(client.submit(pay))
+    assert (again.height, again.result.index) == (first.height, first.result.index)
+
+    a = client.account("sdk-alice")
+    assert a.member_id == "BANK-A" and a.owner_key == alice.public_key and not a.frozen
+    assert a.balance("USD.BANK-A").available_minor == 50000 - 1000 - 2000 - 500 + 300 - 20
+    assert a.balance("EUR.BANK-B").available_minor == 1800
+    assert client.account("sdk-bob").balance("USD.BANK-A").available_minor == 1000 + 2000 + 200 - 700 + 20
+    supply = {s.asset: s for s in client.supply().assets}
+    assert supply["USD.BANK-A"].redeemed_minor >= 700
+    assert (
+        supply["USD.BANK-A"].outstanding_minor
+        == supply["USD.BANK-A"].minted_minor - supply["USD.BANK-A"].redeemed_minor
+    )
+    info = client.transaction(pay.tx_id)
+    assert info.transaction is not None and info.transaction.body == pay.body
+    block = client.block(first.height)
+    assert pay.tx_id in block.tx_ids and block.attested is not None
+    statuses = client.statuses()
+    assert len(statuses) == 4 and all(not isinstance(s, str) for s in statuses.values())
+    with pytest.raises(NotFound):
+        client.account("sdk-nobody")
+    with pytest.raises(NotFound):
+        client.transaction(bytes(32))
+    with pytest.raises(NotFound):
+        client.block(10**9)
+
+
+def test_the_nodes_refuse_bad_envelopes_definitely(consortium: Consortium, client: LedgerClient) -> None:
+    tx = client.tx.open_account("BANK-A", "sdk-x", bytes(32))
+    wrong_chain_sig = Transaction("other-chain", tx.body).signed_by(_op(consortium, "BANK-A")).signatures
+    out = client.submit(Transaction(tx.chain_id, tx.body, wrong_chain_sig))
+    assert isinstance(out, Rejected) and out.refusals[0][1] == "UNAUTHENTICATED", out
+
+
+def test_a_copy_signed_by_a_stranger_does_not_block_the_genuine_one(
+    consortium: Consortium, client: LedgerClient
+) -> None:
+    owner, stranger = SigningKey.generate(), SigningKey.generate()
+    b = client.tx
+    _ok(
+        client.submit(
+            b.open_account("BANK-A", "sdk-victim", owner.public_key).signed_by(_op(consortium, "BANK-A"))
+        )
+    )
+    _ok(
+        client.submit(
+            b.mint("USD.BANK-A", "sdk-victim", 100, "sdk-victim-dep").signed_by(_op(consortium, "BANK-A"))
+        )
+    )
+    pay = b.redeem("sdk-victim", "USD.BANK-A", 40, "sdk-victim-pay")
+    # The stranger's copy has the same body (same tx id) and a valid signature of the wrong key.
+    forged = client.submit(pay.signed_by(stranger), timeout_s=3.0)
+    assert not isinstance(forged, Committed), forged
+    stale = client.transaction(pay.tx_id).committed
+    assert stale.code_name == "MISSING_SIGNATURE" and not stale.final
+    genuine = _ok(client.submit(pay.signed_by(owner), timeout_s=5.0))
+    assert genuine.final and genuine.height > stale.height
+    assert client.account("sdk-victim").balance("USD.BANK-A").available_minor == 60
+
+
+class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
+    """Forwards to a real node, but forges the commit certificate of every receipt it serves."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = api_pb2_grpc.LedgerServiceStub(self.channel)
+        self.receipts_served = 0
+
+    def Submit(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.Submit(request, timeout=5)
+
+    def WaitReceipt(self, request, context):  # type: ignore[no-untyped-def]
+        self.receipts_served += 1
+        return forge_certificate(self.stub.WaitReceipt(request, timeout=10))
+
+    def GetTransaction(self, request, context):  # type: ignore[no-untyped-def]
+        resp = self.stub.GetTransaction(request, timeout=5)
+        forge_certificate(resp.receipt)
+        return resp
+
+    def SubmitBatch(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.SubmitBatch(request, timeout=5)
+
+    def WaitReceipts(self, request, context):  # type: ignore[no-untyped-def]
+        return (forge_certificate(r) for r in self.stub.WaitReceipts(request, timeout=10))
+
+    def GetAccount(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetAccount(request, timeout=5)
+
+    def GetBlock(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetBlock(request, timeout=5)
+
+    def GetSupply(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetSupply(request, timeout=5)
+
+    def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetStatus(request, timeout=5)
+
+
+def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -> None:
+    genesis = consortium.genesis()
+    proxy = LyingProxy(genesis.members[0].api_address)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    api_pb2_grpc.add_LedgerServiceServicer_to_server(proxy, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        endpoints = [f"127.0.0.1:{port}", genesis.members[1].api_address]
+        with LedgerClient(genesis, endpoints, timeout_s=15.0) as c:
+            tx = c.tx.open_account("BANK-A", "sdk-liar-test", bytes(32)).signed_by(_op(consortium, "BANK-A"))
+            out = c.submit(tx)
+            assert proxy.receipts_served == 1  # asked first, its forged receipt refused
+            assert isinstance(out, Committed) and out.ok and out.endpoint == endpoints[1]
+            assert c.transaction(tx.tx_id).committed.endpoint == endpoints[1]
+    finally:
+        server.stop(grace=None).wait()
+        proxy.channel.close()
+
+
+def _cli(consortium: Consortium, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = run(["--dir", str(consortium.dir), "--timeout", "15", *argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def test_ledgerctl_commands_and_error_paths(
+    consortium: Consortium, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def ok(*argv: str) -> str:
+        code, out, err = _cli(consortium, capsys, *argv)
+        assert code == 0, (argv, out, err)
+        return out
+
+    ok("keys", "new", "cli-carol")
+    ok("keys", "new", "cli-dave")
+    assert "cli-carol" in ok("keys", "list")
+    assert "committed: OK" in ok("account", "open", "cli-carol", "--bank", "BANK-A", "--owner", "cli-carol")
+    ok("account", "open", "cli-dave", "--bank", "BANK-B", "--owner", "cli-dave")
+    ok("mint", "300.00", "USD.BANK-A", "--to", "cli-carol", "--ref", "cli-dep-1")
+    ok("mint", "200.00", "EUR.BANK-B", "--to", "cli-dave", "--ref", "cli-dep-2")
+    doc = json.loads(ok("--json", "transfer", "cli-carol", "cli-dave", "10.25", "USD.BANK-A"))
+    assert doc["result"] == "OK" and len(doc["commit_signers"]) == 3
+    ok(
+        "transfer",
+        "cli-carol",
+        "cli-dave",
+        "1.00",
+        "USD.BANK-A",
+        "--leg",
+        "cli-carol",
+        "cli-dave",
+        "2.00",
+        "USD.BANK-A",
+    )
+    ok("pvp", "cli-carol", "cli-dave", "50.00", "USD.BANK-A", "45.00", "EUR.BANK-B")
+    ok("escrow", "create", "cli-e1", "cli-carol", "cli-dave", "20.00", "USD.BANK-A")
+    ok("escrow", "post", "cli-e1", "5.00", "USD.BANK-A", "--by", "cli-carol")
+    ok("escrow", "create", "cli-e2", "cli-carol", "cli-dave", "1.00", "USD.BANK-A")
+    ok("escrow", "void", "cli-e2", "--by", "cli-dave")
+    ok("redeem", "cli-dave", "3.00", "USD.BANK-A", "--ref", "cli-pay-1")
+    ok("account", "freeze", "cli-dave")
+    ok("account", "unfreeze", "cli-dave")
+    bal = json.loads(ok("--json", "balance", "cli-carol", "--confirmations", "2"))
+    assert {b["asset"]: b["available"] for b in bal["balances"]} == {
+        "USD.BANK-A": "231.75",
+        "EUR.BANK-B": "45.00",
+    }
+    assert "USD.BANK-A" in ok("supply")
+    ok("tx", doc["tx_id"])
+    assert "verified" in ok("block", str(doc["height"]))
+    assert len(json.loads(ok("--json", "status"))) == 4
+
+    for argv, code_expected, message in [
+        (["mint", "1.005", "USD.BANK-A", "--to", "cli-carol", "--ref", "x"], 2, "more than 2 decimal places"),
+        (["mint", "abc", "USD.BANK-A", "--to", "cli-carol", "--ref", "x"], 2, "not a decimal amount"),
+        (["transfer", "cli-nobody", "cli-dave", "1.00", "USD.BANK-A"], 3, "not found"),
+        (["balance", "cli-nobody"], 3, "not found"),
+        (["transfer", "cli-carol", "cli-dave", "100000.00", "USD.BANK-A"], 1, "INSUFFICIENT_FUNDS"),
+        (["--json", "balance", "cli-nobody"], 3, '"exit_code": 3'),
+        (["mint", "1.00", "USD.BANK-A", "--to", "cli-carol", "--ref", "cli-dep-1"], 1, "DUPLICATE_REFERENCE"),
+        (["--node", closed_port(), "balance", "cli-carol"], 4, "are the nodes running"),
+    ]:
+        code, out, err = _cli(consortium, capsys, *argv)
+        assert code == code_expected and message in out + err, (argv, code, out, err)
+
+
+def test_the_package_docstring_example_runs(
+    consortium: Consortium, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import client as package
+
+    assert package.__doc__ is not None
+    code = package.__doc__.split("::\n", 1)[1].split("\nModules:", 1)[0]
+    code = textwrap.dedent(code).replace('Path("consortium")', f"Path({str(consortium.dir)!r})")
+    exec(compile(code, "client/__init__.py example", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "OK at height" in printed and "available_minor=2500" in printed, printed
+
+
+def test_the_sdk_rides_through_a_primary_crash(consortium: Consortium, client: LedgerClient) -> None:
+    # Kill the primary: the SDK's first node is gone and the rest must change view before
+    # anything commits. The same envelope is retried until a verified receipt arrives.
+    primary = next(s for s in client.statuses().values() if not isinstance(s, str)).primary
+    bank = consortium.genesis().members[primary].member_id
+    consortium.kill(bank)
+    try:
+        tx = client.tx.open_account("BANK-B", "sdk-after-crash", bytes(32)).signed_by(
+            _op(consortium, "BANK-B")
+        )
+        out = _ok(client.submit(tx, timeout_s=30.0))
+        assert out.receipt.block.view >= 1 and primary not in out.receipt.block.commit_signers
+        assert client.account("sdk-after-crash").member_id == "BANK-B"
+    finally:
+        consortium.restart(bank)
+
+
+def test_demo_runs_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--dir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    node_pids: list[int] = []
+    try:
+        output, _ = proc.communicate(timeout=240)
+        node_pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
+        assert proc.returncode == 0, output
+        assert "DEMO OK" in output and "all 4 nodes at height" in output
+        assert len(set(node_pids)) >= 5  # 4 started + the restarted one, each reported
+        alive = [p for p in node_pids if _alive(p)]
+        assert not alive, f"left running: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for pid_file in (tmp_path / "demo" / "nodes").glob("*/node.pid"):
+            pid = int(pid_file.read_text().strip() or 0)
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

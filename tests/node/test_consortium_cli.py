@@ -1,0 +1,96 @@
+"""scripts/consortium.py without starting nodes: layout, refusals, and clear messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ledger.crypto import load_key
+from node.config import load_node_config
+from tests.node.helpers import Consortium
+
+
+def test_init_writes_genesis_keys_and_configs(tmp_path: Path) -> None:
+    from consortium import bank_name
+
+    c = Consortium(tmp_path / "c")
+    genesis = c.init(4)
+    assert [m.member_id for m in genesis.members] == ["BANK-A", "BANK-B", "BANK-C", "BANK-D"]
+    assert [a.asset for a in genesis.assets] == ["CHF.BANK-D", "EUR.BANK-B", "GBP.BANK-C", "USD.BANK-A"]
+    assert c.genesis() == genesis and genesis.f == 1
+    ports = [p for m in genesis.members for p in (m.api_port, m.replica_port)]
+    assert len(set(ports)) == 8
+    for m in genesis.members:
+        assert load_key(c.operator_key_path(m.member_id)).public_key == m.operator_key
+        assert load_key(c.node_key_path(m.member_id)).public_key == m.node_key
+        cfg = load_node_config(c.config_path(m.member_id))
+        assert cfg.member_id == m.member_id and cfg.api_listen == m.api_address
+    assert bank_name(25) == "BANK-Z" and bank_name(26) == "BANK-AA"
+
+
+def test_seven_banks_cycle_currencies_with_jpy_scale_zero(tmp_path: Path) -> None:
+    genesis = Consortium(tmp_path / "c").init(7)
+    assert genesis.f == 2
+    jpy = genesis.asset("JPY.BANK-E")
+    assert jpy is not None and jpy.scale == 0
+    assert genesis.asset("USD.BANK-F") is not None
+
+
+@pytest.mark.parametrize(("banks", "needle"), [(3, ">= 4"), (5, "3f\\+1")])
+def test_init_refuses_bad_bank_counts(tmp_path: Path, banks: int, needle: str) -> None:
+    from consortium import ConsortiumError
+
+    with pytest.raises(ConsortiumError, match=needle):
+        Consortium(tmp_path / "c").init(banks)
+
+
+def test_init_twice_and_down_with_nothing_running_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consortium import ConsortiumError, main
+
+    c = Consortium(tmp_path / "c")
+    c.init(4)
+    with pytest.raises(ConsortiumError, match="already holds"):
+        c.init(4)
+    assert c.down() == []
+    assert main(["--dir", str(c.dir), "down"]) == 0
+    assert "nothing running" in capsys.readouterr().out
+    assert main(["down", "--dir", str(c.dir)]) == 0  # --dir after the subcommand works too
+    assert "nothing running" in capsys.readouterr().out
+    assert main(["--dir", str(tmp_path / "absent"), "status"]) == 1
+    assert "no consortium" in capsys.readouterr().err
+    assert main(["--dir", str(c.dir), "kill", "BANK-Q"]) == 1
+    assert "no bank" in capsys.readouterr().err
+    assert main(["--dir", str(c.dir), "kill", "BANK-A"]) == 1
+    assert "not running" in capsys.readouterr().err
+
+
+def test_node_refuses_bad_config_and_wrong_key_with_clear_errors(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.node.helpers import ROOT
+
+    def run_node(config: Path) -> subprocess.CompletedProcess[str]:
+        # subprocess.run kills the child if the timeout passes: nothing outlives the test.
+        return subprocess.run(
+            [sys.executable, "-m", "node", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = run_node(tmp_path / "absent.json")
+    assert missing.returncode == 2 and "cannot read node config" in missing.stderr
+    c = Consortium(tmp_path / "c")
+    c.init(4)
+    doc = json.loads(c.config_path("BANK-A").read_text())
+    doc["key_path"] = str(c.node_key_path("BANK-B"))  # another member's key
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(doc))
+    result = run_node(wrong)
+    assert result.returncode == 2 and "not the node key genesis lists for BANK-A" in result.stderr

@@ -1,0 +1,264 @@
+"""The driver's action loop in-process: a scripted replica, the real Ledger, an in-memory store
+that logs every commit, and a transport that logs every send, all in one ordered trace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ledger.v1 import tx_pb2
+from node.app import queries
+from node.app.ledger import Ledger
+from node.driver import Driver
+from node.log import EventLog
+from node.pbft import actions as act
+from node.pbft import wire
+from node.storage import blocks
+from node.storage.kv import KVReader, KVWriter
+from node.storage.memory import MemoryStore
+from tests.app.factory import Factory
+
+
+class TracingStore:
+    """MemoryStore that appends ("commit", keys) to a shared trace when a write commits."""
+
+    def __init__(self, trace: list[tuple[str, Any]]) -> None:
+        self.inner = MemoryStore()
+        self.trace = trace
+
+    @contextmanager
+    def read(self) -> Iterator[KVReader]:
+        with self.inner.read() as r:
+            yield r
+
+    @contextmanager
+    def write(self) -> Iterator[KVWriter]:
+        with self.inner.write() as w:
+            keys: list[bytes] = []
+            original_put = w.put
+
+            def put(key: bytes, value: bytes) -> None:
+                keys.append(key)
+                original_put(key, value)
+
+            w.put = put  # type: ignore[method-assign]
+            yield w
+        self.trace.append(("commit", tuple(keys)))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TracingTransport:
+    def __init__(self, trace: list[tuple[str, Any]]) -> None:
+        self.trace = trace
+
+    def send(self, to: int, message: bytes) -> None:
+        self.trace.append(("send", (to, message)))
+
+    def broadcast(self, message: bytes) -> None:
+        self.trace.append(("broadcast", message))
+
+    def forward(self, to: int, envelopes: Sequence[bytes]) -> None:
+        self.trace.append(("forward", (to, len(envelopes))))
+
+    def is_up(self, replica: int) -> bool:
+        return True
+
+    async def fetch_blocks(self, peer_id: int, from_height: int) -> tuple[list[bytes], int] | None:
+        return None
+
+
+class ScriptedReplica:
+    """Returns the scripted action lists; records on_executed calls in the trace."""
+
+    def __init__(self, trace: list[tuple[str, Any]]) -> None:
+        self.trace = trace
+        self.pending: dict[bytes, bytes] = {}
+        self.script: list[list[act.Action]] = []
+        self.after_executed: list[act.Action] = []
+
+    def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
+        self.pending[tx_id] = envelope
+        return [act.ForwardRequests(0, (envelope,))]
+
+    def on_message(self, peer_message: bytes) -> list[act.Action]:
+        return self.script.pop(0)
+
+    def on_tick(self, now_ms: int) -> list[act.Action]:
+        return []
+
+    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[act.Action]:
+        self.trace.append(("on_executed", sequence))
+        return self.after_executed
+
+    def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]:
+        return []
+
+
+def make(fx: Factory) -> tuple[Driver, ScriptedReplica, list[tuple[str, Any]]]:
+    trace: list[tuple[str, Any]] = []
+    replica = ScriptedReplica(trace)
+    driver = Driver(
+        fx.genesis,
+        TracingStore(trace),
+        Ledger(fx.genesis),
+        replica,
+        TracingTransport(trace),
+        EventLog("BANK-B"),
+        tick_ms=1000,
+        pending_requests_max=2,
+        pending_ttl_ms=60_000,
+        genesis_root=queries.genesis_state_root(fx.genesis),
+        own_replica=1,
+    )
+    return driver, replica, trace
+
+
+def test_persists_commit_in_one_txn_before_the_sends_that_follow() -> None:
+    driver, _, trace = make(Factory())
+    driver.run(
+        [
+            act.Persist(b"a", b"1"),
+            act.Persist(b"b", b"2"),
+            act.Broadcast(b"prepare"),
+            act.Persist(b"a", None),
+            act.Send(2, b"commit"),
+            act.Note("view_change", {"view": 1}),
+        ]
+    )
+    assert trace == [
+        ("commit", (b"j/a", b"j/b")),
+        ("broadcast", b"prepare"),
+        ("commit", ()),  # the delete of j/a
+        ("send", (2, b"commit")),
+    ]
+    with driver.store.read() as r:
+        assert blocks.read_journal(r) == {b"b": b"2"}
+    assert driver.log.counters["note_view_change"] == 1
+
+
+def _block(fx: Factory, height: int, envelopes: Sequence[bytes]) -> act.Execute:
+    canonical = tuple(wire.canonical_envelope(e)[1] for e in envelopes)
+    header = wire.build_header(fx.chain_id, height, 1_000 * height, canonical)
+    commits = tuple(wire.encode_signed(b"commit-body", i, bytes(64)) for i in range(3))  # not checked here
+    return act.Execute(height, header, canonical, commits)
+
+
+def test_execute_stores_block_and_state_in_one_txn_then_runs_follow_ups_in_order() -> None:
+    fx = Factory()
+    driver, replica, trace = make(fx)
+    alice = fx.client("alice")
+    opened = fx.open_account("BANK-A", "alice", alice)
+    replica.after_executed = [act.Broadcast(b"attestation")]
+    driver.run([_block(fx, 1, [opened]), act.Send(3, b"after")])
+    commit = trace[0]
+    assert commit[0] == "commit"
+    keys = commit[1]
+    assert any(k.startswith(b"s/a/") for k in keys), "ledger state written in the block's txn"
+    assert any(k.startswith(b"b/h/") for k in keys) and b"m/last_executed" in keys
+    # on_executed's own actions run right after the Execute, before the rest of the list.
+    assert trace[1:] == [("on_executed", 1), ("broadcast", b"attestation"), ("send", (3, b"after"))]
+    assert driver.head.last_executed == 1
+    with driver.store.read() as r:
+        loc = blocks.find_tx(r, fx.tx_id(opened))
+        assert loc == blocks.TxLocation(1, 0, True)
+        (result,) = blocks.get_results(r, 1)
+    assert tx_pb2.TxResult.FromString(result).code == tx_pb2.OK
+
+
+def test_attested_wakes_receipt_waiters_and_pending_is_bounded() -> None:
+    fx = Factory()
+    driver, _, _ = make(fx)
+    opened = fx.open_account("BANK-A", "alice", fx.client("alice"))
+    tx_id = fx.tx_id(opened)
+
+    async def scenario() -> int | None:
+        assert driver.submit(tx_id, opened)
+        assert driver.submit(b"\x01" * 32, opened) and not driver.submit(b"\x02" * 32, opened)  # max 2
+        waiter = asyncio.ensure_future(driver.wait_receipt(tx_id, timeout_s=5))
+        await asyncio.sleep(0)  # let the waiter register
+        driver.run([_block(fx, 1, [opened])])
+        assert not waiter.done(), "executed but not attested: no receipt yet"
+        driver.run([act.Attested(1, (b"att1", b"att2"))])
+        return await waiter
+
+    assert asyncio.run(scenario()) == 1
+    assert tx_id not in driver.pending
+    with driver.store.read() as r:
+        assert blocks.get_attestations(r, 1) == (b"att1", b"att2")
+
+
+def test_client_requests_are_relayed_to_every_peer_not_just_the_primary() -> None:
+    fx = Factory()
+    driver, _, trace = make(fx)
+    envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(2)]
+
+    async def scenario() -> None:
+        driver.start()
+        for e in envs:
+            assert driver.submit(fx.tx_id(e), e)
+        while len([t for t in trace if t[0] == "forward"]) < 3:
+            await asyncio.sleep(0.001)  # the consumer task runs in this same loop
+        await driver.stop()
+
+    asyncio.run(scenario())
+    forwards = [t[1] for t in trace if t[0] == "forward"]
+    # One batched relay per peer (replicas 0, 2, 3; we are 1); the replica's own
+    # ForwardRequests to the primary is dropped as redundant.
+    assert sorted(forwards) == [(0, 2), (2, 2), (3, 2)]
+
+
+def test_backfilled_attestations_must_match_our_outcome_and_verify() -> None:
+    from ledger.crypto import SigningKey
+    from node.pbft.crypto import Ed25519Crypto
+    from node.receipts import matching_attestations
+
+    fx = Factory()
+    digest, results_root, state_root = b"d" * 32, b"r" * 32, b"s" * 32
+
+    def crypto_for(key: SigningKey) -> Ed25519Crypto:
+        return Ed25519Crypto(key, fx.genesis.node_keys(), fx.genesis.chain_id)
+
+    def att(signer: int, key: SigningKey, *, replica: int | None = None, state: bytes = state_root) -> bytes:
+        body = wire.encode_body(
+            wire.Attestation(7, digest, results_root, state, signer if replica is None else replica)
+        )
+        return wire.encode_signed(body, signer, crypto_for(key).sign(body))
+
+    crypto = crypto_for(fx.node_keys["BANK-A"])
+
+    keys = [fx.node_keys[m] for m in ("BANK-A", "BANK-B", "BANK-C", "BANK-D")]
+    good_b, good_c = att(1, keys[1]), att(2, keys[2])
+    candidates = [
+        att(3, keys[3], state=b"x" * 32),  # a different state root: not our outcome
+        att(3, SigningKey(b"\x09" * 32)),  # claims BANK-D, signed by an outsider
+        att(2, keys[2], replica=1),  # body names another replica than the signer
+        good_c,
+        good_b,
+        good_b,  # the same member twice counts once
+        b"\xff garbage",
+    ]
+    got = matching_attestations(fx.genesis, crypto, 7, digest, results_root, state_root, candidates)
+    assert got == [good_b, good_c]
+    assert matching_attestations(fx.genesis, crypto, 8, digest, results_root, state_root, candidates) == []
+
+
+def test_verify_cache_answers_repeats_and_never_caches_failures() -> None:
+    from ledger.crypto import DOMAIN_TX, SigningKey
+    from node.signing import VerifyCache
+
+    key = SigningKey(b"\x05" * 32)
+    sig = key.sign(DOMAIN_TX, "chain", b"body")
+    cache = VerifyCache(entries_max=1)
+    assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body")
+    assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body") and cache.hits == 1
+    assert not cache(key.public_key, sig, DOMAIN_TX, "chain", b"other body")
+    assert not cache(key.public_key, sig, DOMAIN_TX, "other-chain", b"body")
+    assert not cache(key.public_key, bytes(64), DOMAIN_TX, "chain", b"body")
+    assert cache.hits == 1
+    sig2 = key.sign(DOMAIN_TX, "chain", b"body2")
+    assert cache(key.public_key, sig2, DOMAIN_TX, "chain", b"body2")  # evicts the first (max 1)
+    assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body") and cache.hits == 1

@@ -1,0 +1,247 @@
+"""A real 4-process consortium on 127.0.0.1: commits agree everywhere; bad input from clients and
+from non-members on the replica port is refused with the right status or dropped and counted."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from client.verify import verify_block, verify_receipt
+from ledger import merkle
+from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
+from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from tests.app.factory import Factory
+from tests.node.helpers import (
+    Consortium,
+    factory_for,
+    rpc_code,
+    running_consortium,
+    statuses,
+    stub,
+    submit_all,
+    submit_one,
+    tx_id,
+    wait_converged,
+    wait_for,
+)
+
+BANKS = ["BANK-A", "BANK-B", "BANK-C", "BANK-D"]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
+    with running_consortium(tmp_path_factory.mktemp("net") / "consortium") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def funded(net: Consortium) -> Factory:
+    """alice@BANK-A holds 1,000.00 USD.BANK-A; bob@BANK-B has an account."""
+    fx = factory_for(net)
+    alice, bob = fx.client("alice"), fx.client("bob")
+    receipts = submit_all(
+        net,
+        "BANK-A",
+        [fx.open_account("BANK-A", "alice", alice), fx.open_account("BANK-B", "bob", bob)],
+    )
+    assert {r.result.code for r in receipts} == {tx_pb2.OK}
+    assert submit_one(net, "BANK-C", fx.mint("USD.BANK-A", "alice", 100_000)).result.code == tx_pb2.OK
+    return fx
+
+
+def test_commits_on_all_four_with_identical_roots_and_block_hashes(net: Consortium, funded: Factory) -> None:
+    fx = funded
+    genesis = net.genesis()
+    # Submitted to every node in turn: each relays to the primary and all commit the same.
+    for i, bank in enumerate(BANKS):
+        envs = [fx.transfer([("alice", "bob", "USD.BANK-A", 100 + i)]) for _ in range(25)]
+        receipts = submit_all(net, bank, envs)
+        for raw, receipt in zip(
+            envs, sorted(receipts, key=lambda r: envs.index(_env_of(envs, r))), strict=True
+        ):
+            assert receipt.result.code == tx_pb2.OK, receipt.result
+            verified = verify_receipt(genesis, receipt, tx_id(raw))  # certificate, proofs, attestations
+            assert verified is not None
+    top = max(s.last_executed for s in statuses(net, BANKS).values())
+    sts = wait_converged(net, BANKS, top)
+    assert len({s.state_root for s in sts.values()}) == 1
+    # Every block, fetched from every node: same header bytes and a valid certificate.
+    for height in range(1, top + 1):
+        headers = set()
+        for bank in BANKS:
+            block = stub(net, bank).GetBlock(api_pb2.GetBlockRequest(height=height), timeout=5)
+            verify_block(genesis, block)
+            headers.add(block.block.header)
+        assert len(headers) == 1, f"block {height} differs between nodes"
+    accounts = {
+        bank: stub(net, bank).GetAccount(api_pb2.GetAccountRequest(account_id="bob"), timeout=5)
+        for bank in BANKS
+    }
+    assert len({a.SerializeToString() for a in accounts.values()}) == 1
+    expected = sum(25 * (100 + i) for i in range(4))
+    assert [(b.asset, b.available) for b in accounts["BANK-A"].balances] == [("USD.BANK-A", expected)]
+    supply = stub(net, "BANK-D").GetSupply(api_pb2.GetSupplyRequest(), timeout=5)
+    usd = [a for a in supply.assets if a.asset == "USD.BANK-A"]
+    assert usd[0].minted == 100_000 and usd[0].outstanding == 100_000
+
+
+def _env_of(envs: list[bytes], receipt: api_pb2.Receipt) -> bytes:
+    return next(e for e in envs if tx_id(e) == receipt.result.tx_id)
+
+
+def test_retry_of_committed_tx_returns_first_result(net: Consortium, funded: Factory) -> None:
+    raw = funded.transfer([("alice", "bob", "USD.BANK-A", 1)])
+    first = submit_one(net, "BANK-B", raw)
+    again = submit_one(net, "BANK-D", raw)
+    assert first.result == again.result
+    tx = stub(net, "BANK-C").GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id(raw)), timeout=5)
+    assert tx.envelope.SerializeToString() == raw and tx.receipt.result == first.result
+    block = stub(net, "BANK-A").GetBlock(api_pb2.GetBlockRequest(height=first.result.height), timeout=5)
+    ids = [tx_id(e.SerializeToString()) for e in block.block.batch.envelopes]
+    header = tx_pb2.BlockHeader.FromString(block.block.header)
+    assert merkle.verify(header.tx_root, tx_id(raw), first.result.index, len(ids), list(first.tx_proof))
+
+
+def _raw_unary(c: Consortium, bank: str, method: str, payload: bytes) -> grpc.StatusCode:
+    with grpc.insecure_channel(c.member(bank).api_address) as ch:
+        call = ch.unary_unary(f"/ledger.v1.LedgerService/{method}", None, None)
+        return rpc_code(lambda: call(payload, timeout=5))
+
+
+def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) -> None:
+    fx = funded
+    s = stub(net, "BANK-B")
+    code = grpc.StatusCode
+    assert _raw_unary(net, "BANK-B", "Submit", b"\xff\xfe garbage \x00\x01") == code.INVALID_ARGUMENT
+    assert (
+        _raw_unary(net, "BANK-B", "Submit", b"x" * (5 << 20)) == code.RESOURCE_EXHAUSTED
+    )  # > message_bytes_max
+    huge_memo = fx.transfer([("alice", "bob", "USD.BANK-A", 1)], memo="m" * 9000)  # > tx_bytes_max
+    cases = {
+        "too large tx": (huge_memo, code.INVALID_ARGUMENT),
+        "wrong chain": (
+            fx.transfer([("alice", "bob", "USD.BANK-A", 1)], chain_id="other-chain"),
+            code.FAILED_PRECONDITION,
+        ),
+        "negative amount": (fx.transfer([("alice", "bob", "USD.BANK-A", -5)]), code.INVALID_ARGUMENT),
+        "zero amount": (fx.mint("USD.BANK-A", "alice", 0), code.INVALID_ARGUMENT),
+    }
+    for name, (raw, expected) in cases.items():
+        request = api_pb2.SubmitRequest(envelope=tx_pb2.Envelope.FromString(raw))
+        got = rpc_code(functools.partial(s.Submit, request, timeout=5))
+        assert got == expected, f"{name}: {got}"
+    forged = tx_pb2.Envelope.FromString(fx.transfer([("alice", "bob", "USD.BANK-A", 1)]))
+    forged.signatures[0].signature = bytes(64)
+    assert (
+        rpc_code(lambda: s.Submit(api_pb2.SubmitRequest(envelope=forged), timeout=5)) == code.UNAUTHENTICATED
+    )
+    assert rpc_code(lambda: s.Submit(api_pb2.SubmitRequest(), timeout=5)) == code.INVALID_ARGUMENT
+    too_many = api_pb2.SubmitBatchRequest(envelopes=[forged] * 1001)
+    assert rpc_code(lambda: s.SubmitBatch(too_many, timeout=5)) == code.INVALID_ARGUMENT
+    # Queries of things that do not exist.
+    assert (
+        rpc_code(lambda: s.GetAccount(api_pb2.GetAccountRequest(account_id="nobody"), timeout=5))
+        == code.NOT_FOUND
+    )
+    assert (
+        rpc_code(lambda: s.GetAccount(api_pb2.GetAccountRequest(account_id=""), timeout=5))
+        == code.INVALID_ARGUMENT
+    )
+    assert (
+        rpc_code(lambda: s.GetTransaction(api_pb2.GetTransactionRequest(tx_id=bytes(32)), timeout=5))
+        == code.NOT_FOUND
+    )
+    assert rpc_code(lambda: s.GetBlock(api_pb2.GetBlockRequest(height=10**9), timeout=5)) == code.NOT_FOUND
+    assert (
+        rpc_code(lambda: s.WaitReceipt(api_pb2.WaitReceiptRequest(tx_id=b"short"), timeout=5))
+        == code.INVALID_ARGUMENT
+    )
+    wait = api_pb2.WaitReceiptRequest(tx_id=bytes(32), timeout_ms=50)
+    assert rpc_code(lambda: s.WaitReceipt(wait, timeout=5)) == code.DEADLINE_EXCEEDED
+    # Unknown account in a transfer is decided by execution: it commits with that result code.
+    receipt = submit_one(net, "BANK-C", fx.transfer([("alice", "ghost", "USD.BANK-A", 1)]))
+    assert receipt.result.code == tx_pb2.UNKNOWN_ACCOUNT
+    # A valid signature by the wrong key passes the stateless check and fails in execution.
+    wrong_key = fx.transfer([("alice", "bob", "USD.BANK-A", 1)], signers=[fx.client("mallory")])
+    receipt = submit_one(net, "BANK-C", wrong_key)
+    assert receipt.result.code == tx_pb2.MISSING_SIGNATURE
+    counters = stub(net, "BANK-B").GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
+    assert counters["rejected_WRONG_CHAIN"] >= 1 and counters["rejected_BAD_SIGNATURE"] >= 1
+    assert all(net.health(b) for b in BANKS)
+
+
+def _peer_message(signer: int, key: SigningKey, chain_id: str) -> bytes:
+    body = consensus_pb2.ConsensusMessage(
+        prepare=consensus_pb2.Prepare(view=0, sequence=1, digest=bytes(32), replica=signer)
+    ).SerializeToString()
+    signature = key.sign(DOMAIN_CONSENSUS, chain_id, body)
+    signed = consensus_pb2.SignedMessage(body=body, signer=signer, signature=signature)
+    return consensus_pb2.PeerMessage(message=signed).SerializeToString()
+
+
+def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded: Factory) -> None:
+    genesis = net.genesis()
+    target = "BANK-C"
+    before = stub(net, target).GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
+    outsider = SigningKey.generate()
+    stream_in = [
+        b"\x00\xff garbage",
+        _peer_message(99, outsider, genesis.chain_id),  # names no member
+        _peer_message(1, outsider, genesis.chain_id),  # claims to be BANK-B, signed by an outsider
+        _peer_message(1, outsider, genesis.chain_id),
+    ]
+    with grpc.insecure_channel(net.member(target).replica_address) as ch:
+        stream = ch.stream_unary("/ledger.v1.ReplicaService/Stream", None, None)
+        stream(iter(stream_in), timeout=5)
+        forward = ch.unary_unary("/ledger.v1.ReplicaService/ForwardTransactions", None, None)
+        bad_env = tx_pb2.Envelope.FromString(
+            funded.transfer([("alice", "bob", "USD.BANK-A", 1)], chain_id="x")
+        )
+        forward(consensus_pb2.Forward(envelopes=[bad_env]).SerializeToString(), timeout=5)
+        forward(b"\xff\xff\xff", timeout=5)
+        fetch = ch.unary_unary("/ledger.v1.ReplicaService/FetchBlocks", None, None)
+        assert rpc_code(lambda: fetch(b"\xff\xff\xff\xff", timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+        oversized = iter([b"\x0a" + b"x" * (5 << 20)])  # over message_bytes_max
+        assert rpc_code(lambda: stream(oversized, timeout=5)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def counted() -> dict[str, int] | None:
+        now = stub(net, target).GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
+        deltas = {k: now[k] - before.get(k, 0) for k in now}
+        wanted = ("peer_garbage", "peer_non_member", "replica_bad_signature", "peer_forward_invalid")
+        return deltas if all(deltas.get(k, 0) >= 1 for k in wanted) else None
+
+    deltas = wait_for("drops to be counted", counted, timeout_s=10)
+    assert deltas["peer_garbage"] >= 2 and deltas["replica_bad_signature"] >= 2
+    assert all(net.health(b) for b in BANKS)
+    # ... and the node still commits.
+    assert (
+        submit_one(net, target, funded.transfer([("alice", "bob", "USD.BANK-A", 1)])).result.code == tx_pb2.OK
+    )
+
+
+def test_health_and_reflection_are_served(net: Consortium) -> None:
+    with grpc.insecure_channel(net.member("BANK-A").api_address) as ch:
+        health = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="ledger.v1.LedgerService"), timeout=5
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        responses = list(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
+        names = {s.name for s in responses[0].list_services_response.service}
+        assert "ledger.v1.LedgerService" in names and "grpc.health.v1.Health" in names
+
+
+def test_up_twice_says_already_up(net: Consortium) -> None:
+    from consortium import ConsortiumError
+
+    with pytest.raises(ConsortiumError, match="already up"):
+        Consortium(net.dir).up(4)

@@ -1,0 +1,40 @@
+"""The benchmark is a script, not a timed test: here it only has to run and print well-formed
+JSON whose figures are consistent with each other."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(180)
+def test_bench_runs_briefly_and_prints_one_json_object() -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--duration", "3", "--warmup", "1"]
+    cmd += ["--clients", "1", "--accounts-per-bank", "3", "--batch", "50", "--expect-tps", "3000", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in (
+        "banks",
+        "committed_tps",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "rss_mb_max",
+        "rss_growth_mb",
+        "duration_s",
+        "mode",
+    ):
+        assert key in out, key
+    assert out["banks"] == 4 and out["mode"] == "closed" and out["duration_s"] == 3
+    assert out["committed_tps"] > 0, "nothing committed during the window"
+    assert out["p50_ms"] <= out["p99_ms"] <= out["p999_ms"]
+    assert out["receipt_failures"] == 0
+    assert not out["presign_exhausted"], "the window must measure the nodes, not the pre-signed supply"
+    assert sum(out["tps_by_second"]) == round(out["committed_tps"] * out["duration_s"])
