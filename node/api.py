@@ -246,7 +246,9 @@ class LedgerApi:
             block_raw = blocks.get_block(r, found.height)
         assert block_raw is not None
         block = consensus_pb2.CertifiedBlock.FromString(block_raw)
-        out = api_pb2.GetTransactionResponse(receipt=receipt, envelope=block.batch.envelopes[found.index])
+        out = api_pb2.GetTransactionResponse(
+            receipt=receipt, envelope=tx_pb2.Envelope.FromString(block.batch.envelopes[found.index])
+        )
         return out.SerializeToString()
 
     async def get_account(self, raw: bytes) -> bytes:

@@ -59,7 +59,7 @@ class ProofCache:
         assert raw_block is not None, f"tx index points at missing block {height}"
         block = consensus_pb2.CertifiedBlock.FromString(raw_block)
         results = blocks.get_results(r, height)
-        tx_ids = [hashlib.sha256(e.body).digest() for e in block.batch.envelopes]
+        tx_ids = [hashlib.sha256(tx_pb2.Envelope.FromString(e).body).digest() for e in block.batch.envelopes]
         view = _BlockView(
             header=block.header,
             certificate=block.certificate,

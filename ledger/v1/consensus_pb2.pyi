@@ -211,17 +211,21 @@ Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 
 @_typing.final
 class Batch(_message.Message):
-    """A batch as proposed: the envelopes whose ids and hash the header commits to."""
+    """A batch as proposed: the envelopes whose ids and hash the header commits to. Each is the
+    exact serialized Envelope the primary proposed (bytes, not a message), so every verifier
+    hashes the bytes it received and nobody re-serializes. Wire-compatible with a repeated
+    Envelope field: a reader may decode each entry as an Envelope.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVELOPES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[_tx_pb2.Envelope]: ...
+    def envelopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
-        envelopes: _abc.Iterable[_tx_pb2.Envelope] | None = ...,
+        envelopes: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

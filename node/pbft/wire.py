@@ -134,7 +134,7 @@ def cert_from_pb(pc: cpb.PreparedCertificate) -> PreparedCert:
     return PreparedCert(
         pre_prepare=pc.pre_prepare.SerializeToString(),
         prepares=tuple(p.SerializeToString() for p in pc.prepares),
-        envelopes=tuple(e.SerializeToString() for e in pc.batch.envelopes),
+        envelopes=tuple(bytes(e) for e in pc.batch.envelopes),
     )
 
 
@@ -169,7 +169,7 @@ def decode_body(body: bytes) -> Body:
             view=nv.view,
             view_changes=tuple(s.SerializeToString() for s in nv.view_changes),
             pre_prepares=tuple(s.SerializeToString() for s in nv.pre_prepares),
-            batches=tuple(tuple(e.SerializeToString() for e in b.envelopes) for b in nv.batches),
+            batches=tuple(tuple(bytes(e) for e in b.envelopes) for b in nv.batches),
         )
     if kind == "attestation":
         a = cm.attestation
@@ -196,7 +196,7 @@ def decode_peer(raw: bytes) -> tuple[bytes, tuple[bytes, ...] | None]:
     assert isinstance(pm, cpb.PeerMessage)
     if not pm.HasField("message"):
         raise WireError("peer message without a signed message")
-    batch = tuple(e.SerializeToString() for e in pm.batch.envelopes) if pm.HasField("batch") else None
+    batch = tuple(bytes(e) for e in pm.batch.envelopes) if pm.HasField("batch") else None
     return pm.message.SerializeToString(), batch
 
 
@@ -207,9 +207,9 @@ def decode_header(raw: bytes) -> Header:
 
 
 def canonical_envelope(raw: bytes) -> tuple[bytes, bytes]:
-    """(tx_id, canonical bytes) of a client envelope. Batches carry envelopes as protobuf
-    messages, so every replica hashes their re-serialized form; proposing that same form keeps
-    the primary's batch_hash equal to what backups recompute."""
+    """(tx_id, canonical bytes) of a client envelope. Batches carry each envelope's exact
+    bytes; normalizing them once at admission makes two encodings of one copy (field order,
+    unknown fields) a single request, so they cannot both be proposed."""
     env = _parse(txpb.Envelope, raw)
     assert isinstance(env, txpb.Envelope)
     return hashlib.sha256(env.body).digest(), env.SerializeToString()
@@ -226,7 +226,7 @@ def decode_certified_block(raw: bytes) -> tuple[bytes, tuple[bytes, ...], tuple[
     assert isinstance(cb, cpb.CertifiedBlock)
     return (
         bytes(cb.header),
-        tuple(e.SerializeToString() for e in cb.batch.envelopes),
+        tuple(bytes(e) for e in cb.batch.envelopes),
         tuple(c.SerializeToString() for c in cb.certificate.commits),
     )
 
@@ -235,10 +235,7 @@ def decode_certified_block(raw: bytes) -> tuple[bytes, tuple[bytes, ...], tuple[
 
 
 def _batch(envelopes: Sequence[bytes]) -> cpb.Batch:
-    b = cpb.Batch()
-    for e in envelopes:
-        b.envelopes.add().MergeFromString(e)
-    return b
+    return cpb.Batch(envelopes=envelopes)
 
 
 def cert_to_pb(cert: PreparedCert, out: cpb.PreparedCertificate) -> None:

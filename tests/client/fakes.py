@@ -496,7 +496,7 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
         return api_pb2.GetBlockResponse(
             block=consensus_pb2.CertifiedBlock(
                 header=b.header_bytes,
-                batch=consensus_pb2.Batch(envelopes=[_envelope(e) for e in b.envelopes]),
+                batch=consensus_pb2.Batch(envelopes=list(b.envelopes)),
                 certificate=b.certificate,
             ),
             results=results,

@@ -1,11 +1,14 @@
 """Receipt verification against receipts synthesized with real member keys (tests/client/fakes)."""
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+import client.verify as client_verify
 from client.tx import LegSpec, TxBuilder
-from client.verify import ReceiptError, verify_block, verify_receipt
+from client.verify import ReceiptError, VerificationCache, verify_block, verify_receipt
+from ledger import crypto
 from ledger.crypto import SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from tests.client.fakes import FakeChain, FakeNode, sign_consensus
@@ -172,13 +175,42 @@ def _liar_attests_its_own_results(c: FakeChain, r: api_pb2.Receipt) -> None:
         (_liar_attests_its_own_results, "attestations_disagree"),
     ],
 )
-def test_tampered_receipt_is_rejected_with_the_reason(mutate: Mutate, reason: str) -> None:
+@pytest.mark.parametrize("warm_cache", [False, True], ids=["no-cache", "warm-cache"])
+def test_tampered_receipt_is_rejected_with_the_reason(mutate: Mutate, reason: str, warm_cache: bool) -> None:
     chain, ids = _chain_with_block()
+    cache = VerificationCache(chain.genesis) if warm_cache else None
+    if cache is not None:  # the genuine receipts of this block were verified and cached first
+        for tx_id in ids[:3]:
+            verify_receipt(chain.genesis, chain.receipts[tx_id], tx_id, cache)
     receipt = _copy(chain.receipts[ids[1]])
     mutate(chain, receipt)
     with pytest.raises(ReceiptError) as info:
-        verify_receipt(chain.genesis, receipt, ids[1])
+        verify_receipt(chain.genesis, receipt, ids[1], cache)
     assert info.value.reason == reason, str(info.value)
+
+
+def test_cache_checks_a_blocks_signatures_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain, ids = _chain_with_block()
+    calls = 0
+    real = crypto.verify
+
+    def counting(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    monkeypatch.setattr(client_verify, "verify", counting)
+    cache = VerificationCache(chain.genesis)
+    first = verify_receipt(chain.genesis, chain.receipts[ids[0]], ids[0], cache)
+    per_block = calls
+    assert per_block >= chain.genesis.quorum + chain.genesis.f + 1
+    rest = [verify_receipt(chain.genesis, chain.receipts[t], t, cache) for t in ids[1:3]]
+    assert calls == per_block, "receipts of an already verified block re-checked signatures"
+    assert [r.index for r in (first, *rest)] == [0, 1, 2] and cache.hits == 4
+    verify_receipt(chain.genesis, chain.receipts[ids[3]], ids[3], cache)  # block 2: a miss
+    assert calls == 2 * per_block
+    with pytest.raises(ValueError, match="another genesis"):
+        verify_receipt(FakeChain(ledger=False).genesis, chain.receipts[ids[0]], ids[0], cache)
 
 
 def test_receipt_of_another_transaction_is_rejected() -> None:
@@ -236,7 +268,9 @@ def test_blocks_verify_and_tampered_batches_do_not() -> None:
         verify_block(chain.genesis, dropped)
     swapped = api_pb2.GetBlockResponse()
     swapped.CopyFrom(resp)
-    swapped.block.batch.envelopes[0].signatures[0].signature = bytes(64)  # tx ids equal, bytes not
+    env = tx_pb2.Envelope.FromString(swapped.block.batch.envelopes[0])
+    env.signatures[0].signature = bytes(64)  # tx ids equal, bytes not
+    swapped.block.batch.envelopes[0] = env.SerializeToString()
     with pytest.raises(ReceiptError, match="batch_hash"):
         verify_block(chain.genesis, swapped)
     lying = api_pb2.GetBlockResponse()

@@ -102,7 +102,8 @@ def test_retry_of_committed_tx_returns_first_result(net: Consortium, funded: Fac
     tx = stub(net, "BANK-C").GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id(raw)), timeout=5)
     assert tx.envelope.SerializeToString() == raw and tx.receipt.result == first.result
     block = stub(net, "BANK-A").GetBlock(api_pb2.GetBlockRequest(height=first.result.height), timeout=5)
-    ids = [tx_id(e.SerializeToString()) for e in block.block.batch.envelopes]
+    ids = [tx_id(bytes(e)) for e in block.block.batch.envelopes]
+    assert bytes(block.block.batch.envelopes[first.result.index]) == raw  # the exact bytes, not a re-encoding
     header = tx_pb2.BlockHeader.FromString(block.block.header)
     assert merkle.verify(header.tx_root, tx_id(raw), first.result.index, len(ids), list(first.tx_proof))
 
