@@ -46,7 +46,7 @@ from client.models import (
 )
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction, TxBuilder, TxBuildError
-from client.verify import ReceiptError, VerifiedReceipt, verify_receipt
+from client.verify import ReceiptError, VerificationCache, VerifiedReceipt, verify_receipt
 from client.wallet import Wallet, WalletError
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "TxBuilder",
     "Unreachable",
     "Unverified",
+    "VerificationCache",
     "VerifiedReceipt",
     "Wallet",
     "WalletError",

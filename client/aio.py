@@ -34,7 +34,7 @@ from client.policy import (
 )
 from client.sdk import check_block, check_transaction
 from client.tx import Transaction, TxBuilder
-from client.verify import ReceiptError, VerifiedBlock, verify_receipt
+from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_receipt
 from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
@@ -66,6 +66,8 @@ class AsyncLedgerClient:
         self.call_timeout_s = call_timeout_s
         self.receipt_wait_s = receipt_wait_s
         self.tx = TxBuilder(self.genesis.chain_id, self.genesis.limits)
+        # Receipts of one block share its certificate: verify its signatures once.
+        self.verified = VerificationCache(self.genesis)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Stub] = {}
         self._first = 0
@@ -168,7 +170,7 @@ class AsyncLedgerClient:
             state.wait_failed(endpoint, exc)
             return None
         try:
-            verified = verify_receipt(self.genesis, receipt, state.tx_id)
+            verified = verify_receipt(self.genesis, receipt, state.tx_id, self.verified)
         except ReceiptError as exc:
             state.lied(endpoint, exc)
             return None

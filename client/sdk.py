@@ -49,7 +49,7 @@ from client.policy import (
     rotated,
 )
 from client.tx import Transaction, TxBuilder, TxBuildError
-from client.verify import ReceiptError, VerifiedBlock, verify_block, verify_receipt
+from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_block, verify_receipt
 from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
@@ -112,6 +112,8 @@ class LedgerClient:
         self.call_timeout_s = call_timeout_s
         self.receipt_wait_s = receipt_wait_s
         self.tx = TxBuilder(self.genesis.chain_id, self.genesis.limits)
+        # Receipts of one block share its certificate: verify its signatures once.
+        self.verified = VerificationCache(self.genesis)
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, api_pb2_grpc.LedgerServiceStub] = {}
         self._first = 0  # rotates the endpoint tried first, spreading load
@@ -224,7 +226,7 @@ class LedgerClient:
             state.wait_failed(endpoint, exc)
             return None
         try:
-            verified = verify_receipt(self.genesis, receipt, state.tx_id)
+            verified = verify_receipt(self.genesis, receipt, state.tx_id, self.verified)
         except ReceiptError as exc:
             state.lied(endpoint, exc)
             return None
@@ -278,7 +280,7 @@ class LedgerClient:
                 if tx_id not in wanted or tx_id in settled:
                     continue
                 try:
-                    verified = verify_receipt(self.genesis, receipt, tx_id)
+                    verified = verify_receipt(self.genesis, receipt, tx_id, self.verified)
                 except ReceiptError:
                     return settled  # a lying node: the rest go the careful way
                 committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)

@@ -49,7 +49,7 @@ from consortium import Consortium  # noqa: E402
 from client.models import Committed  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
 from client.tx import LegSpec, TxBuilder  # noqa: E402
-from client.verify import ReceiptError, verify_receipt  # noqa: E402
+from client.verify import ReceiptError, VerificationCache, verify_receipt  # noqa: E402
 from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.genesis import Genesis, load_genesis  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2  # noqa: E402
@@ -150,13 +150,14 @@ class Verifier:
 
     def __init__(self, genesis: Genesis) -> None:
         self.genesis = genesis
+        self.cache = VerificationCache(genesis)
         self.failures = 0
         self.batch_sizes: Counter[int] = Counter()
         self._seen_heights: set[int] = set()
 
     def check(self, receipt: api_pb2.Receipt, tx_id: bytes) -> bool:
         try:
-            verified = verify_receipt(self.genesis, receipt, tx_id)
+            verified = verify_receipt(self.genesis, receipt, tx_id, self.cache)
         except ReceiptError:
             self.failures += 1
             return False
