@@ -8,12 +8,6 @@ from client.tx import Transaction
 from client.verify import VerifiedReceipt
 from ledger.v1 import api_pb2, tx_pb2
 
-# Results of transactions that were not authorized: returned in the block, never recorded under
-# the tx_id (anyone can strip a signature from a body), so they say nothing final about it.
-UNRECORDED_CODES = frozenset(
-    {tx_pb2.MALFORMED, tx_pb2.WRONG_CHAIN, tx_pb2.BAD_SIGNATURE, tx_pb2.MISSING_SIGNATURE}
-)
-
 
 class LedgerError(Exception):
     """Base of the SDK's errors."""
@@ -64,7 +58,7 @@ class Committed:
     def final(self) -> bool:
         """False for results that do not consume the tx id (docs/ARCHITECTURE.md): a copy of
         the body with bad or missing signatures failed, and a well-signed copy may still commit."""
-        return self.receipt.code not in UNRECORDED_CODES
+        return self.receipt.result.final
 
     @property
     def code_name(self) -> str:

@@ -239,6 +239,7 @@ def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:
     def read() -> dict[str, int]:
         out = {f"replica_{k}": int(v) for k, v in replica.counters.items()}
         out["view"] = int(replica.view)
+        out["in_view_change"] = int(replica.in_view_change)
         out["stable_checkpoint"] = int(replica.stable_seq)
         out["replica_pending"] = len(replica.pending)
         return out

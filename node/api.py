@@ -310,6 +310,7 @@ class LedgerApi:
             replica=self.replica_id,
             view=view,
             primary=view % self.genesis.n,
+            in_view_change=bool(rs.get("in_view_change", 0)),
             last_executed=head.last_executed,
             stable_checkpoint=rs.get("stable_checkpoint", 0),
             state_root=head.state_root,

@@ -34,11 +34,6 @@ from node.pbft import wire
 from node.storage import blocks
 from node.storage.kv import KVStore, KVWriter
 
-# Results under these codes are returned in the block but not recorded under the tx_id
-# (docs/ARCHITECTURE.md, "Which outcomes consume a tx_id").
-UNRECORDED_CODES = frozenset(
-    {tx_pb2.MALFORMED, tx_pb2.WRONG_CHAIN, tx_pb2.BAD_SIGNATURE, tx_pb2.MISSING_SIGNATURE}
-)
 EVENT_QUEUE_MAX = 50_000
 RELAY_BATCH_MAX = 500  # client envelopes per relay RPC to each peer
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
@@ -338,7 +333,8 @@ class Driver:
             out = self.ledger.execute(w, action.sequence, header.timestamp_ms, action.envelopes)
             results: tuple[bytes, ...] = tuple(out.results)
             tx_ids: tuple[bytes, ...] = tuple(out.tx_ids)
-            recorded = [tx_pb2.TxResult.FromString(r).code not in UNRECORDED_CODES for r in results]
+            # The ledger decides which results consume their tx_id; the index follows it.
+            recorded = [tx_pb2.TxResult.FromString(r).final for r in results]
             blocks.put_executed_block(
                 w,
                 action.sequence,

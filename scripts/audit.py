@@ -38,9 +38,6 @@ from node.app.ledger import Ledger  # noqa: E402
 from node.storage.memory import MemoryStore  # noqa: E402
 
 RPC_TIMEOUT_S = 10.0
-# Results of unauthorized transactions are not recorded under their id (docs/ARCHITECTURE.md):
-# anyone may submit such a copy, any number of times, so they are not executions.
-UNRECORDED = frozenset({tx_pb2.MALFORMED, tx_pb2.WRONG_CHAIN, tx_pb2.BAD_SIGNATURE, tx_pb2.MISSING_SIGNATURE})
 MESSAGE_BYTES_MAX = 64 << 20
 
 
@@ -147,7 +144,7 @@ def replay(
         for raw in out.results:
             result = tx_pb2.TxResult.FromString(raw)
             fresh = result.height == header.height
-            if fresh and result.code not in UNRECORDED and result.code != tx_pb2.DUPLICATE:
+            if fresh and result.final:
                 if result.tx_id in first and first[result.tx_id].height != header.height:
                     report.duplicated += 1
                     report.note(f"tx {result.tx_id.hex()[:16]} executed again at block {header.height}")

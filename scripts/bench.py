@@ -27,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -427,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="write throughput and latency plots (PNG)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.batch < 1 or args.rate < 0:
         parser.error("--clients, --duration, --batch must be positive; --rate, --warmup not negative")
     try:

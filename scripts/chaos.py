@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as EventType
@@ -48,6 +49,7 @@ from client.sdk import LedgerClient  # noqa: E402
 from client.tx import LegSpec  # noqa: E402
 from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
+from ledger.v1 import api_pb2  # noqa: E402
 
 PROGRESS_TIMEOUT_S = 30.0  # a fault after which nothing commits for this long fails the run
 VIEW_CHANGE_START_WAIT_S = 10.0  # several view-change timeouts
@@ -158,14 +160,25 @@ class Chaos:
                     out[b] = int(st.last_executed)
         return out
 
-    def primary(self) -> str:
-        """The primary most live nodes name (a node that was down may still be catching up)."""
-        named: Counter[int] = Counter()
+    def statuses(self) -> dict[str, api_pb2.NodeStatus]:
+        out = {}
         for b in self.banks:
             st = self.c.node_status(b, timeout_s=0.5) if self.c.pid(b) is not None else None
             if st is not None:
-                named[int(st.primary)] += 1
-        return self.banks[named.most_common(1)[0][0] if named else 0]
+                out[b] = st
+        return out
+
+    @staticmethod
+    def active_view(statuses: Mapping[str, api_pb2.NodeStatus]) -> int:
+        """The view the consortium commits in: the one most nodes not changing views report (a
+        node can sit alone in a higher view change for a while)."""
+        settled = Counter(int(s.view) for s in statuses.values() if not s.in_view_change)
+        every = Counter(int(s.view) for s in statuses.values())
+        votes = settled or every
+        return votes.most_common(1)[0][0] if votes else 0
+
+    def primary(self) -> str:
+        return self.banks[self.active_view(self.statuses()) % self.g.n]
 
     def wait_progress(self, above: int, what: str) -> float | None:
         """Seconds until some live node executes past height `above`; None on timeout."""
@@ -175,6 +188,27 @@ class Chaos:
                 return time.monotonic() - t0
             time.sleep(0.05)
         self.stats.failures.append(f"no commit for {PROGRESS_TIMEOUT_S:.0f}s after {what}")
+        return None
+
+    def view_and_height(self) -> tuple[int, int]:
+        """The active view and the highest height any live node reports."""
+        st = self.statuses()
+        return self.active_view(st), max((int(s.last_executed) for s in st.values()), default=0)
+
+    def wait_new_view_commit(self, above_view: int, what: str) -> float | None:
+        """Seconds until a block commits in a view above `above_view`. Blocks the old primary
+        had already got prepared may still commit right after it dies; they prove nothing
+        about recovery, so progress counts only once the active view has moved on."""
+        t0 = time.monotonic()
+        seen_height: int | None = None
+        while time.monotonic() - t0 < PROGRESS_TIMEOUT_S:
+            view, height = self.view_and_height()
+            if seen_height is None and view > above_view:
+                seen_height = height
+            elif seen_height is not None and height > seen_height:
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        self.stats.failures.append(f"no commit in a new view for {PROGRESS_TIMEOUT_S:.0f}s after {what}")
         return None
 
     def bring_back(self, bank: str) -> None:
@@ -191,11 +225,12 @@ class Chaos:
         self.stats.failures.append(f"{bank} did not catch up to {target} within {PROGRESS_TIMEOUT_S:.0f}s")
 
     def kill_then_recover(self, victims: list[str], what: str) -> None:
-        h0 = max(self.heights().values(), default=0)
+        primary = self.primary()
+        v0, h0 = self.view_and_height()
         t_fault = time.monotonic()
         for v in victims:
             self.c.kill(v)
-        took = self.wait_progress(h0, what)
+        took = self.wait_new_view_commit(v0, what) if primary in victims else self.wait_progress(h0, what)
         if took is not None:
             self.stats.recovery_s.append(time.monotonic() - t_fault)
         time.sleep(self.rng.uniform(0.2, 1.5))  # the random outage length is the point here
@@ -220,26 +255,32 @@ class Chaos:
             # Kill the primary; as soon as a view change is under way, bring it back and kill the
             # replica that would lead the next view, so the view change itself is interrupted.
             # Recovery is timed from that second kill: the fault the cluster must get past.
-            statuses = [self.c.node_status(b, 0.5) for b in backups]
-            v0 = max((int(s.view) for s in statuses if s is not None), default=0)
+            v0, h_kill = self.view_and_height()
             self.c.kill(primary)
             deadline = time.monotonic() + VIEW_CHANGE_START_WAIT_S
             while time.monotonic() < deadline:
-                statuses = [self.c.node_status(b, 0.5) for b in backups]
-                if any(s is not None and s.view > v0 for s in statuses):
+                # a view change toward a view above the active one has begun somewhere
+                if any(int(s.view) > v0 for s in self.statuses().values()):
                     break
                 time.sleep(0.02)
             else:
-                self.stats.failures.append(
-                    f"no view change began within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing the primary"
-                )
+                # The cluster went on committing: the node most peers named was not (or no
+                # longer) the primary. Not a failure of the ledger; say so and go on.
+                log(f"  note: no view change within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing {primary}")
+                if max(self.heights().values(), default=0) <= h_kill:
+                    self.stats.failures.append(f"no view change and no commit after killing {primary}")
+                self.bring_back(primary)
+                return f"{primary} (no view change)"
             next_primary = self.banks[(v0 + 1) % self.g.n]
             self.bring_back(primary)
-            h0 = max(self.heights().values(), default=0)
+            v1, h1 = self.view_and_height()
             t_fault = time.monotonic()
             if next_primary != primary:
                 self.c.kill(next_primary)
-            if self.wait_progress(h0, "a kill during a view change") is not None:
+                took = self.wait_new_view_commit(max(v1, v0 + 1), "a kill during a view change")
+            else:
+                took = self.wait_progress(h1, "a kill during a view change")
+            if took is not None:
                 self.stats.recovery_s.append(time.monotonic() - t_fault)
             if next_primary != primary:
                 time.sleep(self.rng.uniform(0.2, 1.0))
@@ -249,11 +290,14 @@ class Chaos:
             victim = self.rng.choice(self.banks)
             pid = self.c.pid(victim)
             assert pid is not None, f"{victim} should be running"
-            h0 = max(self.heights().values(), default=0)
+            v0, h0 = self.view_and_height()
             t_fault = time.monotonic()
             os.kill(pid, signal.SIGSTOP)
             try:
-                took = self.wait_progress(h0, f"pausing {victim}")
+                if victim == primary:
+                    took = self.wait_new_view_commit(v0, f"pausing primary {victim}")
+                else:
+                    took = self.wait_progress(h0, f"pausing {victim}")
                 if took is not None:
                     self.stats.recovery_s.append(time.monotonic() - t_fault)
                 time.sleep(self.rng.uniform(0.5, 2.0))
@@ -442,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a fresh temp dir)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:
         parser.error("--rounds, --clients and --accounts-per-bank must be >= 1")
     if args.seed is None:

@@ -549,6 +549,7 @@ class NodeStatus(_message.Message):
     CHAIN_ID_FIELD_NUMBER: _builtins.int
     LAST_BLOCK_HASH_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
+    IN_VIEW_CHANGE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     replica: _builtins.int
     view: _builtins.int
@@ -559,6 +560,11 @@ class NodeStatus(_message.Message):
     pending_requests: _builtins.int
     chain_id: _builtins.str
     last_block_hash: _builtins.bytes
+    in_view_change: _builtins.bool
+    """True while this node is changing to `view` (it votes in no view until NEW-VIEW installs it).
+    A node can sit alone in a higher view for a while; the view most nodes not changing report
+    is the one the consortium commits in.
+    """
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
     @_builtins.property
@@ -582,10 +588,11 @@ class NodeStatus(_message.Message):
         chain_id: _builtins.str = ...,
         last_block_hash: _builtins.bytes = ...,
         counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        in_view_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "counters", b"counters", "last_block_hash", b"last_block_hash", "last_executed", b"last_executed", "member_id", b"member_id", "peers", b"peers", "pending_requests", b"pending_requests", "primary", b"primary", "replica", b"replica", "stable_checkpoint", b"stable_checkpoint", "state_root", b"state_root", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "counters", b"counters", "in_view_change", b"in_view_change", "last_block_hash", b"last_block_hash", "last_executed", b"last_executed", "member_id", b"member_id", "peers", b"peers", "pending_requests", b"pending_requests", "primary", b"primary", "replica", b"replica", "stable_checkpoint", b"stable_checkpoint", "state_root", b"state_root", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

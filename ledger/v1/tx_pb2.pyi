@@ -473,6 +473,7 @@ class TxResult(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     tx_id: _builtins.bytes
     code: Global___ResultCode.ValueType
     detail: _builtins.str
@@ -480,6 +481,12 @@ class TxResult(_message.Message):
     """block of the first execution"""
     index: _builtins.int
     """position in that block"""
+    final: _builtins.bool
+    """True when the ledger recorded this result under tx_id: it is the transaction's one and
+    only result. False for a copy that was not authorized (bad or missing signature, another
+    bank's operator, envelope over its limits): answered in this block only, and a genuine
+    copy of the same body may still execute. Covered by the attested results_root.
+    """
     def __init__(
         self,
         *,
@@ -488,10 +495,11 @@ class TxResult(_message.Message):
         detail: _builtins.str = ...,
         height: _builtins.int = ...,
         index: _builtins.int = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "height", b"height", "index", b"index", "tx_id", b"tx_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "final", b"final", "height", b"height", "index", b"index", "tx_id", b"tx_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -109,6 +109,7 @@ def encode_result(result: TxResult) -> bytes:
         detail=result.detail,
         height=result.height,
         index=result.index,
+        final=result.final,
     )
     return msg.SerializeToString(deterministic=True)
 
@@ -121,7 +122,14 @@ def decode_result(raw: bytes) -> TxResult:
         code = Code(msg.code)
     except (DecodeError, ValueError, TypeError) as exc:
         raise CodecError("result does not parse") from exc
-    return TxResult(tx_id=bytes(msg.tx_id), code=code, detail=msg.detail, height=msg.height, index=msg.index)
+    return TxResult(
+        tx_id=bytes(msg.tx_id),
+        code=code,
+        detail=msg.detail,
+        height=msg.height,
+        index=msg.index,
+        final=msg.final,
+    )
 
 
 # --- building (tests, tools, the benchmark) -------------------------------------------------

@@ -183,14 +183,14 @@ class Ledger:
         except InvalidTransaction as exc:
             # Not authorized (or not even a transaction): answered in the block, never recorded.
             tx_id = envelope_tx_id(bytes(raw)) if isinstance(raw, bytes | bytearray | memoryview) else b""
-            return tx_id, self._result(tx_id, exc.code, exc.message, height, index)
+            return tx_id, self._result(tx_id, exc.code, exc.message, height, index, final=False)
         key = st.result_key(checked.tx_id)
         first = block.get(key)
         if first is not None:
             return checked.tx_id, first  # a retry: the first result, unchanged
         overlay = _Overlay(block)
         outcome = rules.apply(self.genesis, overlay, checked, now_ms)
-        result = self._result(checked.tx_id, outcome.code, outcome.detail, height, index)
+        result = self._result(checked.tx_id, outcome.code, outcome.detail, height, index, outcome.recorded)
         if outcome.code == Code.OK:
             block.apply(overlay)
         if outcome.recorded:
@@ -198,8 +198,8 @@ class Ledger:
         return checked.tx_id, result
 
     @staticmethod
-    def _result(tx_id: bytes, code: Code, detail: str, height: int, index: int) -> bytes:
-        return encode_result(TxResult(tx_id, code, detail[:DETAIL_CHARS_MAX], height, index))
+    def _result(tx_id: bytes, code: Code, detail: str, height: int, index: int, final: bool) -> bytes:
+        return encode_result(TxResult(tx_id, code, detail[:DETAIL_CHARS_MAX], height, index, final))
 
     # --- read side (the node API) ------------------------------------------------------------
 

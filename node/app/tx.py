@@ -157,3 +157,4 @@ class TxResult:
     detail: str
     height: int
     index: int
+    final: bool = False  # recorded under tx_id (see TxResult.final in tx.proto)

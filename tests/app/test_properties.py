@@ -176,6 +176,7 @@ def check_history(blocks: list[tuple[int, list[tuple[Any, ...]]]]) -> None:
                     assert res.height == out_mem.height, "an unrecorded tx_id answered with an old result"
                     with mem.store.read() as r:
                         stored = mem.ledger.tx_result(r, res.tx_id)
+                    assert res.final == (stored is not None), "TxResult.final disagrees with the state"
                     if res.code in UNRECORDED:
                         assert stored is None, f"{res.code.name} consumed the tx_id"
                     else:

@@ -141,7 +141,12 @@ class FakeChain:
                     code, detail = R.OK, ""
                 result_bytes.append(
                     tx_pb2.TxResult(
-                        tx_id=tx_id, code=code, detail=detail, height=height, index=i
+                        tx_id=tx_id,
+                        code=code,
+                        detail=detail,
+                        height=height,
+                        index=i,
+                        final=code not in UNRECORDED,
                     ).SerializeToString()
                 )
             header = tx_pb2.BlockHeader(
@@ -171,7 +176,7 @@ class FakeChain:
                 res.ParseFromString(result_bytes[i])
                 # Like the node: an authorized result is final; an unauthorized one is served
                 # (latest first) but a later well-signed copy can still execute.
-                if res.code not in UNRECORDED:
+                if res.final:
                     self.recorded.add(tx_id)
                 self.receipts[tx_id] = api_pb2.Receipt(
                     result=res,
