@@ -200,6 +200,30 @@ def test_a_copy_signed_by_a_stranger_does_not_block_the_genuine_one(
     assert client.account("sdk-victim").balance("USD.BANK-A").available_minor == 60
 
 
+def test_a_rival_banks_signature_on_a_mint_does_not_block_the_genuine_one(
+    consortium: Consortium, client: LedgerClient
+) -> None:
+    # Regression (node review): the node's index kept its own list of codes that do not consume
+    # a tx_id, without NOT_ISSUER; a rival operator's copy was then indexed as final, the genuine
+    # mint refused or mis-receipted, and a retrying client could mint twice.
+    owner = SigningKey.generate()
+    b = client.tx
+    _ok(
+        client.submit(
+            b.open_account("BANK-A", "sdk-mint-target", owner.public_key).signed_by(_op(consortium, "BANK-A"))
+        )
+    )
+    mint = b.mint("USD.BANK-A", "sdk-mint-target", 500, "sdk-rival-dep")
+    rival = client.submit(mint.signed_by(_op(consortium, "BANK-B")), timeout_s=3.0)
+    assert not isinstance(rival, Committed), rival  # never a definite outcome for this tx id
+    stale = client.transaction(mint.tx_id).committed
+    assert stale.code_name == "NOT_ISSUER" and not stale.final
+    genuine = _ok(client.submit(mint.signed_by(_op(consortium, "BANK-A")), timeout_s=5.0))
+    assert genuine.final and genuine.height > stale.height
+    assert client.transaction(mint.tx_id).committed.code_name == "OK"
+    assert client.account("sdk-mint-target").balance("USD.BANK-A").available_minor == 500
+
+
 class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
     """Forwards to a real node, but forges the commit certificate of every receipt it serves."""
 
