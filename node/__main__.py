@@ -118,7 +118,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             log_window=limits.log_window,
             view_change_timeout_ms=limits.view_change_timeout_ms,
             pending_requests_max=limits.pending_requests_max,
-            message_bytes_max=limits.message_bytes_max,
+            message_bytes_max=limits.peer_message_bytes_max,
         ),
         crypto,
         journal,
@@ -147,7 +147,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         genesis_root=genesis_root,
         own_replica=member.replica,
     )
-    backfill = AttestationBackfill(genesis, member.replica, crypto, store, log)
+    backfill = AttestationBackfill(
+        genesis, member.replica, crypto, store, log, reply_bytes_max=limits.peer_message_bytes_max
+    )
     api = LedgerApi(
         genesis,
         member.member_id,
@@ -161,12 +163,14 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         verify,
     )
 
-    options = grpc_options(limits)
-    replica_server = grpc.aio.server(options=options)
+    peer_bytes = limits.peer_message_bytes_max
+    backoff = limits.peer_backoff_ms_max
+    replica_server = grpc.aio.server(options=grpc_options(peer_bytes, peer_bytes, backoff))
     replica_server.add_generic_rpc_handlers(
         (ReplicaServer(genesis, limits, _Inbound(driver, api), log).handler(),)
     )
-    api_server = grpc.aio.server(options=options)
+    # Client requests are bounded tightly; replies (a whole block) may be as large as a peer's.
+    api_server = grpc.aio.server(options=grpc_options(limits.message_bytes_max, peer_bytes, backoff))
     api_server.add_generic_rpc_handlers((api.handler(),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, api_server)

@@ -22,7 +22,11 @@ class ConfigError(Exception):
 class NodeLimits:
     """Node-local limits (docs/ARCHITECTURE.md "Node-local limits"). Past one: a clear error."""
 
-    message_bytes_max: int = 4 << 20  # one gRPC message, either direction, both ports
+    message_bytes_max: int = 4 << 20  # one client request on the API port
+    # One message on the replica port (and an API reply such as GetBlock). A VIEW-CHANGE carries
+    # the batches of its prepared certificates and a NEW-VIEW 2f+1 of those, so this must hold
+    # several full batches; carrying digests and fetching batches instead is the real fix.
+    peer_message_bytes_max: int = 128 << 20
     batch_size_max: int = 500  # envelopes per proposed block
     batch_delay_ms: int = 5  # how long the primary waits to fill a batch
     pending_requests_max: int = 20_000  # admitted but not yet executed client transactions

@@ -138,9 +138,16 @@ def _identity(raw: bytes) -> bytes:
 
 class AttestationBackfill:
     def __init__(
-        self, genesis: Genesis, own_replica: int, crypto: act.ConsensusCrypto, store: KVStore, log: EventLog
+        self,
+        genesis: Genesis,
+        own_replica: int,
+        crypto: act.ConsensusCrypto,
+        store: KVStore,
+        log: EventLog,
+        reply_bytes_max: int = 128 << 20,
     ) -> None:
         self.genesis = genesis
+        self.reply_bytes_max = reply_bytes_max  # a peer's GetBlock reply: a whole block
         self.own_replica = own_replica
         self.crypto = crypto
         self.store = store
@@ -150,7 +157,10 @@ class AttestationBackfill:
     async def _get_block(self, replica: int, height: int) -> api_pb2.GetBlockResponse | None:
         channel = self._channels.get(replica)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self.genesis.members[replica].api_address)
+            channel = grpc.aio.insecure_channel(
+                self.genesis.members[replica].api_address,
+                options=[("grpc.max_receive_message_length", self.reply_bytes_max)],
+            )
             self._channels[replica] = channel
         call = channel.unary_unary(
             "/ledger.v1.LedgerService/GetBlock",

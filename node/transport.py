@@ -32,10 +32,10 @@ FORWARD_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 10.0
 
 
-def grpc_options(limits: NodeLimits) -> list[tuple[str, Any]]:
+def grpc_options(receive_bytes_max: int, send_bytes_max: int, backoff_ms_max: int) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", limits.message_bytes_max),
-        ("grpc.max_send_message_length", limits.message_bytes_max),
+        ("grpc.max_receive_message_length", receive_bytes_max),
+        ("grpc.max_send_message_length", send_bytes_max),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -45,7 +45,7 @@ def grpc_options(limits: NodeLimits) -> list[tuple[str, Any]]:
         # restarting) should find each other in tens of milliseconds.
         ("grpc.initial_reconnect_backoff_ms", 50),
         ("grpc.min_reconnect_backoff_ms", 50),
-        ("grpc.max_reconnect_backoff_ms", limits.peer_backoff_ms_max),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms_max),
     ]
 
 
@@ -128,7 +128,7 @@ class ReplicaServer:
         max_blocks = min(max(req.max_blocks, 1), self._limits.fetch_blocks_max)
         blocks, last = self._inbound.fetch_blocks(req.from_height, max_blocks)
         # Stay under the message limit: stop adding blocks once the next would pass it.
-        budget = self._limits.message_bytes_max - 1024
+        budget = self._limits.peer_message_bytes_max - 1024
         out = consensus_pb2.FetchBlocksResponse(last_height=last)
         used = 0
         for block in blocks:
@@ -192,7 +192,14 @@ class PeerLinks:
 
     def start(self) -> None:
         for peer in self.peers.values():
-            peer.channel = grpc.aio.insecure_channel(peer.address, options=grpc_options(self._limits))
+            peer.channel = grpc.aio.insecure_channel(
+                peer.address,
+                options=grpc_options(
+                    self._limits.peer_message_bytes_max,
+                    self._limits.peer_message_bytes_max,
+                    self._limits.peer_backoff_ms_max,
+                ),
+            )
             peer.task = asyncio.get_running_loop().create_task(self._run(peer))
 
     def up_count(self) -> int:

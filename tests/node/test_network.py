@@ -15,6 +15,7 @@ from client.verify import verify_block, verify_receipt
 from ledger import merkle
 from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node.config import NodeLimits
 from tests.app.factory import Factory
 from tests.node.helpers import (
     Consortium,
@@ -207,7 +208,7 @@ def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded:
         forward(b"\xff\xff\xff", timeout=5)
         fetch = ch.unary_unary("/ledger.v1.ReplicaService/FetchBlocks", None, None)
         assert rpc_code(lambda: fetch(b"\xff\xff\xff\xff", timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
-        oversized = iter([b"\x0a" + b"x" * (5 << 20)])  # over message_bytes_max
+        oversized = iter([b"\x0a" + b"x" * (NodeLimits().peer_message_bytes_max + 1)])
         assert rpc_code(lambda: stream(oversized, timeout=5)) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def counted() -> dict[str, int] | None:
