@@ -407,6 +407,14 @@ def plot(path: Path, out: dict[str, Any], lat_ms: list[float]) -> None:
     log(f"bench: wrote {path}")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C, so the finally blocks stop every process it started.
+    Later SIGTERMs (a wrapper such as `timeout` forwards its own) must not cut that cleanup
+    short, so they are ignored from here on."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -428,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="write throughput and latency plots (PNG)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
-    # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.batch < 1 or args.rate < 0:
         parser.error("--clients, --duration, --batch must be positive; --rate, --warmup not negative")
     try:

@@ -252,18 +252,20 @@ class Chaos:
             self.kill_then_recover(victims, f"killing {victims}")
             return ",".join(victims)
         if kind == "kill_in_view_change":
-            # Kill the primary; as soon as a view change is under way, bring it back and kill the
-            # replica that would lead the next view, so the view change itself is interrupted.
-            # Recovery is timed from that second kill: the fault the cluster must get past.
+            # Kill the primary; once a node is changing views, bring the old primary back and kill
+            # the replica that would lead the view being changed to, so the view change itself is
+            # interrupted. Recovery: from that second kill to a commit in any view above the one
+            # before the fault.
             v0, h_kill = self.view_and_height()
             self.c.kill(primary)
+            target: int | None = None
             deadline = time.monotonic() + VIEW_CHANGE_START_WAIT_S
-            while time.monotonic() < deadline:
-                # a view change toward a view above the active one has begun somewhere
-                if any(int(s.view) > v0 for s in self.statuses().values()):
-                    break
-                time.sleep(0.02)
-            else:
+            while target is None and time.monotonic() < deadline:
+                changing = [int(s.view) for s in self.statuses().values() if s.in_view_change]
+                target = max(changing) if changing else None
+                if target is None:
+                    time.sleep(0.02)
+            if target is None:
                 # The cluster went on committing: the node most peers named was not (or no
                 # longer) the primary. Not a failure of the ledger; say so and go on.
                 log(f"  note: no view change within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing {primary}")
@@ -271,21 +273,21 @@ class Chaos:
                     self.stats.failures.append(f"no view change and no commit after killing {primary}")
                 self.bring_back(primary)
                 return f"{primary} (no view change)"
-            next_primary = self.banks[(v0 + 1) % self.g.n]
+            designate = self.banks[target % self.g.n]
             self.bring_back(primary)
-            v1, h1 = self.view_and_height()
+            v_now, h_now = self.view_and_height()  # the view change may have completed meanwhile
             t_fault = time.monotonic()
-            if next_primary != primary:
-                self.c.kill(next_primary)
-                took = self.wait_new_view_commit(max(v1, v0 + 1), "a kill during a view change")
-            else:
-                took = self.wait_progress(h1, "a kill during a view change")
+            if designate != primary:
+                self.c.kill(designate)
+                took = self.wait_new_view_commit(max(v0, v_now), "a kill during a view change")
+            else:  # the target view's primary is the one just brought back
+                took = self.wait_progress(h_now, "a view change led by a restarted primary")
             if took is not None:
                 self.stats.recovery_s.append(time.monotonic() - t_fault)
-            if next_primary != primary:
+            if designate != primary:
                 time.sleep(self.rng.uniform(0.2, 1.0))
-                self.bring_back(next_primary)
-            return f"{primary}->{next_primary}"
+                self.bring_back(designate)
+            return f"{primary}->{designate}"
         if kind == "pause":
             victim = self.rng.choice(self.banks)
             pid = self.c.pid(victim)
@@ -472,6 +474,14 @@ def passed(result: dict[str, Any]) -> bool:
     return all(result[k] == 0 for k in zero)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C, so the finally blocks stop every process it started.
+    Later SIGTERMs (a wrapper such as `timeout` forwards its own) must not cut that cleanup
+    short, so they are ignored from here on."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -486,8 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a fresh temp dir)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
-    # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:
         parser.error("--rounds, --clients and --accounts-per-bank must be >= 1")
     if args.seed is None:
