@@ -126,6 +126,7 @@ class Driver:
         self._queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
         self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self._fetching = False
+        self._fetch_rounds = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = False
@@ -395,7 +396,12 @@ class Driver:
     async def _fetch(self, action: act.FetchBlocks) -> None:
         try:
             peers = [p for p in action.peers if self.transport.is_up(p)] or list(action.peers)
-            for peer in peers:
+            # Start each fetch at the next peer: the replica asks again while it stays behind, and
+            # one byzantine peer that always answers first (with junk, stale or slow blocks) must
+            # not be the only one ever asked.
+            start = self._fetch_rounds % len(peers) if peers else 0
+            self._fetch_rounds += 1
+            for peer in peers[start:] + peers[:start]:
                 got = await self.transport.fetch_blocks(peer, action.from_sequence)
                 if not got or not got[0]:
                     continue

@@ -262,3 +262,32 @@ def test_verify_cache_answers_repeats_and_never_caches_failures() -> None:
     sig2 = key.sign(DOMAIN_TX, "chain", b"body2")
     assert cache(key.public_key, sig2, DOMAIN_TX, "chain", b"body2")  # evicts the first (max 1)
     assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body") and cache.hits == 1
+
+
+def test_catch_up_asks_a_different_peer_first_each_time() -> None:
+    # Regression (node review): a byzantine low-id peer answering every fetch first with junk
+    # stalled a lagging node for good, since the first non-empty answer ended the search.
+    fx = Factory()
+    driver, _, _ = make(fx)
+    asked: list[int] = []
+    answered = asyncio.Event()
+
+    async def junk_first(peer_id: int, from_height: int) -> tuple[list[bytes], int]:
+        asked.append(peer_id)
+        answered.set()
+        return [b"junk"], 99  # non-empty and useless: the replica's on_blocks makes nothing of it
+
+    driver.transport.fetch_blocks = junk_first  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        driver.start()
+        for _ in range(3):
+            answered.clear()
+            driver._start_fetch(act.FetchBlocks(5, (0, 2, 3)))
+            await answered.wait()
+            while driver._fetching:  # the fetch task ends right after the answer
+                await asyncio.sleep(0)
+        await driver.stop()
+
+    asyncio.run(scenario())
+    assert asked == [0, 2, 3], asked
