@@ -254,8 +254,7 @@ class Chaos:
         if kind == "kill_in_view_change":
             # Kill the primary; once a node is changing views, bring the old primary back and kill
             # the replica that would lead the view being changed to, so the view change itself is
-            # interrupted. Recovery: from that second kill to a commit in any view above the one
-            # before the fault.
+            # interrupted.
             v0, h_kill = self.view_and_height()
             self.c.kill(primary)
             target: int | None = None
@@ -275,13 +274,14 @@ class Chaos:
                 return f"{primary} (no view change)"
             designate = self.banks[target % self.g.n]
             self.bring_back(primary)
-            v_now, h_now = self.view_and_height()  # the view change may have completed meanwhile
+            # Recovery here is the plain measure, fault to next committed batch: which view
+            # the cluster settles in depends on races (the restarted old primary may simply resume
+            # its view if the others had not yet moved), so no view is assumed.
+            _, h_now = self.view_and_height()
             t_fault = time.monotonic()
             if designate != primary:
                 self.c.kill(designate)
-                took = self.wait_new_view_commit(max(v0, v_now), "a kill during a view change")
-            else:  # the target view's primary is the one just brought back
-                took = self.wait_progress(h_now, "a view change led by a restarted primary")
+            took = self.wait_progress(h_now, "a kill during a view change")
             if took is not None:
                 self.stats.recovery_s.append(time.monotonic() - t_fault)
             if designate != primary:
