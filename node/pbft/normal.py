@@ -60,6 +60,9 @@ class ReplicaCore:
         self.pending: dict[bytes, bytes] = {}  # tx_id -> canonical envelope, held until executed
         self._pending_since: dict[bytes, int] = {}
         self._proposed: set[bytes] = set()
+        # pending tx_ids not yet proposed, oldest first: proposing takes from the front instead
+        # of scanning every in-flight request on every call (that scan was quadratic under load)
+        self._unproposed: dict[bytes, None] = {}
         self._variants: dict[bytes, list[bytes]] = {}  # tx_id -> other copies (other signatures)
         self._recent_executed: dict[bytes, None] = {}  # request_key of executed envelopes
 
@@ -228,6 +231,17 @@ class ReplicaCore:
                 self._pending_since.pop(tx_id, None)
         if not variants:
             self._variants.pop(tx_id, None)
+        self._track_unproposed(tx_id)
+
+    def _track_unproposed(self, tx_id: bytes) -> None:
+        """Keep _unproposed = pending minus _proposed, for one tx_id that may have changed."""
+        if tx_id in self.pending and tx_id not in self._proposed:
+            self._unproposed.setdefault(tx_id, None)
+        else:
+            self._unproposed.pop(tx_id, None)
+
+    def _rebuild_unproposed(self) -> None:
+        self._unproposed = {t: None for t in self.pending if t not in self._proposed}
 
     def _on_progress(self) -> None:
         if self.in_view_change:
@@ -241,12 +255,10 @@ class ReplicaCore:
         while self.seq_next < self.stable_seq + self.cfg.log_window:
             batch: list[bytes] = []
             oldest: int | None = None
-            for tx_id, env in self.pending.items():
-                if tx_id in self._proposed:
-                    continue
+            for tx_id in self._unproposed:
                 if oldest is None:
                     oldest = self._pending_since[tx_id]
-                batch.append(env)
+                batch.append(self.pending[tx_id])
                 if len(batch) >= self.cfg.batch_size_max:
                     break
             if not batch or oldest is None:
@@ -261,7 +273,10 @@ class ReplicaCore:
             accepted = self._accept_pre_prepare(pp, envelopes)
             assert accepted, "own proposal rejected"
             self._out.append(Broadcast(self.slots[seq].pre_prepare_peer))
-            self._proposed.update(wire.tx_ids_of(envelopes))
+            proposed = wire.tx_ids_of(envelopes)
+            self._proposed.update(proposed)
+            for tx_id in proposed:
+                self._unproposed.pop(tx_id, None)
 
     # --- checkpoints, attestations, state transfer -----------------------------------------
 

@@ -75,6 +75,7 @@ class Replica(ViewChanging):
         else:
             self.pending[tx_id] = canonical
             self._pending_since[tx_id] = self.now_ms
+            self._track_unproposed(tx_id)
         if self._deadline is None:
             self._deadline = self.now_ms + self._timeout()
         primary = self.cfg.primary(self.view)

@@ -185,6 +185,7 @@ class ViewChanging(ReplicaCore):
         if self.is_primary:
             self.seq_next = max(plan.last_sequence, self.stable_seq)
             self._proposed = {t for slot in self.slots.values() if slot.pp is not None for t in slot.tx_ids}
+            self._rebuild_unproposed()
         elif self.pending:
             self._out.append(ForwardRequests(self.cfg.primary(view), tuple(self.pending.values())))
         self._deadline = self.now_ms + self._timeout() if self._work_outstanding() else None
