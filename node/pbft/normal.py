@@ -252,7 +252,10 @@ class ReplicaCore:
     def _maybe_propose(self) -> None:
         if self.in_view_change or not self.is_primary:
             return
-        while self.seq_next < self.stable_seq + self.cfg.log_window:
+        while (
+            self.seq_next < self.stable_seq + self.cfg.log_window
+            and self.seq_next - self.last_executed < self.cfg.proposals_in_flight_max
+        ):
             batch: list[bytes] = []
             oldest: int | None = None
             for tx_id in self._unproposed:

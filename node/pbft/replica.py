@@ -135,6 +135,7 @@ class Replica(ViewChanging):
             self._own_checkpoint = ck
             self._out.append(Broadcast(wire.encode_peer(ck.raw)))
             self._on_checkpoint(ck)
+        self._maybe_propose()  # a slot in the pipeline is free again
         return self._out
 
     def on_blocks(self, blocks: Sequence[bytes]) -> list[Action]:
