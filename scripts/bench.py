@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ for p in (ROOT, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from consortium import Consortium  # noqa: E402
+from consortium import Consortium, exit_cleanly_on_sigterm  # noqa: E402
 
 from client.models import Committed  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
@@ -410,14 +409,6 @@ def plot(path: Path, out: dict[str, Any], lat_ms: list[float]) -> None:
     log(f"bench: wrote {path}")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM ends the run like Ctrl-C, so the finally blocks stop every process it started.
-    Later SIGTERMs (a wrapper such as `timeout` forwards its own) must not cut that cleanup
-    short, so they are ignored from here on."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(143)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -439,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="write throughput and latency plots (PNG)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_cleanly_on_sigterm()
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.batch < 1 or args.rate < 0:
         parser.error("--clients, --duration, --batch must be positive; --rate, --warmup not negative")
     try:

@@ -42,7 +42,7 @@ for p in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(p))
 
 from audit import audit  # noqa: E402
-from consortium import Consortium  # noqa: E402
+from consortium import Consortium, exit_cleanly_on_sigterm  # noqa: E402
 
 from client.models import Committed, Indefinite  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
@@ -474,14 +474,6 @@ def passed(result: dict[str, Any]) -> bool:
     return all(result[k] == 0 for k in zero)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM ends the run like Ctrl-C, so the finally blocks stop every process it started.
-    Later SIGTERMs (a wrapper such as `timeout` forwards its own) must not cut that cleanup
-    short, so they are ignored from here on."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(143)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -496,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a fresh temp dir)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_cleanly_on_sigterm()
     if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:
         parser.error("--rounds, --clients and --accounts-per-bank must be >= 1")
     if args.seed is None:

@@ -61,6 +61,18 @@ class ConsortiumError(Exception):
     """A consortium command cannot be carried out; the message says why."""
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end the program like Ctrl-C (SystemExit through the finally blocks), so a
+    script that started nodes stops them. Later SIGTERMs are ignored: a wrapper such as
+    `timeout` forwards its own, which would otherwise cut that cleanup short."""
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def bank_name(i: int) -> str:
     """BANK-A .. BANK-Z, then BANK-AA, BANK-AB, ..."""
     letters = ""
