@@ -56,8 +56,9 @@ class Committed:
 
     @property
     def final(self) -> bool:
-        """False for results that do not consume the tx id (docs/ARCHITECTURE.md): a copy of
-        the body with bad or missing signatures failed, and a well-signed copy may still commit."""
+        """The ledger's TxResult.final, covered by the attestations: False when this copy was
+        not authorized (bad or missing signature, another bank's operator, envelope over its
+        limits), so it did not consume the tx id and a genuine copy may still commit."""
         return self.receipt.result.final
 
     @property

@@ -152,15 +152,10 @@ class Chaos:
         self.banks = [m.member_id for m in genesis.members]
 
     def heights(self) -> dict[str, int]:
-        out = {}
-        for b in self.banks:
-            if self.c.pid(b) is not None:
-                st = self.c.node_status(b, timeout_s=0.5)
-                if st is not None:
-                    out[b] = int(st.last_executed)
-        return out
+        return {b: int(st.last_executed) for b, st in self.statuses().items()}
 
     def statuses(self) -> dict[str, api_pb2.NodeStatus]:
+        """Status of every running node that answers (a paused one does not)."""
         out = {}
         for b in self.banks:
             st = self.c.node_status(b, timeout_s=0.5) if self.c.pid(b) is not None else None
