@@ -28,6 +28,7 @@ from ledger.v1 import api_pb2
 from node.api import LedgerApi
 from node.app import queries
 from node.app.ledger import Ledger
+from node.app.validate import CheckCache
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.driver import Driver
 from node.log import EventLog
@@ -35,7 +36,6 @@ from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
 from node.receipts import AttestationBackfill
-from node.signing import VerifyCache
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, grpc_options
@@ -97,8 +97,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     log = EventLog(member.member_id, config.log_path)
     lmdb_store = LmdbStore(config.data_dir, map_size_bytes=limits.lmdb_map_size_bytes, sync=True)
     store = blocks.ScopedReads(lmdb_store)
-    verify = VerifyCache()  # admission and execution share it: each signature checked once
-    ledger = Ledger(genesis, verify)
+    # Admission and execution share it: each envelope parsed and verified once.
+    checks = CheckCache(genesis, entries_max=2 * limits.pending_requests_max)
+    ledger = Ledger(genesis, checks=checks)
     genesis_root = queries.genesis_state_root(genesis)
     with store.read() as r:
         head = blocks.read_head(r, genesis_root)
@@ -160,7 +161,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         replica_status(replica),
         log,
         backfill,
-        verify,
+        checks,
     )
 
     peer_bytes = limits.peer_message_bytes_max

@@ -32,7 +32,7 @@ from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.app.ledger import Ledger
 from node.app.tx import Code, InvalidTransaction
-from node.app.validate import Verifier, check_envelope
+from node.app.validate import CheckCache
 from node.config import NodeLimits
 from node.driver import Driver
 from node.log import EventLog
@@ -81,7 +81,7 @@ class LedgerApi:
         replica_status: Callable[[], dict[str, int]],
         log: EventLog,
         backfill: AttestationBackfill,
-        verify: Verifier,
+        checks: CheckCache,
     ) -> None:
         self.genesis = genesis
         self.member_id = member_id
@@ -93,14 +93,14 @@ class LedgerApi:
         self.log = log
         self._proofs = ProofCache()
         self.backfill = backfill
-        self.verify = verify
+        self.checks = checks
 
     # --- submit -------------------------------------------------------------------------
 
     def _admit(self, envelope: tx_pb2.Envelope) -> bytes:
         raw = envelope.SerializeToString()
         try:
-            checked = check_envelope(self.genesis, raw, self.verify)
+            checked = self.checks.admit(raw)
         except InvalidTransaction as exc:
             self.log.count(f"rejected_{exc.code.name}")
             raise _Abort(status_of(exc.code), str(exc)) from exc
@@ -124,7 +124,7 @@ class LedgerApi:
         checked: list[tuple[bytes, bytes]] = []
         for raw in envelopes:
             try:
-                tx = check_envelope(self.genesis, raw, self.verify)
+                tx = self.checks.admit(raw)
             except InvalidTransaction:
                 self.log.count("peer_forward_invalid")
                 continue

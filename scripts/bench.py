@@ -74,13 +74,15 @@ def open_and_fund(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple[
     client = LedgerClient(genesis, timeout_s=60.0)
     operators = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
     accounts: list[tuple[str, str, str]] = []
+    # A tag per run, so that a second run attached to the same consortium opens fresh accounts.
+    run_tag = os.urandom(3).hex()
     try:
         txs = []
         for m in genesis.members:
             asset = m.assets[0]
             for i in range(per_bank):
                 owner = SigningKey.generate()
-                account_id = f"{m.member_id.lower()}-b{i}"
+                account_id = f"{m.member_id.lower()}-b{i}-{run_tag}"
                 accounts.append((account_id, asset, owner.seed.hex()))
                 txs.append(
                     client.tx.open_account(m.member_id, account_id, owner.public_key).signed_by(

@@ -22,7 +22,7 @@ from node.app import queries, rules
 from node.app import state as st
 from node.app.codec import encode_result, envelope_tx_id
 from node.app.tx import Code, InvalidTransaction, TxResult
-from node.app.validate import Verifier, decode_and_verify
+from node.app.validate import CheckCache, Verifier
 from node.storage.kv import KVReader, KVWriter
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -118,11 +118,15 @@ class Ledger:
     """The tokenized-deposit state machine of one chain.
 
     ``verify`` is the Ed25519 check; only the throughput benchmark replaces it (to measure
-    execution without signature cost)."""
+    execution without signature cost). ``checks`` is where execution gets each envelope's
+    stateless check: a node shares it with its admission path, so that a transaction it admitted
+    is not parsed and verified a second time when its block executes."""
 
-    def __init__(self, genesis: Genesis, verify: Verifier = ed25519_verify) -> None:
+    def __init__(
+        self, genesis: Genesis, verify: Verifier = ed25519_verify, checks: CheckCache | None = None
+    ) -> None:
         self.genesis = genesis
-        self._verify = verify
+        self.checks = checks if checks is not None else CheckCache(genesis, verify)
 
     # --- execution ---------------------------------------------------------------------------
 
@@ -179,7 +183,7 @@ class Ledger:
         self, block: _Block, height: int, index: int, now_ms: int, raw: bytes
     ) -> tuple[bytes, bytes]:
         try:
-            checked = decode_and_verify(self.genesis, raw, self._verify)
+            checked = self.checks.take(raw)
         except InvalidTransaction as exc:
             # Not authorized (or not even a transaction): answered in the block, never recorded.
             tx_id = envelope_tx_id(bytes(raw)) if isinstance(raw, bytes | bytearray | memoryview) else b""

@@ -166,6 +166,48 @@ def decode_and_verify(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_v
     return CheckedTx(tx_id=tx_id_of(envelope.body), body=body, signers=frozenset(signers), raw=raw)
 
 
+class CheckCache:
+    """decode_and_verify that remembers its successes until the transaction executes.
+
+    A node checks a transaction when it admits it (from a client or a peer's relay) and again
+    when its block executes. The second check of the same bytes can only give the same answer
+    (decode_and_verify is a pure function of the genesis and the bytes), so ``admit`` keeps the
+    CheckedTx and ``take`` hands it to execution and forgets it: each envelope is parsed and its
+    signatures verified once per node. Failures are never kept. Entries that never execute (a
+    duplicate the replica dropped) leave oldest first past ``entries_max``."""
+
+    def __init__(
+        self, genesis: Genesis, verify: Verifier = ed25519_verify, entries_max: int = 40_000
+    ) -> None:
+        self.genesis = genesis
+        self.verify = verify
+        self.entries_max = entries_max
+        self._kept: dict[bytes, CheckedTx] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def admit(self, raw: bytes) -> CheckedTx:
+        """check_envelope(raw), the API's admission check; kept for ``take`` when it passes.
+        Raises InvalidTransaction."""
+        checked = self._kept.get(raw) if isinstance(raw, bytes) else None
+        if checked is None:
+            checked = check_envelope(self.genesis, raw, self.verify)
+            self._kept[checked.raw] = checked
+            if len(self._kept) > self.entries_max:
+                del self._kept[next(iter(self._kept))]
+        return checked
+
+    def take(self, raw: bytes) -> CheckedTx:
+        """What admit kept for these bytes (forgotten now), else decode_and_verify(raw)."""
+        checked = self._kept.pop(raw, None) if isinstance(raw, bytes) else None
+        if checked is None:
+            return decode_and_verify(self.genesis, raw, self.verify)
+        self.hits += 1
+        return checked
+
+
 def _amount_problem(genesis: Genesis, what: str, amount: int) -> InvalidTransaction | None:
     if not 1 <= amount <= genesis.limits.amount_max:
         return InvalidTransaction(

@@ -246,24 +246,6 @@ def test_backfilled_attestations_must_match_our_outcome_and_verify() -> None:
     assert matching_attestations(fx.genesis, crypto, 8, digest, results_root, state_root, candidates) == []
 
 
-def test_verify_cache_answers_repeats_and_never_caches_failures() -> None:
-    from ledger.crypto import DOMAIN_TX, SigningKey
-    from node.signing import VerifyCache
-
-    key = SigningKey(b"\x05" * 32)
-    sig = key.sign(DOMAIN_TX, "chain", b"body")
-    cache = VerifyCache(entries_max=1)
-    assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body")
-    assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body") and cache.hits == 1
-    assert not cache(key.public_key, sig, DOMAIN_TX, "chain", b"other body")
-    assert not cache(key.public_key, sig, DOMAIN_TX, "other-chain", b"body")
-    assert not cache(key.public_key, bytes(64), DOMAIN_TX, "chain", b"body")
-    assert cache.hits == 1
-    sig2 = key.sign(DOMAIN_TX, "chain", b"body2")
-    assert cache(key.public_key, sig2, DOMAIN_TX, "chain", b"body2")  # evicts the first (max 1)
-    assert cache(key.public_key, sig, DOMAIN_TX, "chain", b"body") and cache.hits == 1
-
-
 def test_catch_up_asks_a_different_peer_first_each_time() -> None:
     # Regression (node review): a byzantine low-id peer answering every fetch first with junk
     # stalled a lagging node for good, since the first non-empty answer ended the search.
