@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ledger.genesis import Genesis
-from ledger.v1 import tx_pb2
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
@@ -335,7 +334,7 @@ class Driver:
             results: tuple[bytes, ...] = tuple(out.results)
             tx_ids: tuple[bytes, ...] = tuple(out.tx_ids)
             # The ledger decides which results consume their tx_id; the index follows it.
-            recorded = [tx_pb2.TxResult.FromString(r).final for r in results]
+            recorded = out.recorded
             blocks.put_executed_block(
                 w,
                 action.sequence,

@@ -42,6 +42,7 @@ class BatchOutcome:
     results_root: bytes  # ledger.merkle.root(results)
     state_root: bytes  # SHA-256(prev_root || height || canonical write set)
     expired_escrows: tuple[str, ...]  # voided by consensus time at the start of the block
+    recorded: tuple[bool, ...] = ()  # per envelope: its result is the tx_id's final one (TxResult.final)
 
 
 class _Overlay:
@@ -145,10 +146,12 @@ class Ledger:
         expired = self._expire_escrows(block, now_ms)
         tx_ids: list[bytes] = []
         results: list[bytes] = []
+        recorded: list[bool] = []
         for index, raw in enumerate(envelopes):
-            tx_id, result = self._execute_one(block, height, index, now_ms, raw)
+            tx_id, result, final = self._execute_one(block, height, index, now_ms, raw)
             tx_ids.append(tx_id)
             results.append(result)
+            recorded.append(final)
         state_root = write_set_root(prev_root, height, block.writes)
         w.put(st.META_HEIGHT, st.u64(height))
         w.put(st.META_ROOT, state_root)
@@ -160,6 +163,7 @@ class Ledger:
             results_root=merkle.root(results),
             state_root=state_root,
             expired_escrows=expired,
+            recorded=tuple(recorded),
         )
 
     def _expire_escrows(self, block: _Block, now_ms: int) -> tuple[str, ...]:
@@ -181,17 +185,18 @@ class Ledger:
 
     def _execute_one(
         self, block: _Block, height: int, index: int, now_ms: int, raw: bytes
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes, bool]:
+        """(tx_id, serialized TxResult, whether that result is recorded under tx_id)"""
         try:
             checked = self.checks.take(raw)
         except InvalidTransaction as exc:
             # Not authorized (or not even a transaction): answered in the block, never recorded.
             tx_id = envelope_tx_id(bytes(raw)) if isinstance(raw, bytes | bytearray | memoryview) else b""
-            return tx_id, self._result(tx_id, exc.code, exc.message, height, index, final=False)
+            return tx_id, self._result(tx_id, exc.code, exc.message, height, index, final=False), False
         key = st.result_key(checked.tx_id)
         first = block.get(key)
         if first is not None:
-            return checked.tx_id, first  # a retry: the first result, unchanged
+            return checked.tx_id, first, True  # a retry: the first result, unchanged
         overlay = _Overlay(block)
         outcome = rules.apply(self.genesis, overlay, checked, now_ms)
         result = self._result(checked.tx_id, outcome.code, outcome.detail, height, index, outcome.recorded)
@@ -199,7 +204,7 @@ class Ledger:
             block.apply(overlay)
         if outcome.recorded:
             block.put(key, result)
-        return checked.tx_id, result
+        return checked.tx_id, result, outcome.recorded
 
     @staticmethod
     def _result(tx_id: bytes, code: Code, detail: str, height: int, index: int, final: bool) -> bytes:

@@ -6,7 +6,9 @@ Key spaces owned here:
   b"b/r/" height(8)      the block's serialized TxResults, each 4-byte length prefixed
   b"b/o/" height(8)      results_root(32) || state_root(32) after executing the block
   b"b/a/" height(8)      >= f+1 serialized Attestation SignedMessages, length prefixed
-  b"b/t/" tx_id(32)      height(8) || index(4): where the tx_id's receipt lives
+  b"b/t/" tx_id(32)      height(8) || index(4) || 0: where an *unrecorded* result of tx_id is
+                         (a forged or malformed copy); a recorded result is found through the
+                         ledger's own record of it (s/t/ tx_id, which holds height and index)
   b"m/last_executed"     height(8);  b"m/state_root" 32 bytes;  b"m/last_block_hash" 32 bytes
   b"j/" key              consensus journal record (Persist action), key as the replica chose it
 Heights are big-endian so a prefix scan walks them in order.
@@ -19,6 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
+from node.app.codec import decode_result
+from node.app.state import result_key
 from node.storage.kv import KVReader, KVStore, KVWriter
 
 BLOCK = b"b/h/"
@@ -97,16 +101,14 @@ def put_executed_block(
     w.put(_height_key(BLOCK, height), certified_block)
     w.put(_height_key(RESULTS, height), pack_list(results))
     w.put(_height_key(OUTCOME, height), results_root + state_root)
+    # A recorded result is found through the ledger's record (find_tx), which names its height
+    # and index: one key per transaction, not two (each a random B-tree page to write and
+    # fsync). Only unrecorded results (a forged or malformed copy) are indexed here; the latest
+    # one wins until a recorded result supersedes them all.
     where = struct.pack(">Q", height)
     for index, (tx_id, is_recorded) in enumerate(zip(tx_ids, recorded, strict=True)):
-        if len(tx_id) != HASH_BYTES:
-            continue  # an envelope that did not even parse has no id to look up
-        key = TX_INDEX + tx_id
-        existing = w.get(key)
-        # A recorded (authorized) result is final; an unrecorded one (forged signature) is
-        # superseded by any later occurrence, so the genuine transaction gets its receipt.
-        if existing is None or existing[-1:] != b"\x01":
-            w.put(key, where + struct.pack(">I", index) + (b"\x01" if is_recorded else b"\x00"))
+        if not is_recorded and len(tx_id) == HASH_BYTES:  # no id: did not even parse
+            w.put(TX_INDEX + tx_id, where + struct.pack(">I", index) + b"\x00")
     w.put(LAST_EXECUTED, struct.pack(">Q", height))
     w.put(STATE_ROOT, state_root)
     w.put(LAST_BLOCK_HASH, block_hash)
@@ -146,7 +148,11 @@ class TxLocation:
 
 
 def find_tx(r: KVReader, tx_id: bytes) -> TxLocation | None:
-    """Where tx_id's receipt lives: the recorded entry, else its latest unrecorded one."""
+    """Where tx_id's receipt lives: its recorded result, else its latest unrecorded one."""
+    final = r.get(result_key(tx_id))
+    if final is not None:
+        result = decode_result(final)
+        return TxLocation(result.height, result.index, True)
     raw = r.get(TX_INDEX + tx_id)
     if raw is None:
         return None

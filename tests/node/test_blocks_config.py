@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from node.app.codec import encode_result
+from node.app.state import result_key
+from node.app.tx import Code, TxResult
 from node.config import ConfigError, NodeLimits, load_node_config
 from node.storage import blocks
+from node.storage.kv import KVWriter
 from node.storage.memory import MemoryStore
 
 GENESIS_ROOT = hashlib.sha256(b"genesis").digest()
@@ -19,19 +23,27 @@ def _h(x: bytes) -> bytes:
     return hashlib.sha256(x).digest()
 
 
+def _record(w: KVWriter, tx_id: bytes, height: int, index: int) -> bytes:
+    """What the ledger writes for a recorded (final) result in the same write transaction."""
+    result = encode_result(TxResult(tx_id, Code.OK, "", height, index, final=True))
+    w.put(result_key(tx_id), result)
+    return result
+
+
 def test_head_starts_at_genesis_and_advances_with_each_block() -> None:
     store = MemoryStore()
     with store.read() as r:
         assert blocks.read_head(r, GENESIS_ROOT) == blocks.Head(0, GENESIS_ROOT, b"")
     t1, t2 = _h(b"t1"), _h(b"t2")
     with store.write() as w:
+        r1 = _record(w, t1, 1, 0)
         blocks.put_executed_block(
-            w, 1, b"block1", _h(b"h1"), [t1, t2], [b"r1", b"r2"], [True, False], _h(b"rr"), _h(b"s1")
+            w, 1, b"block1", _h(b"h1"), [t1, t2], [r1, b"r2"], [True, False], _h(b"rr"), _h(b"s1")
         )
     with store.read() as r:
         assert blocks.read_head(r, GENESIS_ROOT) == blocks.Head(1, _h(b"s1"), _h(b"h1"))
         assert blocks.get_block(r, 1) == b"block1"
-        assert blocks.get_results(r, 1) == (b"r1", b"r2")
+        assert blocks.get_results(r, 1) == (r1, b"r2")
         assert blocks.get_outcome(r, 1) == (_h(b"rr"), _h(b"s1"))
         assert blocks.find_tx(r, t1) == blocks.TxLocation(1, 0, True)
         assert blocks.find_tx(r, t2) == blocks.TxLocation(1, 1, False)
@@ -49,14 +61,21 @@ def test_recorded_result_is_final_and_unrecorded_is_superseded() -> None:
     forged, genuine = _h(b"forged"), _h(b"genuine")
     with store.write() as w:
         # height 1: a forged copy of `forged` (unrecorded) and the genuine `genuine` (recorded)
+        y = _record(w, genuine, 1, 1)
         blocks.put_executed_block(
-            w, 1, b"b1", _h(b"1"), [forged, genuine], [b"x", b"y"], [False, True], _h(b"r"), _h(b"s")
+            w, 1, b"b1", _h(b"1"), [forged, genuine], [b"x", y], [False, True], _h(b"r"), _h(b"s")
+        )
+    with store.read() as r:
+        assert blocks.find_tx(r, forged) == blocks.TxLocation(1, 0, False)
+    with store.write() as w:
+        # height 2: a retry of `genuine` (the ledger returns its first result) and the genuine
+        # `forged` tx; then at height 3 another forged copy, which changes nothing
+        z = _record(w, forged, 2, 1)
+        blocks.put_executed_block(
+            w, 2, b"b2", _h(b"2"), [genuine, forged], [y, z], [True, True], _h(b"r"), _h(b"s")
         )
     with store.write() as w:
-        # height 2: the genuine `forged` tx, and a retry of `genuine` (returns its first result)
-        blocks.put_executed_block(
-            w, 2, b"b2", _h(b"2"), [genuine, forged], [b"y", b"z"], [True, True], _h(b"r"), _h(b"s")
-        )
+        blocks.put_executed_block(w, 3, b"b3", _h(b"3"), [forged], [b"x"], [False], _h(b"r"), _h(b"s"))
     with store.read() as r:
         assert blocks.find_tx(r, forged) == blocks.TxLocation(2, 1, True)
         assert blocks.find_tx(r, genuine) == blocks.TxLocation(1, 1, True)
