@@ -1,18 +1,23 @@
 """The node's only loop: every event (peer message, client request, tick, fetched blocks) goes
 to the Replica through one asyncio queue, and its actions run strictly in list order:
 
-  Persist   journal records, consecutive ones in one fsync'ed LMDB write transaction
-  Send/Broadcast/ForwardRequests   hand bytes to the transport (after the Persist before them)
-  Execute   one write transaction: ledger state changes + certified block + results + head;
-            then Replica.on_executed, whose actions run next
-  Attested  store the attestations; wake the clients waiting for those receipts
+  Persist   journal records: written, with everything else the group persists, in one
+            fsync'ed LMDB write transaction before any message of the group goes out
+  Send/Broadcast/ForwardRequests   held in an outbox until the group's records are on disk
+  Execute   one write transaction: ledger state changes + certified block + results + head
+            (+ the journal records held so far); then Replica.on_executed, whose actions run next
+  Attested  store the attestations (with the group's records); then wake the clients waiting
+            for those receipts
   FetchBlocks   ask peers in the background; the blocks come back as an event (on_blocks)
   Note      one event log line and a counter
 
-One consumer task drains the queue, so the replica is never entered twice at once and a Persist
-is on disk before any later action of the same step runs (persist before send). After kill -9
-the node restarts from LMDB alone: the journal and the last executed block go back to the
-Replica's constructor.
+One consumer task drains the queue, so the replica is never entered twice at once. It takes
+every event already queued (up to GROUP_EVENTS_MAX) as one group: their actions run in order,
+the group's journal records and attestations go to disk in one transaction (group commit: one
+fsync where there used to be one per step), and only then do the group's messages leave, in
+order (persist before send). After kill -9 the node restarts from LMDB alone: the journal and
+the last executed block go back to the Replica's constructor; a message whose record was not yet
+on disk was never sent.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from node.storage import blocks
 from node.storage.kv import KVStore, KVWriter
 
 EVENT_QUEUE_MAX = 50_000
-RELAY_BATCH_MAX = 500  # client envelopes per relay RPC to each peer
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
+GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
+EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
 
 
 class ReplicaLike(Protocol):
@@ -130,6 +136,11 @@ class Driver:
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = False
         self._relay_buffer: list[bytes] = []
+        # Group commit: what the current group persists, and what it sends once that is on disk.
+        self._journal: list[tuple[bytes, bytes | None]] = []
+        self._attestations: list[act.Attested] = []
+        self._outbox: list[act.Send | act.Broadcast | act.ForwardRequests] = []
+        self._executed_tx_ids: dict[int, tuple[bytes, ...]] = {}
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
         self.own_replica = own_replica
 
@@ -279,41 +290,38 @@ class Driver:
 
     async def _consume(self) -> None:
         while True:
-            event = await self._queue.get()
-            self.stats.events += 1
-            try:
-                actions = event()
-            except Exception as exc:  # a replica bug: log it loudly and stop the node
-                self.log.event("replica_crash", error=repr(exc))
-                raise
-            self.run(actions)
-            if self._queue.empty() or len(self._relay_buffer) >= RELAY_BATCH_MAX:
-                self._flush_relay()
+            group = [await self._queue.get()]
+            while len(group) < GROUP_EVENTS_MAX and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            for event in group:
+                self.stats.events += 1
+                try:
+                    actions = event()
+                except Exception as exc:  # a replica bug: log it loudly and stop the node
+                    self.log.event("replica_crash", error=repr(exc))
+                    raise
+                self._apply(actions)
+            self._flush()
+            self._flush_relay()
 
     def run(self, actions: list[act.Action]) -> None:
-        """Run actions strictly in order; Execute's follow-up actions run right after it."""
+        """Run actions strictly in order, then persist what they recorded and send what they
+        sent (in that order). Execute's follow-up actions run right after it."""
+        self._apply(actions)
+        self._flush()
+
+    def _apply(self, actions: list[act.Action]) -> None:
         todo: deque[act.Action] = deque(actions)
         while todo:
             action = todo.popleft()
             if isinstance(action, act.Persist):
-                records = [(action.key, action.value)]
-                while todo and isinstance(todo[0], act.Persist):
-                    nxt = todo.popleft()
-                    assert isinstance(nxt, act.Persist)
-                    records.append((nxt.key, nxt.value))
-                with self.store.write() as w:
-                    blocks.apply_journal(w, records)
-                self.stats.persist_txns += 1
-            elif isinstance(action, act.Send):
-                self.transport.send(action.to, action.message)
-            elif isinstance(action, act.Broadcast):
-                self.transport.broadcast(action.message)
-            elif isinstance(action, act.ForwardRequests):
-                self.transport.forward(action.to, action.envelopes)
+                self._journal.append((action.key, action.value))
+            elif isinstance(action, act.Send | act.Broadcast | act.ForwardRequests):
+                self._outbox.append(action)
             elif isinstance(action, act.Execute):
                 todo.extendleft(reversed(self._execute(action)))
             elif isinstance(action, act.Attested):
-                self._attested(action)
+                self._attestations.append(action)
             elif isinstance(action, act.FetchBlocks):
                 self._start_fetch(action)
             elif isinstance(action, act.Note):
@@ -321,6 +329,28 @@ class Driver:
                 self.log.event(action.kind, **action.detail)
             else:  # pragma: no cover - the Action union is closed
                 raise AssertionError(f"unknown action {action!r}")
+
+    def _flush(self) -> None:
+        """Persist the group's journal records and attestations (one fsync), wake the receipt
+        waiters they complete, then send the group's messages in order."""
+        attested, self._attestations = self._attestations, []
+        if self._journal or attested:
+            with self.store.write() as w:
+                blocks.apply_journal(w, self._journal)
+                for a in attested:
+                    blocks.put_attestations(w, a.sequence, a.attestations)
+            self._journal = []
+            self.stats.persist_txns += 1
+        for a in attested:
+            self._wake_waiters(a.sequence)
+        outbox, self._outbox = self._outbox, []
+        for action in outbox:
+            if isinstance(action, act.Send):
+                self.transport.send(action.to, action.message)
+            elif isinstance(action, act.Broadcast):
+                self.transport.broadcast(action.message)
+            else:
+                self.transport.forward(action.to, action.envelopes)
 
     def _execute(self, action: act.Execute) -> list[act.Action]:
         assert action.sequence == self.head.last_executed + 1, (
@@ -330,6 +360,8 @@ class Driver:
         certified = wire.encode_certified_block(action.header, action.envelopes, action.certificate)
         block_hash = wire.digest_of(action.header)
         with self.store.write() as w:
+            # The journal records held so far ride along: one fsync less for the group.
+            blocks.apply_journal(w, self._journal)
             out = self.ledger.execute(w, action.sequence, header.timestamp_ms, action.envelopes)
             results: tuple[bytes, ...] = tuple(out.results)
             tx_ids: tuple[bytes, ...] = tuple(out.tx_ids)
@@ -346,7 +378,11 @@ class Driver:
                 out.results_root,
                 out.state_root,
             )
+        self._journal = []
         self.head = blocks.Head(action.sequence, out.state_root, block_hash)
+        self._executed_tx_ids[action.sequence] = tx_ids
+        while len(self._executed_tx_ids) > EXECUTED_REMEMBERED_MAX:
+            del self._executed_tx_ids[next(iter(self._executed_tx_ids))]
         self.stats.executed_blocks += 1
         self.stats.executed_txs += len(tx_ids)
         for tx_id in tx_ids:
@@ -357,19 +393,23 @@ class Driver:
             )
         return self.replica.on_executed(action.sequence, out.state_root, out.results_root)
 
-    def _attested(self, action: act.Attested) -> None:
-        with self.store.write() as w:
-            blocks.put_attestations(w, action.sequence, action.attestations)
-            raw = blocks.get_block(w, action.sequence)
-        if raw is None or not self._waiters:
+    def _wake_waiters(self, sequence: int) -> None:
+        """Attestations for ``sequence`` are on disk: its receipts can be served."""
+        if not self._waiters:
             return
-        _, envelopes, _ = wire.decode_certified_block(raw)
-        waiting = [t for t in wire.tx_ids_of(envelopes) if t in self._waiters]
+        tx_ids = self._executed_tx_ids.get(sequence)
+        if tx_ids is None:  # executed long ago (or before a restart): read the block
+            with self.store.read() as r:
+                raw = blocks.get_block(r, sequence)
+            if raw is None:
+                return
+            tx_ids = tuple(wire.tx_ids_of(wire.decode_certified_block(raw)[1]))
+        waiting = [t for t in tx_ids if t in self._waiters]
         with self.store.read() as r:
             # A retry of an earlier tx in this block keeps its receipt at the earlier height.
             located = {t: blocks.find_tx(r, t) for t in waiting}
         for tx_id, loc in located.items():
-            if loc is None or (loc.height != action.sequence and self.receipt_height(tx_id) is None):
+            if loc is None or (loc.height != sequence and self.receipt_height(tx_id) is None):
                 continue
             for fut in self._waiters.get(tx_id, []):
                 if not fut.done():

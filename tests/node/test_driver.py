@@ -129,15 +129,38 @@ def test_persists_commit_in_one_txn_before_the_sends_that_follow() -> None:
             act.Note("view_change", {"view": 1}),
         ]
     )
+    # Every record of the step (the delete of j/a too) in one transaction, then the sends.
     assert trace == [
         ("commit", (b"j/a", b"j/b")),
         ("broadcast", b"prepare"),
-        ("commit", ()),  # the delete of j/a
         ("send", (2, b"commit")),
     ]
     with driver.store.read() as r:
         assert blocks.read_journal(r) == {b"b": b"2"}
     assert driver.log.counters["note_view_change"] == 1
+
+
+def test_queued_events_share_one_journal_commit_before_any_of_their_sends() -> None:
+    # Group commit: three peer messages already queued when the consumer wakes are one group.
+    driver, replica, trace = make(Factory())
+    replica.script = [[act.Persist(k, b"v"), act.Send(2, b"vote-" + k)] for k in (b"1", b"2", b"3")]
+
+    async def scenario() -> None:
+        for _ in range(3):
+            driver.on_peer_message(b"msg")
+        driver.start()
+        while len([t for t in trace if t[0] == "send"]) < 3:
+            await asyncio.sleep(0.001)  # the consumer task runs in this same loop
+        await driver.stop()
+
+    asyncio.run(scenario())
+    assert trace == [
+        ("commit", (b"j/1", b"j/2", b"j/3")),
+        ("send", (2, b"vote-1")),
+        ("send", (2, b"vote-2")),
+        ("send", (2, b"vote-3")),
+    ]
+    assert driver.stats.persist_txns == 1
 
 
 def _block(fx: Factory, height: int, envelopes: Sequence[bytes]) -> act.Execute:
