@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node.app.codec import envelope_tx_id
 from node.app.ledger import Ledger
 from node.app.tx import Code, InvalidTransaction
 from node.app.validate import CheckCache
@@ -38,6 +39,7 @@ from node.driver import Driver
 from node.log import EventLog
 from node.receipts import AttestationBackfill, ProofCache, build_receipt
 from node.storage import blocks
+from node.storage.kv import KVReader
 
 SERVICE = "ledger.v1.LedgerService"
 TX_ID_BYTES = 32
@@ -60,6 +62,11 @@ class _Abort(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _is_final(r: KVReader, tx_id: bytes) -> bool:
+    found = blocks.find_tx(r, tx_id)
+    return found is not None and found.recorded
 
 
 def _parse(cls: type[M], raw: bytes) -> M:
@@ -120,21 +127,28 @@ class LedgerApi:
         """Envelopes a peer relayed to us: the same stateless checks as a client's, but a
         failure is a peer's bad input: dropped and counted, never answered. Ones already
         final here are dropped too: after a restart the replica no longer remembers what it
-        executed, and would hold them as pending forever (and time out into a view change)."""
+        executed, and would hold them as pending forever (and time out into a view change).
+        Those, and ones the replica already holds, are dropped before the (costly) signature
+        check: under load most relayed copies arrive after the primary's pre-prepare did."""
+        held = self.driver.replica.pending
+        ids = [envelope_tx_id(raw) for raw in envelopes]
+        with self.driver.store.read() as r:
+            final = {tx_id for tx_id in ids if tx_id not in held and _is_final(r, tx_id)}
         checked: list[tuple[bytes, bytes]] = []
-        for raw in envelopes:
+        for raw, tx_id in zip(envelopes, ids, strict=True):
+            if tx_id in held:
+                self.log.count("peer_forward_already_pending")
+                continue
+            if tx_id in final:
+                self.log.count("peer_forward_already_final")
+                continue
             try:
                 tx = self.checks.admit(raw)
             except InvalidTransaction:
                 self.log.count("peer_forward_invalid")
                 continue
             checked.append((tx.tx_id, raw))
-        with self.driver.store.read() as r:
-            located = [blocks.find_tx(r, tx_id) for tx_id, _ in checked]
-        fresh = [c for c, loc in zip(checked, located, strict=True) if loc is None or not loc.recorded]
-        if len(fresh) < len(checked):
-            self.log.count("peer_forward_already_final", len(checked) - len(fresh))
-        self.driver.on_forward(fresh)
+        self.driver.on_forward(checked)
 
     async def submit(self, raw: bytes) -> bytes:
         req = _parse(api_pb2.SubmitRequest, raw)

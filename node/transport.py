@@ -2,8 +2,8 @@
 
 Inbound, ReplicaService takes raw bytes (no generated deserializer), so garbage from anyone on
 the replica port becomes a counted drop rather than an exception inside gRPC. Outbound, one
-long-lived client stream per peer, fed by a bounded queue and re-dialled with capped
-exponential backoff; a message past the queue bound is dropped and counted (PBFT tolerates
+long-lived client stream per peer, fed by a bounded queue (each write a PeerFrame of the
+messages queued at the time) and re-dialled with capped exponential backoff; a message past the queue bound is dropped and counted (PBFT tolerates
 loss: retransmission is the replica's view change and the catch-up path, not ours).
 Messages for a peer whose link is down wait in its queue up to peer_queue_max, then drop.
 Whether a message really comes from a member is decided by the replica, which verifies the
@@ -30,6 +30,9 @@ SERVICE = "ledger.v1.ReplicaService"
 _ACK = consensus_pb2.PeerAck().SerializeToString()
 FORWARD_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 10.0
+# A frame stops taking queued messages past this many bytes (a single larger message still goes,
+# alone): frames stay far below peer_message_bytes_max, and one vote burst is one gRPC message.
+FRAME_BYTES_SOFT_MAX = 1 << 20
 
 
 def grpc_options(receive_bytes_max: int, send_bytes_max: int, backoff_ms_max: int) -> list[tuple[str, Any]]:
@@ -93,13 +96,19 @@ class ReplicaServer:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         try:
-            async for raw in requests:
-                reason = check_peer_message(raw, self._genesis.n)
-                if reason is not None:
-                    self._log.count(reason)
+            async for frame in requests:
+                try:
+                    messages = consensus_pb2.PeerFrame.FromString(frame).messages
+                except Exception:  # protobuf raises DecodeError and others on garbage
+                    self._log.count("peer_garbage")
                     continue
-                self._log.count("peer_messages_in")
-                self._inbound.on_peer_message(raw)
+                for raw in messages:
+                    reason = check_peer_message(raw, self._genesis.n)
+                    if reason is not None:
+                        self._log.count(reason)
+                        continue
+                    self._log.count("peer_messages_in")
+                    self._inbound.on_peer_message(raw)
         except asyncio.CancelledError:
             raise
         except Exception:  # a peer's stream broke (oversized message, reset): its loss only
@@ -270,9 +279,23 @@ class PeerLinks:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _messages(self, peer: _PeerState) -> AsyncIterator[bytes]:
+    async def _frames(self, peer: _PeerState) -> AsyncIterator[bytes]:
+        """PeerFrames of what is queued for the peer: the first message waited for, then the
+        ones already queued behind it, up to FRAME_BYTES_SOFT_MAX (a message that would pass
+        it starts the next frame)."""
+        carry: bytes | None = None
         while True:
-            yield await peer.queue.get()
+            first = carry if carry is not None else await peer.queue.get()
+            carry = None
+            messages, size = [first], len(first)
+            while not peer.queue.empty():
+                nxt = peer.queue.get_nowait()
+                if size + len(nxt) > FRAME_BYTES_SOFT_MAX:
+                    carry = nxt
+                    break
+                messages.append(nxt)
+                size += len(nxt)
+            yield consensus_pb2.PeerFrame(messages=messages).SerializeToString()
 
     async def _run(self, peer: _PeerState) -> None:
         backoff_ms = 50
@@ -292,7 +315,7 @@ class PeerLinks:
             if self._on_peer_up is not None:
                 self._on_peer_up(peer.replica)
             try:
-                await stream(self._messages(peer))
+                await stream(self._frames(peer))
             except grpc.aio.AioRpcError as exc:
                 self._log.event("peer_down", peer=peer.member_id, replica=peer.replica, code=exc.code().name)
             peer.up = False

@@ -457,6 +457,33 @@ class PeerMessage(_message.Message):
 Global___PeerMessage: _TypeAlias = PeerMessage  # noqa: Y015
 
 @_typing.final
+class PeerFrame(_message.Message):
+    """One write on a peer stream: the PeerMessages queued for that peer at the time, in order.
+    Bundling them costs one gRPC message per burst (a vote round, a group of sends) instead of
+    one per message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """each a serialized PeerMessage"""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerFrame: _TypeAlias = PeerFrame  # noqa: Y015
+
+@_typing.final
 class Forward(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -36,7 +36,7 @@ class ReplicaServiceStub:
         """
         self.Stream = channel.stream_unary(
                 '/ledger.v1.ReplicaService/Stream',
-                request_serializer=ledger_dot_v1_dot_consensus__pb2.PeerMessage.SerializeToString,
+                request_serializer=ledger_dot_v1_dot_consensus__pb2.PeerFrame.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_consensus__pb2.PeerAck.FromString,
                 _registered_method=True)
         self.ForwardTransactions = channel.unary_unary(
@@ -80,7 +80,7 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Stream': grpc.stream_unary_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=ledger_dot_v1_dot_consensus__pb2.PeerMessage.FromString,
+                    request_deserializer=ledger_dot_v1_dot_consensus__pb2.PeerFrame.FromString,
                     response_serializer=ledger_dot_v1_dot_consensus__pb2.PeerAck.SerializeToString,
             ),
             'ForwardTransactions': grpc.unary_unary_rpc_method_handler(
@@ -119,7 +119,7 @@ class ReplicaService:
             request_iterator,
             target,
             '/ledger.v1.ReplicaService/Stream',
-            ledger_dot_v1_dot_consensus__pb2.PeerMessage.SerializeToString,
+            ledger_dot_v1_dot_consensus__pb2.PeerFrame.SerializeToString,
             ledger_dot_v1_dot_consensus__pb2.PeerAck.FromString,
             options,
             channel_credentials,

@@ -34,7 +34,7 @@ class ReplicaServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ReplicaServiceAsyncStub: ...
-    Stream: _grpc.StreamUnaryMultiCallable[_consensus_pb2.PeerMessage, _consensus_pb2.PeerAck]
+    Stream: _grpc.StreamUnaryMultiCallable[_consensus_pb2.PeerFrame, _consensus_pb2.PeerAck]
     """One long-lived stream per peer: consensus messages from the dialing replica."""
     ForwardTransactions: _grpc.UnaryUnaryMultiCallable[_consensus_pb2.Forward, _consensus_pb2.PeerAck]
     """Client transactions relayed to the primary (or any replica that keeps them)."""
@@ -44,7 +44,7 @@ class ReplicaServiceStub:
 @_typing.type_check_only
 class ReplicaServiceAsyncStub(ReplicaServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Stream: _aio.StreamUnaryMultiCallable[_consensus_pb2.PeerMessage, _consensus_pb2.PeerAck]  # type: ignore[assignment]
+    Stream: _aio.StreamUnaryMultiCallable[_consensus_pb2.PeerFrame, _consensus_pb2.PeerAck]  # type: ignore[assignment]
     """One long-lived stream per peer: consensus messages from the dialing replica."""
     ForwardTransactions: _aio.UnaryUnaryMultiCallable[_consensus_pb2.Forward, _consensus_pb2.PeerAck]  # type: ignore[assignment]
     """Client transactions relayed to the primary (or any replica that keeps them)."""
@@ -55,7 +55,7 @@ class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Stream(
         self,
-        request_iterator: _MaybeAsyncIterator[_consensus_pb2.PeerMessage],
+        request_iterator: _MaybeAsyncIterator[_consensus_pb2.PeerFrame],
         context: _ServicerContext,
     ) -> _typing.Union[_consensus_pb2.PeerAck, _abc.Awaitable[_consensus_pb2.PeerAck]]:
         """One long-lived stream per peer: consensus messages from the dialing replica."""

@@ -202,7 +202,13 @@ class ViewChanging(ReplicaCore):
         # Votes of the view we are leaving too: re-sending a vote already cast is safe, and a
         # peer still in that view may need exactly this one to commit (regression: seed 1336).
         oldest = self.view - 1 if self.in_view_change else self.view
-        for _, slot in sorted(self.slots.items()):
+        for seq, slot in sorted(self.slots.items()):
+            # A replica that attested a sequence has executed it and needs none of our votes
+            # for it; once every peer has, re-sending them is pure load (it was most of the
+            # prepares and commits on the wire under steady traffic).
+            attested_by = self._attestations.get(seq, {})
+            if all(r in attested_by for r in range(self.cfg.n) if r != self.id):
+                continue
             pp = slot.pp
             mine = self.is_primary and not self.in_view_change and pp is not None and pp.view == self.view
             if mine and not slot.committed:

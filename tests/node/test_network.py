@@ -186,16 +186,22 @@ def _peer_message(signer: int, key: SigningKey, chain_id: str) -> bytes:
     return consensus_pb2.PeerMessage(message=signed).SerializeToString()
 
 
+def _frame(*messages: bytes) -> bytes:
+    return consensus_pb2.PeerFrame(messages=list(messages)).SerializeToString()
+
+
 def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded: Factory) -> None:
     genesis = net.genesis()
     target = "BANK-C"
     before = stub(net, target).GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
     outsider = SigningKey.generate()
     stream_in = [
-        b"\x00\xff garbage",
-        _peer_message(99, outsider, genesis.chain_id),  # names no member
-        _peer_message(1, outsider, genesis.chain_id),  # claims to be BANK-B, signed by an outsider
-        _peer_message(1, outsider, genesis.chain_id),
+        b"\x00\xff garbage",  # not a PeerFrame
+        _frame(b"\x00\xff garbage"),  # a frame whose message is not a PeerMessage
+        _frame(_peer_message(99, outsider, genesis.chain_id)),  # names no member
+        _frame(  # claims to be BANK-B, signed by an outsider (twice, in one frame)
+            _peer_message(1, outsider, genesis.chain_id), _peer_message(1, outsider, genesis.chain_id)
+        ),
     ]
     with grpc.insecure_channel(net.member(target).replica_address) as ch:
         stream = ch.stream_unary("/ledger.v1.ReplicaService/Stream", None, None)
@@ -218,7 +224,7 @@ def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded:
         return deltas if all(deltas.get(k, 0) >= 1 for k in wanted) else None
 
     deltas = wait_for("drops to be counted", counted, timeout_s=10)
-    assert deltas["peer_garbage"] >= 2 and deltas["replica_bad_signature"] >= 2
+    assert deltas["peer_garbage"] >= 3 and deltas["replica_bad_signature"] >= 2
     assert all(net.health(b) for b in BANKS)
     # ... and the node still commits.
     assert (
