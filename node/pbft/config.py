@@ -24,7 +24,7 @@ class ReplicaConfig:
     # Blocks the primary has proposed but not yet executed. Under load, requests then gather
     # into larger batches while earlier ones are agreed, instead of splintering into many small
     # blocks whose fixed costs (fsyncs, votes, signatures) dominate.
-    proposals_in_flight_max: int = 4
+    proposals_in_flight_max: int = 2
     # A backup will not prepare a block stamped further than this ahead of its own clock.
     timestamp_skew_ms_max: int = 30_000
 

@@ -55,7 +55,8 @@ def test_restarted_replica_keeps_its_prepared_certificate_for_the_view_change() 
 
 
 def test_restarted_primary_never_reuses_a_sequence() -> None:
-    c = Cluster(checkpoint_interval=4, log_window=8)
+    # Three proposals in flight, so that the third can go out while 1 and 2 are unexecuted.
+    c = Cluster(checkpoint_interval=4, log_window=8, proposals_in_flight_max=3)
     c.down.update({1, 2, 3})  # nothing commits; the primary only proposes
     c.submit(0, 1)
     c.submit(0, 2)
