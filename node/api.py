@@ -20,6 +20,7 @@ UNKNOWN_ACCOUNT in its receipt (only execution knows the state in its sequence p
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -104,16 +105,14 @@ class LedgerApi:
 
     # --- submit -------------------------------------------------------------------------
 
-    def _admit(self, envelope: tx_pb2.Envelope) -> bytes:
-        raw = envelope.SerializeToString()
+    def _admit(self, r: KVReader, raw: bytes) -> bytes:
+        """Admit one serialized envelope (r: a read transaction for the finality check)."""
         try:
             checked = self.checks.admit(raw)
         except InvalidTransaction as exc:
             self.log.count(f"rejected_{exc.code.name}")
             raise _Abort(status_of(exc.code), str(exc)) from exc
-        with self.driver.store.read() as r:
-            found = blocks.find_tx(r, checked.tx_id)
-        if found is not None and found.recorded:
+        if _is_final(r, checked.tx_id):
             return checked.tx_id  # already final: a retry is answered, not re-proposed
         if not self.driver.submit(checked.tx_id, raw):
             self.log.count("rejected_pending_full")
@@ -154,7 +153,9 @@ class LedgerApi:
         req = _parse(api_pb2.SubmitRequest, raw)
         if not req.HasField("envelope"):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "envelope is required")
-        return api_pb2.SubmitResponse(tx_id=self._admit(req.envelope)).SerializeToString()
+        with self.driver.store.read() as r:
+            tx_id = self._admit(r, req.envelope.SerializeToString())
+        return api_pb2.SubmitResponse(tx_id=tx_id).SerializeToString()
 
     async def submit_batch(self, raw: bytes) -> bytes:
         req = _parse(api_pb2.SubmitBatchRequest, raw)
@@ -164,27 +165,42 @@ class LedgerApi:
                 f"{len(req.envelopes)} envelopes; at most {self.limits.submit_batch_max} (submit_batch_max)",
             )
         out = api_pb2.SubmitBatchResponse()
-        for envelope in req.envelopes:
-            item = out.items.add()
-            item.tx_id = hashlib.sha256(envelope.body).digest()
-            try:
-                self._admit(envelope)
-                item.accepted = True
-            except _Abort as exc:
-                item.accepted = False
-                item.error = exc.message
-                item.status_code = exc.code.value[0]
+        with self.driver.store.read() as r:  # one read transaction for the batch's finality checks
+            for envelope in req.envelopes:
+                item = out.items.add()
+                item.tx_id = hashlib.sha256(envelope.body).digest()
+                try:
+                    self._admit(r, envelope.SerializeToString())
+                    item.accepted = True
+                except _Abort as exc:
+                    item.accepted = False
+                    item.error = exc.message
+                    item.status_code = exc.code.value[0]
         return out.SerializeToString()
 
     # --- receipts -----------------------------------------------------------------------
 
     async def _await_receipt(self, tx_id: bytes, timeout_s: float) -> int | None:
-        with self.driver.store.read() as r:
-            found = blocks.find_tx(r, tx_id)
-            attested = found is not None and bool(blocks.get_attestations(r, found.height))
-        if found is not None and not attested and self.driver.unlikely_to_be_attested(found.height):
-            await self.backfill.fill(found.height)
+        await self._backfill([tx_id])
         return await self.driver.wait_receipt(tx_id, timeout_s)
+
+    async def _backfill(self, tx_ids: list[bytes]) -> None:
+        """Fetch the attestations of executed blocks that will probably never get them here
+        (replayed in catch-up, or well behind the head): once per block, not per transaction."""
+        heights: set[int] = set()
+        with self.driver.store.read() as r:
+            for tx_id in tx_ids:
+                found = blocks.find_tx(r, tx_id)
+                if (
+                    found is not None
+                    and found.height not in heights
+                    and not blocks.get_attestations(r, found.height)
+                    and self.driver.unlikely_to_be_attested(found.height)
+                ):
+                    heights.add(found.height)
+        for height in sorted(heights):
+            if await self.backfill.fill(height):
+                self.driver.wake_waiters(height)
 
     def _tx_id(self, raw: bytes) -> bytes:
         if len(raw) != TX_ID_BYTES:
@@ -217,26 +233,43 @@ class LedgerApi:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {self.limits.submit_batch_max} tx_ids")
         tx_ids = list(dict.fromkeys(self._tx_id(t) for t in req.tx_ids))
         timeout_s = self._timeout_s(req.timeout_ms)
-        # Each waiter reports once: its tx_id when attested, None on timeout.
-        ready: asyncio.Queue[bytes | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # One future per tx_id in the driver; each reports its tx_id here once attested, and
+        # receipts go out in batches (one read transaction per wake-up, usually one block).
+        futures = self.driver.receipt_waiters(tx_ids)
+        ready: asyncio.Queue[bytes] = asyncio.Queue()
 
-        async def one(tx_id: bytes) -> None:
-            height = await self._await_receipt(tx_id, timeout_s)
-            ready.put_nowait(None if height is None else tx_id)
+        def report(tx_id: bytes, fut: asyncio.Future[int]) -> None:
+            if not fut.cancelled():
+                ready.put_nowait(tx_id)
 
-        tasks = [asyncio.ensure_future(one(t)) for t in tx_ids]
+        for tx_id, fut in futures.items():
+            fut.add_done_callback(functools.partial(report, tx_id))
+        stragglers = [t for t, f in futures.items() if not f.done()]
+        backfill = asyncio.ensure_future(self._backfill(stragglers)) if stragglers else None
         try:
-            for _ in tx_ids:
-                tx_id = await ready.get()
-                if tx_id is None:
-                    continue
+            sent = 0
+            while sent < len(futures):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch = [await asyncio.wait_for(ready.get(), remaining)]
+                except TimeoutError:
+                    break
+                while not ready.empty():
+                    batch.append(ready.get_nowait())
                 with self.driver.store.read() as r:
-                    receipt = build_receipt(r, self._proofs, tx_id, require_attested=True)
-                assert receipt is not None
-                yield receipt.SerializeToString()
+                    receipts = [build_receipt(r, self._proofs, t, require_attested=True) for t in batch]
+                for receipt in receipts:
+                    assert receipt is not None
+                    sent += 1
+                    yield receipt.SerializeToString()
         finally:
-            for t in tasks:
-                t.cancel()
+            if backfill is not None:
+                backfill.cancel()
+            self.driver.drop_waiters(futures)
 
     # --- queries ------------------------------------------------------------------------
 

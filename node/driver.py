@@ -36,13 +36,20 @@ from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
 from node.storage import blocks
-from node.storage.kv import KVStore, KVWriter
+from node.storage.kv import KVReader, KVStore, KVWriter
 
 EVENT_QUEUE_MAX = 50_000
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
+
+
+def _receipt_height(r: KVReader, tx_id: bytes) -> int | None:
+    found = blocks.find_tx(r, tx_id)
+    if found is None or not blocks.get_attestations(r, found.height):
+        return None
+    return found.height
 
 
 class ReplicaLike(Protocol):
@@ -195,8 +202,8 @@ class Driver:
 
     def on_forward(self, checked: list[tuple[bytes, bytes]]) -> None:
         """Envelopes relayed by a peer, already stateless-checked by the caller."""
-        for tx_id, envelope in checked:
-            self._enqueue(functools.partial(self._relayed_request, tx_id, envelope), "forwards_dropped_full")
+        if checked:
+            self._enqueue(functools.partial(self._relayed_requests, checked), "forwards_dropped_full")
 
     # Request relay. A request known to one replica only cannot start a view change when the
     # primary is dead or silent (joining one takes f+1 timed-out replicas), so the node that
@@ -211,8 +218,11 @@ class Driver:
             self._relay_buffer.append(envelope)
         return [a for a in actions if not isinstance(a, act.ForwardRequests)]
 
-    def _relayed_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
-        return [a for a in self.replica.on_request(tx_id, envelope) if not isinstance(a, act.ForwardRequests)]
+    def _relayed_requests(self, checked: list[tuple[bytes, bytes]]) -> list[act.Action]:
+        actions: list[act.Action] = []
+        for tx_id, envelope in checked:
+            actions += self.replica.on_request(tx_id, envelope)
+        return [a for a in actions if not isinstance(a, act.ForwardRequests)]
 
     def _flush_relay(self) -> None:
         if not self._relay_buffer:
@@ -238,21 +248,37 @@ class Driver:
 
     async def wait_receipt(self, tx_id: bytes, timeout_s: float) -> int | None:
         """The height whose attested block carries tx_id's receipt, or None on timeout."""
-        height = self.receipt_height(tx_id)
-        if height is not None:
-            return height
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(tx_id, []).append(fut)
+        futures = self.receipt_waiters([tx_id])
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await asyncio.wait_for(futures[tx_id], timeout_s)
         except TimeoutError:
             return None
         finally:
-            futures = self._waiters.get(tx_id)
-            if futures is not None:
+            self.drop_waiters(futures)
+
+    def receipt_waiters(self, tx_ids: Sequence[bytes]) -> dict[bytes, asyncio.Future[int]]:
+        """A future per tx_id, resolved with its receipt's height once the block is executed
+        and attested here (at once for those that already are). Release with drop_waiters."""
+        loop = asyncio.get_running_loop()
+        futures: dict[bytes, asyncio.Future[int]] = {}
+        with self.store.read() as r:
+            for tx_id in tx_ids:
+                fut: asyncio.Future[int] = loop.create_future()
+                height = _receipt_height(r, tx_id)
+                if height is not None:
+                    fut.set_result(height)
+                else:
+                    self._waiters.setdefault(tx_id, []).append(fut)
+                futures[tx_id] = fut
+        return futures
+
+    def drop_waiters(self, futures: Mapping[bytes, asyncio.Future[int]]) -> None:
+        for tx_id, fut in futures.items():
+            waiting = self._waiters.get(tx_id)
+            if waiting is not None:
                 with contextlib.suppress(ValueError):
-                    futures.remove(fut)
-                if not futures:
+                    waiting.remove(fut)
+                if not waiting:
                     del self._waiters[tx_id]
 
     def unlikely_to_be_attested(self, height: int) -> bool:
@@ -263,10 +289,7 @@ class Driver:
     def receipt_height(self, tx_id: bytes) -> int | None:
         """Height of tx_id's receipt if its block is executed and attested."""
         with self.store.read() as r:
-            found = blocks.find_tx(r, tx_id)
-            if found is None or not blocks.get_attestations(r, found.height):
-                return None
-            return found.height
+            return _receipt_height(r, tx_id)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -342,7 +365,7 @@ class Driver:
             self._journal = []
             self.stats.persist_txns += 1
         for a in attested:
-            self._wake_waiters(a.sequence)
+            self.wake_waiters(a.sequence)
         outbox, self._outbox = self._outbox, []
         for action in outbox:
             if isinstance(action, act.Send):
@@ -393,8 +416,9 @@ class Driver:
             )
         return self.replica.on_executed(action.sequence, out.state_root, out.results_root)
 
-    def _wake_waiters(self, sequence: int) -> None:
-        """Attestations for ``sequence`` are on disk: its receipts can be served."""
+    def wake_waiters(self, sequence: int) -> None:
+        """Attestations for ``sequence`` are on disk (from consensus or a backfill): its
+        receipts can be served."""
         if not self._waiters:
             return
         tx_ids = self._executed_tx_ids.get(sequence)
