@@ -69,41 +69,60 @@ class _Overlay:
 
 
 class _Block:
-    """Writes through to the store and remembers the block's write set for the state root."""
+    """The block's write set, written to the store once, in key order, when the block ends
+    (flush); reads see it first. It is also what the state root hashes. A key written many
+    times in a block (a busy account's balance) costs one store write, and values read are
+    kept for the block, so each key is read from the store at most once."""
 
-    __slots__ = ("w", "writes")
+    __slots__ = ("reads", "w", "writes")
 
     def __init__(self, w: KVWriter) -> None:
         self.w = w
         self.writes: dict[bytes, bytes | None] = {}
+        self.reads: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
-        return self.w.get(key)
+        if key in self.writes:
+            return self.writes[key]
+        if key in self.reads:
+            return self.reads[key]
+        value = self.reads[key] = self.w.get(key)
+        return value
 
     def put(self, key: bytes, value: bytes) -> None:
         assert key.startswith(st.PREFIX)
-        self.w.put(key, value)
         self.writes[key] = value
 
     def delete(self, key: bytes) -> None:
         assert key.startswith(st.PREFIX)
-        self.w.delete(key)
         self.writes[key] = None
 
     def apply(self, overlay: _Overlay) -> None:
         for key, value in overlay.changes.items():
+            assert key.startswith(st.PREFIX)
+            self.writes[key] = value
+
+    def flush(self) -> list[bytes]:
+        """Write the block's changes to the store; returns the written keys, sorted."""
+        keys = sorted(self.writes)
+        for key in keys:
+            value = self.writes[key]
             if value is None:
-                self.delete(key)
+                self.w.delete(key)
             else:
-                self.put(key, value)
+                self.w.put(key, value)
+        return keys
 
 
-def write_set_root(prev_root: bytes, height: int, writes: dict[bytes, bytes | None]) -> bytes:
-    """SHA-256(prev_root || height || for each key in order: len key, key, 0 | 1 len value)."""
+def write_set_root(
+    prev_root: bytes, height: int, writes: dict[bytes, bytes | None], keys: list[bytes] | None = None
+) -> bytes:
+    """SHA-256(prev_root || height || for each key in order: len key, key, 0 | 1 len value).
+    ``keys``: sorted(writes), when the caller has it already."""
     h = hashlib.sha256()
     h.update(prev_root)
     h.update(struct.pack(">Q", height))
-    for key in sorted(writes):
+    for key in sorted(writes) if keys is None else keys:
         value = writes[key]
         h.update(struct.pack(">I", len(key)))
         h.update(key)
@@ -152,7 +171,7 @@ class Ledger:
             tx_ids.append(tx_id)
             results.append(result)
             recorded.append(final)
-        state_root = write_set_root(prev_root, height, block.writes)
+        state_root = write_set_root(prev_root, height, block.writes, block.flush())
         w.put(st.META_HEIGHT, st.u64(height))
         w.put(st.META_ROOT, state_root)
         return BatchOutcome(

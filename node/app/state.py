@@ -133,10 +133,25 @@ class EscrowRecord:
     status: int
 
 
+# Parsed account records by (id, stored bytes): a pure memo (the same bytes always parse to
+# the same record), since every transfer reads its payer's and payee's records.
+_ACCOUNTS_PARSED: dict[tuple[str, bytes], AccountRecord] = {}
+_ACCOUNTS_PARSED_MAX = 50_000
+
+
 def get_account(r: Reader, account_id: str) -> AccountRecord | None:
     raw = r.get(ACCOUNT + account_id.encode())
     if raw is None:
         return None
+    acct = _ACCOUNTS_PARSED.get((account_id, raw))
+    if acct is None:
+        if len(_ACCOUNTS_PARSED) >= _ACCOUNTS_PARSED_MAX:
+            _ACCOUNTS_PARSED.clear()
+        acct = _ACCOUNTS_PARSED[(account_id, raw)] = _parse_account(account_id, raw)
+    return acct
+
+
+def _parse_account(account_id: str, raw: bytes) -> AccountRecord:
     c = _Cursor(raw)
     assert c.take(1)[0] == _VERSION, "unknown account record version"
     member_id = c.string()

@@ -94,8 +94,8 @@ def test_exception_on_any_put_leaves_the_store_unchanged(store: KVStore) -> None
     with reference.write() as w:
         counter = CrashingWriter(w, crash_on_put=-1)
         expected = ref_chain.ledger.execute(counter, 2, 3_000, batch)
-    total_puts = counter.puts
-    assert total_puts > 20 and expected.expired_escrows == ("esc-old",)
+    total_puts = counter.puts  # one per key the block changes (repeated writes coalesce)
+    assert total_puts > 15 and expected.expired_escrows == ("esc-old",)
 
     for n in sorted({1, 2, total_puts // 2, total_puts - 1, total_puts}):
         with pytest.raises(InjectedCrash), store.write() as w:
