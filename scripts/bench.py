@@ -13,8 +13,9 @@ with a verified commit certificate and attestations count.
     scripts/bench.py --clients 4 --duration 30 --json
     scripts/bench.py --rate 1500 --duration 30 --json
 
-Reports committed transfers/s, p50/p99/p99.9 submit-to-receipt latency, per-node RSS and its
-growth over the window, CPU seconds per 1,000 transfers per node, and the batch sizes seen.
+Reports committed transfers/s, p50/p99/p99.9 submit-to-receipt latency and where it goes
+(SubmitBatch answered; scheduled -> block proposed; proposed -> verified receipt), per-node RSS
+and its growth over the window, CPU seconds per 1,000 transfers per node, and the batch sizes.
 The last line with --json is one JSON object. --plot FILE.png draws throughput over time and
 the latency distribution (needs matplotlib).
 """
@@ -159,6 +160,7 @@ class Verifier:
         self.failures = 0
         self.batch_sizes: Counter[int] = Counter()
         self._seen_heights: set[int] = set()
+        self.last_block_ms = 0  # header timestamp (the primary's clock at proposal) of the last receipt
 
     def check(self, receipt: api_pb2.Receipt, tx_id: bytes) -> bool:
         try:
@@ -167,6 +169,7 @@ class Verifier:
             self.failures += 1
             return False
         h = verified.block.header.height
+        self.last_block_ms = int(verified.block.header.timestamp_ms)
         if h not in self._seen_heights:
             self._seen_heights.add(h)
             self.batch_sizes[int(verified.block.header.tx_count)] += 1
@@ -182,7 +185,11 @@ async def run_client(
     stop_at: float,
 ) -> dict[str, Any]:
     verifier = Verifier(genesis)
-    done: list[tuple[float, float]] = []  # (completion time, latency s) of verified receipts
+    # Per verified receipt: (completion time, latency, scheduled -> proposed, proposed ->
+    # receipt) in seconds; "proposed" is the block header's timestamp: the primary's clock
+    # (this machine's) as of its last tick, so the split is good to about tick_ms (20 ms).
+    done: list[tuple[float, float, float, float]] = []
+    acks: list[tuple[float, float]] = []  # per SubmitBatch: (ack time, ack - first tx's send time)
     not_ok = 0
     options = [
         ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -197,6 +204,8 @@ async def run_client(
                 envelopes=[tx_pb2.Envelope.FromString(e) for e in envelopes[lo:hi]]
             )
             await stub.SubmitBatch(request, timeout=30)
+            acked = time.time()
+            acks.append((acked, acked - t_sent[0]))
             index = {tx_ids[i]: i for i in range(lo, hi)}
             wait = api_pb2.WaitReceiptsRequest(tx_ids=tx_ids[lo:hi], timeout_ms=30_000)
             async for receipt in stub.WaitReceipts(wait, timeout=35):
@@ -205,7 +214,9 @@ async def run_client(
                     continue
                 now = time.time()
                 if verifier.check(receipt, tx_ids[i]):
-                    done.append((now, now - t_sent[i - lo]))
+                    proposed = verifier.last_block_ms / 1000
+                    sent = t_sent[i - lo]
+                    done.append((now, now - sent, proposed - sent, now - proposed))
                 else:
                     not_ok += 1
 
@@ -239,6 +250,7 @@ async def run_client(
             await asyncio.wait(tasks, timeout=40)
     return {
         "done": done,
+        "acks": acks,
         "receipt_failures": verifier.failures,
         "not_ok": not_ok,
         "batch_sizes": dict(verifier.batch_sizes),
@@ -350,10 +362,16 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         results = [json.loads(Path(p.out_path).read_text()) for p in plans if Path(p.out_path).exists()]
     if len(results) != k:
         raise RuntimeError(f"{k - len(results)} client(s) failed; see their output above")
-    in_window = [(t, lat) for r in results for t, lat in r["done"] if window_start <= t < window_end]
-    lat_ms = sorted(lat * 1000 for _, lat in in_window)
+    in_window = [d for r in results for d in r["done"] if window_start <= d[0] < window_end]
+    lat_ms = sorted(d[1] * 1000 for d in in_window)
+    acks_ms = sorted(a * 1000 for r in results for t, a in r["acks"] if window_start <= t < window_end)
+
+    def part(values: list[float]) -> dict[str, float]:
+        ordered = sorted(v * 1000 for v in values)
+        return {"p50": round(percentile(ordered, 0.5), 1), "p99": round(percentile(ordered, 0.99), 1)}
+
     committed = len(in_window)
-    per_second = Counter(int(t - window_start) for t, _ in in_window)
+    per_second = Counter(int(d[0] - window_start) for d in in_window)
     batch_sizes: Counter[int] = Counter()
     for r in results:
         batch_sizes.update({int(size): n for size, n in r["batch_sizes"].items()})
@@ -381,6 +399,17 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         "not_ok": sum(r["not_ok"] for r in results),
         "presign_exhausted": any(r["exhausted"] for r in results),
         "duration_s": args.duration,
+        # Where the latency goes: SubmitBatch answered (admission at the entry node), scheduled
+        # -> the block's proposal, and proposal -> verified receipt (agreement, execution,
+        # attestations, delivery).
+        "latency_parts_ms": {
+            "submit_ack": {
+                "p50": round(percentile(acks_ms, 0.5), 1),
+                "p99": round(percentile(acks_ms, 0.99), 1),
+            },
+            "to_proposal": part([d[2] for d in in_window]),
+            "proposal_to_receipt": part([d[3] for d in in_window]),
+        },
         "tps_by_second": [per_second.get(s, 0) for s in range(int(args.duration))],
     }
     if args.plot:

@@ -38,3 +38,14 @@ def test_bench_runs_briefly_and_prints_one_json_object() -> None:
     assert out["receipt_failures"] == 0
     assert not out["presign_exhausted"], "the window must measure the nodes, not the pre-signed supply"
     assert sum(out["tps_by_second"]) == round(out["committed_tps"] * out["duration_s"])
+    parts = out["latency_parts_ms"]
+    assert set(parts) == {"submit_ack", "to_proposal", "proposal_to_receipt"}
+    # Per transaction, to_proposal + proposal_to_receipt is its latency. The proposal time is
+    # the primary's clock as of its last tick (tick_ms 20), so a part may be off by about a
+    # tick (and scheduling delay) either way: each part's percentiles are at most the whole's
+    # plus that slack.
+    slack_ms = 100
+    for name in ("to_proposal", "proposal_to_receipt"):
+        assert parts[name]["p50"] <= out["p50_ms"] + slack_ms, (name, parts, out["p50_ms"])
+        assert parts[name]["p99"] <= out["p99_ms"] + slack_ms, (name, parts, out["p99_ms"])
+    assert 0 < parts["submit_ack"]["p50"] <= parts["submit_ack"]["p99"]
