@@ -242,7 +242,7 @@ class LedgerClient:
         """Submit many transactions at once; one outcome per transaction, in order.
 
         Each chunk goes to one node in a SubmitBatch, and its receipts stream back from
-        WaitReceipts, each verified like submit's. Whatever that path does not settle (a refusal,
+        WaitReceiptBatches (a block's worth per message), each verified like submit's. Whatever that path does not settle (a refusal,
         a node that fails or lies, a receipt that is not final) goes through ``submit`` one by
         one with the same envelope, so outcomes mean exactly what they mean there.
         """
@@ -271,11 +271,11 @@ class LedgerClient:
             wait_s = min(deadline - time.monotonic(), self.receipt_wait_s * 2)
             if not accepted or wait_s <= 0:
                 return settled
-            stream = stub.WaitReceipts(
+            stream = stub.WaitReceiptBatches(
                 api_pb2.WaitReceiptsRequest(tx_ids=accepted, timeout_ms=int(wait_s * 1000)),
                 timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
             )
-            for receipt in stream:
+            for receipt in (r for batch in stream for r in batch.receipts):
                 tx_id = bytes(receipt.result.tx_id)
                 if tx_id not in wanted or tx_id in settled:
                     continue

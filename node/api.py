@@ -65,6 +65,10 @@ class _Abort(Exception):
         self.message = message
 
 
+# A ReceiptBatch message stays under this (clients' default receive limit is 4 MiB).
+RECEIPT_BATCH_BYTES_MAX = 2 << 20
+
+
 def _is_final(r: KVReader, tx_id: bytes) -> bool:
     found = blocks.find_tx(r, tx_id)
     return found is not None and found.recorded
@@ -228,6 +232,25 @@ class LedgerApi:
         return receipt.SerializeToString()
 
     async def wait_receipts(self, raw: bytes) -> AsyncIterator[bytes]:
+        async for batch in self._ready_receipts(raw):
+            for receipt in batch:
+                yield receipt.SerializeToString()
+
+    async def wait_receipt_batches(self, raw: bytes) -> AsyncIterator[bytes]:
+        async for batch in self._ready_receipts(raw):
+            # Split so that no message passes the client's receive limit (message_bytes_max).
+            out, size = api_pb2.ReceiptBatch(), 0
+            for receipt in batch:
+                n = receipt.ByteSize()
+                if out.receipts and size + n > RECEIPT_BATCH_BYTES_MAX:
+                    yield out.SerializeToString()
+                    out, size = api_pb2.ReceiptBatch(), 0
+                out.receipts.append(receipt)
+                size += n
+            yield out.SerializeToString()
+
+    async def _ready_receipts(self, raw: bytes) -> AsyncIterator[list[api_pb2.Receipt]]:
+        """Receipts of the requested tx_ids, in batches as their blocks are attested."""
         req = _parse(api_pb2.WaitReceiptsRequest, raw)
         if len(req.tx_ids) > self.limits.submit_batch_max:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {self.limits.submit_batch_max} tx_ids")
@@ -262,10 +285,10 @@ class LedgerApi:
                     batch.append(ready.get_nowait())
                 with self.driver.store.read() as r:
                     receipts = [build_receipt(r, self._proofs, t, require_attested=True) for t in batch]
-                for receipt in receipts:
-                    assert receipt is not None
-                    sent += 1
-                    yield receipt.SerializeToString()
+                ready_receipts = [receipt for receipt in receipts if receipt is not None]
+                assert len(ready_receipts) == len(receipts), "an attested tx has no receipt"
+                sent += len(ready_receipts)
+                yield ready_receipts
         finally:
             if backfill is not None:
                 backfill.cancel()
@@ -399,12 +422,17 @@ class LedgerApi:
                 call, request_deserializer=_raw, response_serializer=_raw
             )
 
-        async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
-            try:
-                async for item in self.wait_receipts(raw):
-                    yield item
-            except _Abort as exc:
-                await context.abort(exc.code, exc.message)
+        def stream(fn: Callable[[bytes], AsyncIterator[bytes]]) -> grpc.RpcMethodHandler[Any, Any]:
+            async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+                try:
+                    async for item in fn(raw):
+                        yield item
+                except _Abort as exc:
+                    await context.abort(exc.code, exc.message)
+
+            return grpc.unary_stream_rpc_method_handler(
+                call, request_deserializer=_raw, response_serializer=_raw
+            )
 
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -412,9 +440,8 @@ class LedgerApi:
                 "Submit": unary(self.submit),
                 "SubmitBatch": unary(self.submit_batch),
                 "WaitReceipt": unary(self.wait_receipt),
-                "WaitReceipts": grpc.unary_stream_rpc_method_handler(
-                    stream, request_deserializer=_raw, response_serializer=_raw
-                ),
+                "WaitReceipts": stream(self.wait_receipts),
+                "WaitReceiptBatches": stream(self.wait_receipt_batches),
                 "GetTransaction": unary(self.get_transaction),
                 "GetAccount": unary(self.get_account),
                 "GetBlock": unary(self.get_block),

@@ -208,17 +208,18 @@ async def run_client(
             acks.append((acked, acked - t_sent[0]))
             index = {tx_ids[i]: i for i in range(lo, hi)}
             wait = api_pb2.WaitReceiptsRequest(tx_ids=tx_ids[lo:hi], timeout_ms=30_000)
-            async for receipt in stub.WaitReceipts(wait, timeout=35):
-                i = index.get(bytes(receipt.result.tx_id))
-                if i is None:
-                    continue
-                now = time.time()
-                if verifier.check(receipt, tx_ids[i]):
-                    proposed = verifier.last_block_ms / 1000
-                    sent = t_sent[i - lo]
-                    done.append((now, now - sent, proposed - sent, now - proposed))
-                else:
-                    not_ok += 1
+            async for receipts in stub.WaitReceiptBatches(wait, timeout=35):
+                for receipt in receipts.receipts:
+                    i = index.get(bytes(receipt.result.tx_id))
+                    if i is None:
+                        continue
+                    now = time.time()
+                    if verifier.check(receipt, tx_ids[i]):
+                        proposed = verifier.last_block_ms / 1000
+                        sent = t_sent[i - lo]
+                        done.append((now, now - sent, proposed - sent, now - proposed))
+                    else:
+                        not_ok += 1
 
         while time.time() < start_at:
             await asyncio.sleep(min(0.05, start_at - time.time()))

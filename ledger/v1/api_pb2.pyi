@@ -234,6 +234,28 @@ class WaitReceiptsRequest(_message.Message):
 Global___WaitReceiptsRequest: _TypeAlias = WaitReceiptsRequest  # noqa: Y015
 
 @_typing.final
+class ReceiptBatch(_message.Message):
+    """The receipts that became ready together (usually one block's worth), in one stream message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Receipt]: ...
+    def __init__(
+        self,
+        *,
+        receipts: _abc.Iterable[Global___Receipt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipts", b"receipts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptBatch: _TypeAlias = ReceiptBatch  # noqa: Y015
+
+@_typing.final
 class GetTransactionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -54,6 +54,11 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_api__pb2.Receipt.FromString,
                 _registered_method=True)
+        self.WaitReceiptBatches = channel.unary_stream(
+                '/ledger.v1.LedgerService/WaitReceiptBatches',
+                request_serializer=ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.ReceiptBatch.FromString,
+                _registered_method=True)
         self.GetTransaction = channel.unary_unary(
                 '/ledger.v1.LedgerService/GetTransaction',
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetTransactionRequest.SerializeToString,
@@ -104,6 +109,14 @@ class LedgerServiceServicer:
 
     def WaitReceipts(self, request, context):
         """Streams each receipt as soon as its block is attested; ends when all came or time ran out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitReceiptBatches(self, request, context):
+        """As WaitReceipts, but each stream message carries every receipt ready at the time: one
+        message per block rather than one per transaction (what the SDK and the benchmark use).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +174,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.WaitReceipts,
                     request_deserializer=ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_api__pb2.Receipt.SerializeToString,
+            ),
+            'WaitReceiptBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WaitReceiptBatches,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.ReceiptBatch.SerializeToString,
             ),
             'GetTransaction': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTransaction,
@@ -296,6 +314,33 @@ class LedgerService:
             '/ledger.v1.LedgerService/WaitReceipts',
             ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.SerializeToString,
             ledger_dot_v1_dot_api__pb2.Receipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitReceiptBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ledger.v1.LedgerService/WaitReceiptBatches',
+            ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.ReceiptBatch.FromString,
             options,
             channel_credentials,
             insecure,

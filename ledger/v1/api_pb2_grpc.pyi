@@ -36,6 +36,10 @@ class LedgerServiceStub:
     WaitReceipt: _grpc.UnaryUnaryMultiCallable[_api_pb2.WaitReceiptRequest, _api_pb2.Receipt]
     WaitReceipts: _grpc.UnaryStreamMultiCallable[_api_pb2.WaitReceiptsRequest, _api_pb2.Receipt]
     """Streams each receipt as soon as its block is attested; ends when all came or time ran out."""
+    WaitReceiptBatches: _grpc.UnaryStreamMultiCallable[_api_pb2.WaitReceiptsRequest, _api_pb2.ReceiptBatch]
+    """As WaitReceipts, but each stream message carries every receipt ready at the time: one
+    message per block rather than one per transaction (what the SDK and the benchmark use).
+    """
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]
     GetAccount: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]
     GetBlock: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]
@@ -50,6 +54,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     WaitReceipt: _aio.UnaryUnaryMultiCallable[_api_pb2.WaitReceiptRequest, _api_pb2.Receipt]  # type: ignore[assignment]
     WaitReceipts: _aio.UnaryStreamMultiCallable[_api_pb2.WaitReceiptsRequest, _api_pb2.Receipt]  # type: ignore[assignment]
     """Streams each receipt as soon as its block is attested; ends when all came or time ran out."""
+    WaitReceiptBatches: _aio.UnaryStreamMultiCallable[_api_pb2.WaitReceiptsRequest, _api_pb2.ReceiptBatch]  # type: ignore[assignment]
+    """As WaitReceipts, but each stream message carries every receipt ready at the time: one
+    message per block rather than one per transaction (what the SDK and the benchmark use).
+    """
     GetTransaction: _aio.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]  # type: ignore[assignment]
     GetAccount: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]  # type: ignore[assignment]
     GetBlock: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]  # type: ignore[assignment]
@@ -85,6 +93,16 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_api_pb2.Receipt], _abc.AsyncIterator[_api_pb2.Receipt]]:
         """Streams each receipt as soon as its block is attested; ends when all came or time ran out."""
+
+    @_abc_1.abstractmethod
+    def WaitReceiptBatches(
+        self,
+        request: _api_pb2.WaitReceiptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.ReceiptBatch], _abc.AsyncIterator[_api_pb2.ReceiptBatch]]:
+        """As WaitReceipts, but each stream message carries every receipt ready at the time: one
+        message per block rather than one per transaction (what the SDK and the benchmark use).
+        """
 
     @_abc_1.abstractmethod
     def GetTransaction(

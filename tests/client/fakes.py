@@ -437,6 +437,12 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
             if receipt is not None:
                 yield receipt
 
+    def WaitReceiptBatches(
+        self, request: api_pb2.WaitReceiptsRequest, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ReceiptBatch]:
+        for receipt in self.WaitReceipts(request, context):
+            yield api_pb2.ReceiptBatch(receipts=[receipt])
+
     def _receipt(self, tx_id: bytes, timeout_s: float) -> api_pb2.Receipt | None:
         receipt = self.chain.wait_receipt(tx_id, timeout_s)
         if receipt is not None and self.tamper is not None:

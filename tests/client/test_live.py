@@ -250,6 +250,12 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
     def WaitReceipts(self, request, context):  # type: ignore[no-untyped-def]
         return (forge_certificate(r) for r in self.stub.WaitReceipts(request, timeout=10))
 
+    def WaitReceiptBatches(self, request, context):  # type: ignore[no-untyped-def]
+        for batch in self.stub.WaitReceiptBatches(request, timeout=10):
+            for r in batch.receipts:
+                forge_certificate(r)
+            yield batch
+
     def GetAccount(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetAccount(request, timeout=5)
 

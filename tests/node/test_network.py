@@ -109,6 +109,22 @@ def test_retry_of_committed_tx_returns_first_result(net: Consortium, funded: Fac
     assert merkle.verify(header.tx_root, tx_id(raw), first.result.index, len(ids), list(first.tx_proof))
 
 
+def test_receipt_batches_carry_every_receipt_once_and_verified(net: Consortium, funded: Factory) -> None:
+    raws = [funded.transfer([("alice", "bob", "USD.BANK-A", n)]) for n in range(1, 8)]
+    submit_all(net, "BANK-C", raws)  # returns once every receipt is there (WaitReceipts)
+    ids = [tx_id(r) for r in raws]
+    missing = bytes(32)  # never submitted: no receipt, and the stream still ends by its timeout
+    wait = api_pb2.WaitReceiptsRequest(tx_ids=[*ids, missing], timeout_ms=1_000)
+    batches = list(stub(net, "BANK-C").WaitReceiptBatches(wait, timeout=15))
+    # All seven were attested at BANK-C before the call: ready together, so one message.
+    assert len(batches) == 1
+    got = list(batches[0].receipts)
+    assert [bytes(r.result.tx_id) for r in got] == ids
+    genesis = net.genesis()
+    for r in got:
+        assert verify_receipt(genesis, r, bytes(r.result.tx_id)).result.code == tx_pb2.OK
+
+
 def _raw_unary(c: Consortium, bank: str, method: str, payload: bytes) -> grpc.StatusCode:
     with grpc.insecure_channel(c.member(bank).api_address) as ch:
         call = ch.unary_unary(f"/ledger.v1.LedgerService/{method}", None, None)
