@@ -96,8 +96,13 @@ class ReplicaCore:
         except wire.WireError:
             self._reject("bad_batch")
             return False
+        try:
+            tx_ids = wire.tx_ids_of(envelopes)
+        except wire.WireError:
+            self._reject("bad_batch")
+            return False
         if wire.digest_of(m.header) != m.digest or not wire.header_matches(
-            header, self.cfg.chain_id, m.sequence, envelopes
+            header, self.cfg.chain_id, m.sequence, envelopes, tx_ids
         ):
             self._reject("bad_batch")
             return False
@@ -113,7 +118,7 @@ class ReplicaCore:
         slot.pre_prepare = s
         slot.pre_prepare_peer = wire.encode_peer(s.raw, envelopes)
         slot.envelopes = envelopes
-        slot.tx_ids = wire.tx_ids_of(envelopes)
+        slot.tx_ids = tx_ids
         slot.committed = False
         self._persist(jr.seq_key(jr.PRE_PREPARE, m.sequence), slot.pre_prepare_peer)
         if self.cfg.primary(m.view) != self.id:
@@ -197,14 +202,21 @@ class ReplicaCore:
             pp = slot.pp if slot is not None else None
             if slot is None or pp is None or not slot.committed:
                 return progressed
-            self._execute(pp.sequence, pp.header, slot.envelopes, slot.commit_certificate, pp.digest)
+            self._execute(
+                pp.sequence, pp.header, slot.envelopes, slot.commit_certificate, pp.digest, slot.tx_ids
+            )
             progressed = True
 
     def _execute(
-        self, seq: int, header: bytes, envelopes: tuple[bytes, ...], commits: tuple[bytes, ...], digest: bytes
+        self,
+        seq: int,
+        header: bytes,
+        envelopes: tuple[bytes, ...],
+        commits: tuple[bytes, ...],
+        digest: bytes,
+        tx_ids: tuple[bytes, ...],
     ) -> None:
-        assert seq == self.next_execute
-        tx_ids = wire.tx_ids_of(envelopes)
+        assert seq == self.next_execute and len(tx_ids) == len(envelopes)
         self._out.append(Execute(seq, header, envelopes, commits, tx_ids))
         self._executing[seq] = digest
         self.next_execute = seq + 1
@@ -271,14 +283,14 @@ class ReplicaCore:
             seq = max(self.seq_next, self.stable_seq) + 1
             self.seq_next = seq
             envelopes = tuple(batch)
-            header = wire.build_header(self.cfg.chain_id, seq, self.now_ms, envelopes)
+            tx_ids = wire.tx_ids_of(envelopes)
+            header = wire.build_header(self.cfg.chain_id, seq, self.now_ms, envelopes, tx_ids)
             pp = self._sign(PrePrepare(self.view, seq, wire.digest_of(header), header))
             accepted = self._accept_pre_prepare(pp, envelopes)
             assert accepted, "own proposal rejected"
             self._out.append(Broadcast(self.slots[seq].pre_prepare_peer))
-            proposed = wire.tx_ids_of(envelopes)
-            self._proposed.update(proposed)
-            for tx_id in proposed:
+            self._proposed.update(tx_ids)
+            for tx_id in tx_ids:
                 self._unproposed.pop(tx_id, None)
 
     # --- checkpoints, attestations, state transfer -----------------------------------------

@@ -158,14 +158,19 @@ class Replica(ViewChanging):
             if header.height != self.next_execute:
                 self._reject("block_gap")
                 break
-            if not wire.header_matches(header, self.cfg.chain_id, header.height, envelopes):
+            try:
+                tx_ids = wire.tx_ids_of(envelopes)
+            except wire.WireError:
+                self._reject("bad_block")
+                break
+            if not wire.header_matches(header, self.cfg.chain_id, header.height, envelopes, tx_ids):
                 self._reject("bad_block")
                 break
             digest = wire.digest_of(header_raw)
             if not self.verifier.commit_certificate(header.height, digest, commits):
                 self._reject("bad_certificate")
                 break
-            self._execute(header.height, header_raw, envelopes, commits, digest)
+            self._execute(header.height, header_raw, envelopes, commits, digest, tx_ids)
             progressed = True
         if progressed:
             self._try_execute()

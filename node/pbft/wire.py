@@ -354,11 +354,24 @@ def batch_hash(envelopes: Sequence[bytes]) -> bytes:
 
 
 def tx_ids_of(envelopes: Sequence[bytes]) -> tuple[bytes, ...]:
-    return tuple(canonical_envelope(e)[0] for e in envelopes)
+    """SHA-256 of each envelope's body (WireError if one does not parse)."""
+    ids = []
+    for raw in envelopes:
+        env = _parse(txpb.Envelope, raw)
+        assert isinstance(env, txpb.Envelope)
+        ids.append(hashlib.sha256(env.body).digest())
+    return tuple(ids)
 
 
-def build_header(chain_id: str, height: int, timestamp_ms: int, envelopes: Sequence[bytes]) -> bytes:
-    ids = tx_ids_of(envelopes)
+def build_header(
+    chain_id: str,
+    height: int,
+    timestamp_ms: int,
+    envelopes: Sequence[bytes],
+    tx_ids: Sequence[bytes] | None = None,
+) -> bytes:
+    """``tx_ids``: tx_ids_of(envelopes), when the caller has it already."""
+    ids = tx_ids_of(envelopes) if tx_ids is None else tx_ids
     return txpb.BlockHeader(
         chain_id=chain_id,
         height=height,
@@ -379,13 +392,20 @@ def digest_of(header: bytes) -> bytes:
     return hashlib.sha256(header).digest()
 
 
-def header_matches(header: Header, chain_id: str, height: int, envelopes: Sequence[bytes]) -> bool:
-    """True when the header names this chain and height and commits to exactly this batch."""
+def header_matches(
+    header: Header,
+    chain_id: str,
+    height: int,
+    envelopes: Sequence[bytes],
+    tx_ids: Sequence[bytes] | None = None,
+) -> bool:
+    """True when the header names this chain and height and commits to exactly this batch.
+    ``tx_ids``: tx_ids_of(envelopes), when the caller has it already."""
     if header.chain_id != chain_id or header.height != height or header.tx_count != len(envelopes):
         return False
     if header.batch_hash != batch_hash(envelopes):
         return False
     try:
-        return header.tx_root == merkle.root(tx_ids_of(envelopes))
+        return header.tx_root == merkle.root(tx_ids_of(envelopes) if tx_ids is None else tx_ids)
     except WireError:
         return False
