@@ -112,7 +112,7 @@ class LedgerApi:
     def _admit(self, r: KVReader, raw: bytes) -> bytes:
         """Admit one serialized envelope (r: a read transaction for the finality check)."""
         try:
-            checked = self.checks.admit(raw)
+            checked = self.checks.check(raw)
         except InvalidTransaction as exc:
             self.log.count(f"rejected_{exc.code.name}")
             raise _Abort(status_of(exc.code), str(exc)) from exc
@@ -124,6 +124,7 @@ class LedgerApi:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"node has {self.limits.pending_requests_max} pending transactions (pending_requests_max); retry later",
             )
+        self.checks.keep(checked)
         return checked.tx_id
 
     def admit_forwarded(self, envelopes: list[bytes]) -> None:
@@ -131,25 +132,28 @@ class LedgerApi:
         failure is a peer's bad input: dropped and counted, never answered. Ones already
         final here are dropped too: after a restart the replica no longer remembers what it
         executed, and would hold them as pending forever (and time out into a view change).
-        Those, and ones the replica already holds, are dropped before the (costly) signature
-        check: under load most relayed copies arrive after the primary's pre-prepare did."""
+        Those, and exact copies of what the replica already holds, are dropped before the
+        (costly) signature check: under load most relayed copies arrive after the primary's
+        pre-prepare did. Other bytes under a held tx_id still go on: a stranger's copy with
+        some signatures stripped must not keep the genuine one from every replica."""
         held = self.driver.replica.pending
         ids = [envelope_tx_id(raw) for raw in envelopes]
         with self.driver.store.read() as r:
             final = {tx_id for tx_id in ids if tx_id not in held and _is_final(r, tx_id)}
         checked: list[tuple[bytes, bytes]] = []
         for raw, tx_id in zip(envelopes, ids, strict=True):
-            if tx_id in held:
+            if held.get(tx_id) == raw:
                 self.log.count("peer_forward_already_pending")
                 continue
             if tx_id in final:
                 self.log.count("peer_forward_already_final")
                 continue
             try:
-                tx = self.checks.admit(raw)
+                tx = self.checks.check(raw)
             except InvalidTransaction:
                 self.log.count("peer_forward_invalid")
                 continue
+            self.checks.keep(tx)
             checked.append((tx.tx_id, raw))
         self.driver.on_forward(checked)
 
@@ -221,15 +225,18 @@ class LedgerApi:
         req = _parse(api_pb2.WaitReceiptRequest, raw)
         tx_id = self._tx_id(req.tx_id)
         timeout_s = self._timeout_s(req.timeout_ms)
-        height = await self._await_receipt(tx_id, timeout_s)
-        if height is None:
-            raise _Abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"not committed and attested within {timeout_s:.3f}s"
-            )
-        with self.driver.store.read() as r:
-            receipt = build_receipt(r, self._proofs, tx_id, require_attested=True)
-        assert receipt is not None
-        return receipt.SerializeToString()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (remaining := deadline - loop.time()) > 0:
+            if await self._await_receipt(tx_id, remaining) is None:
+                break
+            with self.driver.store.read() as r:
+                receipt = build_receipt(r, self._proofs, tx_id, require_attested=True)
+            if receipt is not None:
+                return receipt.SerializeToString()
+            # Between the wake-up and now a recorded copy of the tx executed in a later block
+            # (the one woken for was an unrecorded variant): wait for that block's attestations.
+        raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"not committed and attested within {timeout_s:.3f}s")
 
     async def wait_receipts(self, raw: bytes) -> AsyncIterator[bytes]:
         async for batch in self._ready_receipts(raw):
@@ -286,9 +293,18 @@ class LedgerApi:
                 with self.driver.store.read() as r:
                     receipts = [build_receipt(r, self._proofs, t, require_attested=True) for t in batch]
                 ready_receipts = [receipt for receipt in receipts if receipt is not None]
-                assert len(ready_receipts) == len(receipts), "an attested tx has no receipt"
+                # A tx woken for an unrecorded variant whose recorded copy executed since, in a
+                # block not attested yet: wait again, for that block.
+                late = [t for t, receipt in zip(batch, receipts, strict=True) if receipt is None]
+                if late:
+                    self.driver.drop_waiters({t: futures[t] for t in late})
+                    again = self.driver.receipt_waiters(late)
+                    for tx_id, fut in again.items():
+                        fut.add_done_callback(functools.partial(report, tx_id))
+                    futures.update(again)
                 sent += len(ready_receipts)
-                yield ready_receipts
+                if ready_receipts:
+                    yield ready_receipts
         finally:
             if backfill is not None:
                 backfill.cancel()

@@ -33,6 +33,12 @@ FETCH_TIMEOUT_S = 10.0
 # A frame stops taking queued messages past this many bytes (a single larger message still goes,
 # alone): frames stay far below peer_message_bytes_max, and one vote burst is one gRPC message.
 FRAME_BYTES_SOFT_MAX = 1 << 20
+# ... and at this many messages. A frame with more is not a member's and is dropped whole, unread:
+# one frame's checks stay a few milliseconds of the event loop, whatever a sender packs in it.
+FRAME_MESSAGES_MAX = 1024
+# What framing adds to one message (field tag and length); a message that cannot fit in a frame
+# under peer_message_bytes_max with it is dropped at send, since no peer could take it.
+FRAME_OVERHEAD_BYTES = 16
 
 
 def grpc_options(receive_bytes_max: int, send_bytes_max: int, backoff_ms_max: int) -> list[tuple[str, Any]]:
@@ -101,6 +107,9 @@ class ReplicaServer:
                     messages = consensus_pb2.PeerFrame.FromString(frame).messages
                 except Exception:  # protobuf raises DecodeError and others on garbage
                     self._log.count("peer_garbage")
+                    continue
+                if len(messages) > FRAME_MESSAGES_MAX:
+                    self._log.count("peer_frame_too_many")
                     continue
                 for raw in messages:
                     reason = check_peer_message(raw, self._genesis.n)
@@ -224,6 +233,9 @@ class PeerLinks:
         # Queued even while the link is down: a peer that is just starting, or reconnecting
         # after a blip, still gets our votes and attestations. The bound keeps a dead peer
         # from costing more than peer_queue_max messages of memory.
+        if len(message) + FRAME_OVERHEAD_BYTES > self._limits.peer_message_bytes_max:
+            self._log.count("peer_send_too_large")
+            return
         if peer.queue.full():
             peer.queue.get_nowait()  # drop the oldest: the newest votes matter most
             self._log.count("peer_send_dropped_full")
@@ -282,19 +294,20 @@ class PeerLinks:
     async def _frames(self, peer: _PeerState) -> AsyncIterator[bytes]:
         """PeerFrames of what is queued for the peer: the first message waited for, then the
         ones already queued behind it, up to FRAME_BYTES_SOFT_MAX (a message that would pass
-        it starts the next frame)."""
+        it starts the next frame) and FRAME_MESSAGES_MAX."""
+        budget = min(FRAME_BYTES_SOFT_MAX, self._limits.peer_message_bytes_max)
         carry: bytes | None = None
         while True:
             first = carry if carry is not None else await peer.queue.get()
             carry = None
-            messages, size = [first], len(first)
-            while not peer.queue.empty():
+            messages, size = [first], len(first) + FRAME_OVERHEAD_BYTES
+            while not peer.queue.empty() and len(messages) < FRAME_MESSAGES_MAX:
                 nxt = peer.queue.get_nowait()
-                if size + len(nxt) > FRAME_BYTES_SOFT_MAX:
+                if size + len(nxt) + FRAME_OVERHEAD_BYTES > budget:
                     carry = nxt
                     break
                 messages.append(nxt)
-                size += len(nxt)
+                size += len(nxt) + FRAME_OVERHEAD_BYTES
             yield consensus_pb2.PeerFrame(messages=messages).SerializeToString()
 
     async def _run(self, peer: _PeerState) -> None:

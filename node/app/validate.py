@@ -171,39 +171,56 @@ class CheckCache:
 
     A node checks a transaction when it admits it (from a client or a peer's relay) and again
     when its block executes. The second check of the same bytes can only give the same answer
-    (decode_and_verify is a pure function of the genesis and the bytes), so ``admit`` keeps the
-    CheckedTx and ``take`` hands it to execution and forgets it: each envelope is parsed and its
-    signatures verified once per node. Failures are never kept. Entries that never execute (a
-    duplicate the replica dropped) leave oldest first past ``entries_max``."""
+    (decode_and_verify is a pure function of the genesis and the bytes), so the caller ``keep``s
+    a CheckedTx once the node has taken the transaction, and ``take`` hands it to execution and
+    forgets it: each envelope is parsed and its signatures verified once per node. Failures,
+    and transactions the node refused, are never kept. Entries that never execute (a duplicate
+    the replica dropped) leave oldest first past ``entries_max`` entries or ``bytes_max`` bytes
+    of envelopes (a parsed entry costs about twice its envelope again)."""
 
     def __init__(
-        self, genesis: Genesis, verify: Verifier = ed25519_verify, entries_max: int = 40_000
+        self,
+        genesis: Genesis,
+        verify: Verifier = ed25519_verify,
+        entries_max: int = 40_000,
+        bytes_max: int = 32 << 20,
     ) -> None:
         self.genesis = genesis
         self.verify = verify
         self.entries_max = entries_max
+        self.bytes_max = bytes_max
         self._kept: dict[bytes, CheckedTx] = {}
+        self._bytes = 0
         self.hits = 0
 
     def __len__(self) -> int:
         return len(self._kept)
 
-    def admit(self, raw: bytes) -> CheckedTx:
-        """check_envelope(raw), the API's admission check; kept for ``take`` when it passes.
-        Raises InvalidTransaction."""
+    @property
+    def kept_bytes(self) -> int:
+        return self._bytes
+
+    def check(self, raw: bytes) -> CheckedTx:
+        """check_envelope(raw), the API's admission check (answered from what is kept when it
+        can be). Raises InvalidTransaction."""
         checked = self._kept.get(raw) if isinstance(raw, bytes) else None
-        if checked is None:
-            checked = check_envelope(self.genesis, raw, self.verify)
-            self._kept[checked.raw] = checked
-            if len(self._kept) > self.entries_max:
-                del self._kept[next(iter(self._kept))]
-        return checked
+        return checked if checked is not None else check_envelope(self.genesis, raw, self.verify)
+
+    def keep(self, checked: CheckedTx) -> None:
+        """Remember ``checked`` for its execution (the node has taken the transaction)."""
+        if checked.raw in self._kept:
+            return
+        self._kept[checked.raw] = checked
+        self._bytes += len(checked.raw)
+        while len(self._kept) > self.entries_max or self._bytes > self.bytes_max:
+            self._bytes -= len(self._kept.pop(next(iter(self._kept))).raw)
 
     def take(self, raw: bytes) -> CheckedTx:
-        """What admit kept for these bytes (forgotten now), else decode_and_verify(raw)."""
+        """What was kept for these bytes (forgotten now), else decode_and_verify(raw)."""
         checked = self._kept.pop(raw, None) if isinstance(raw, bytes) else None
         if checked is None:
             return decode_and_verify(self.genesis, raw, self.verify)
+        self._bytes -= len(checked.raw)
         self.hits += 1
         return checked
 

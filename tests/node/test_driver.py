@@ -4,17 +4,23 @@ that logs every commit, and a transport that logs every send, all in one ordered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from ledger.v1 import tx_pb2
+from ledger.v1 import api_pb2, tx_pb2
+from node.api import LedgerApi
 from node.app import queries
+from node.app.codec import decode_envelope
 from node.app.ledger import Ledger
+from node.app.validate import CheckCache
+from node.config import NodeLimits
 from node.driver import Driver
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
+from node.pbft.crypto import Ed25519Crypto
+from node.receipts import AttestationBackfill
 from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 from node.storage.memory import MemoryStore
@@ -212,6 +218,95 @@ def test_attested_wakes_receipt_waiters_and_pending_is_bounded() -> None:
     assert tx_id not in driver.pending
     with driver.store.read() as r:
         assert blocks.get_attestations(r, 1) == (b"att1", b"att2")
+
+
+def test_pending_requests_expire_oldest_first_after_their_ttl(monkeypatch: Any) -> None:
+    fx = Factory()
+    driver, _, _ = make(fx)
+    now = [1_000.0]  # seconds on the driver's monotonic clock
+    monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
+    opened = fx.open_account("BANK-A", "alice", fx.client("alice"))
+    assert driver.submit(b"\x01" * 32, opened)
+    now[0] += 30  # half the 60 s ttl
+    assert driver.submit(b"\x02" * 32, opened)
+    now[0] += 30.001  # the first is past its ttl, the second is not
+    driver._expire_pending()
+    assert list(driver.pending) == [b"\x02" * 32]
+    assert driver.log.counters["pending_expired"] == 1
+    now[0] += 30
+    driver._expire_pending()
+    assert not driver.pending and driver.log.counters["pending_expired"] == 2
+
+
+def make_api(fx: Factory, driver: Driver) -> LedgerApi:
+    backfill = AttestationBackfill(
+        fx.genesis, 1, Ed25519Crypto(fx.client("node"), [], fx.chain_id), driver.store, driver.log
+    )
+    assert isinstance(driver.ledger, Ledger)
+    return LedgerApi(
+        fx.genesis, "BANK-B", 1, NodeLimits(), driver, driver.ledger, dict, driver.log, backfill,
+        CheckCache(fx.genesis),
+    )  # fmt: skip
+
+
+def test_relayed_copies_skip_the_signature_check_only_when_held_byte_for_byte_or_final() -> None:
+    fx = Factory()
+    driver, replica, _ = make(fx)
+    api = make_api(fx, driver)
+    relayed: list[list[tuple[bytes, bytes]]] = []
+    driver.on_forward = relayed.append  # type: ignore[assignment,method-assign]
+    alice, bob = fx.client("alice"), fx.client("bob")
+    genuine = fx.open_account("BANK-A", "alice", alice)
+    stripped = fx.sign(decode_envelope(genuine).body, [alice])  # same tx_id, no operator signature
+    executed = fx.open_account("BANK-A", "bob", bob)
+    driver.run([_block(fx, 1, [executed])])
+    replica.pending[fx.tx_id(genuine)] = stripped  # a stranger's copy got here first
+    api.admit_forwarded([stripped, genuine, executed])
+    # The genuine copy still reaches the replica (which keeps it as a variant); the exact copy
+    # of what it holds and the executed transaction are dropped unchecked.
+    assert relayed == [[(fx.tx_id(genuine), genuine)]]
+    assert driver.log.counters["peer_forward_already_pending"] == 1
+    assert driver.log.counters["peer_forward_already_final"] == 1
+
+
+def test_a_receipt_woken_for_an_unrecorded_copy_waits_for_the_recorded_one() -> None:
+    # Regression (review of WaitReceiptBatches): a copy of the body without the operator's
+    # signature executes at 1, unrecorded; block 1's attestations wake the waiter; before the
+    # stream handler runs, the genuine copy executes at 2 (recorded, not attested yet). The
+    # handler used to assert that every woken tx has a receipt, and the stream died.
+    fx = Factory()
+    driver, _, _ = make(fx)
+    api = make_api(fx, driver)
+    alice = fx.client("alice")
+    genuine = fx.open_account("BANK-A", "alice", alice)
+    stripped = fx.sign(decode_envelope(genuine).body, [alice])  # no BANK-A operator signature
+    tx_id = fx.tx_id(genuine)
+    assert fx.tx_id(stripped) == tx_id
+    attestation = wire.encode_signed(b"attestation-body", 0, bytes(64))  # not checked here
+
+    def waiting() -> bool:
+        return any(not f.done() for f in driver._waiters.get(tx_id, []))
+
+    async def scenario() -> api_pb2.ReceiptBatch:
+        driver.run([_block(fx, 1, [stripped])])
+        request = api_pb2.WaitReceiptsRequest(tx_ids=[tx_id], timeout_ms=5_000).SerializeToString()
+        stream = cast(AsyncGenerator[bytes, None], api.wait_receipt_batches(request))
+        first = asyncio.ensure_future(anext(stream))
+        while not waiting():
+            await asyncio.sleep(0)  # let the handler register its waiter
+        driver.run([act.Attested(1, (attestation,))])
+        driver.run([_block(fx, 2, [genuine])])  # same loop turn: the handler has not run yet
+        while not waiting() and not first.done():
+            await asyncio.sleep(0)
+        assert not first.done(), "the handler answered (or failed) before block 2 was attested"
+        driver.run([act.Attested(2, (attestation,))])
+        batch = api_pb2.ReceiptBatch.FromString(await first)
+        await stream.aclose()
+        return batch
+
+    batch = asyncio.run(scenario())
+    assert [(r.result.height, r.result.final) for r in batch.receipts] == [(2, True)]
+    assert not driver._waiters, "the stream released every waiter"
 
 
 def test_client_requests_are_relayed_to_every_peer_not_just_the_primary() -> None:

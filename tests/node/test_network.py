@@ -16,6 +16,7 @@ from ledger import merkle
 from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.config import NodeLimits
+from node.transport import FRAME_MESSAGES_MAX
 from tests.app.factory import Factory
 from tests.node.helpers import (
     Consortium,
@@ -218,6 +219,7 @@ def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded:
         _frame(  # claims to be BANK-B, signed by an outsider (twice, in one frame)
             _peer_message(1, outsider, genesis.chain_id), _peer_message(1, outsider, genesis.chain_id)
         ),
+        _frame(*[_peer_message(1, outsider, genesis.chain_id)] * (FRAME_MESSAGES_MAX + 1)),  # too many
     ]
     with grpc.insecure_channel(net.member(target).replica_address) as ch:
         stream = ch.stream_unary("/ledger.v1.ReplicaService/Stream", None, None)
@@ -236,11 +238,18 @@ def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded:
     def counted() -> dict[str, int] | None:
         now = stub(net, target).GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
         deltas = {k: now[k] - before.get(k, 0) for k in now}
-        wanted = ("peer_garbage", "peer_non_member", "replica_bad_signature", "peer_forward_invalid")
+        wanted = (
+            "peer_garbage",
+            "peer_non_member",
+            "replica_bad_signature",
+            "peer_forward_invalid",
+            "peer_frame_too_many",
+        )
         return deltas if all(deltas.get(k, 0) >= 1 for k in wanted) else None
 
     deltas = wait_for("drops to be counted", counted, timeout_s=10)
     assert deltas["peer_garbage"] >= 3 and deltas["replica_bad_signature"] >= 2
+    assert deltas["peer_frame_too_many"] == 1 and deltas["replica_bad_signature"] < FRAME_MESSAGES_MAX
     assert all(net.health(b) for b in BANKS)
     # ... and the node still commits.
     assert (
