@@ -28,34 +28,40 @@ def _split(n: int) -> int:
     return k
 
 
-def _build(hashes: Sequence[bytes], lo: int, hi: int, paths: list[list[bytes]] | None) -> bytes:
-    """Root of hashes[lo:hi]; when paths is given, append each leaf's sibling on the way up."""
-    if hi - lo == 1:
-        return hashes[lo]
-    mid = lo + _split(hi - lo)
-    left = _build(hashes, lo, mid, paths)
-    right = _build(hashes, mid, hi, paths)
-    if paths is not None:
-        for i in range(lo, mid):
-            paths[i].append(right)
-        for i in range(mid, hi):
-            paths[i].append(left)
-    return node_hash(left, right)
+def _next_level(level: list[bytes]) -> list[bytes]:
+    """Pair neighbours; an odd last node moves up as it is. Level by level this builds the same
+    tree as splitting at the largest power of two below n, without recursion."""
+    up = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+    if len(level) % 2:
+        up.append(level[-1])
+    return up
 
 
 def root(leaves: Sequence[bytes]) -> bytes:
     if not leaves:
         return hashlib.sha256(b"").digest()
-    return _build([leaf_hash(x) for x in leaves], 0, len(leaves), None)
+    level = [leaf_hash(x) for x in leaves]
+    while len(level) > 1:
+        level = _next_level(level)
+    return level[0]
 
 
 def all_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
     """The root and every leaf's inclusion proof (bottom first), in O(n log n)."""
     if not leaves:
         return hashlib.sha256(b"").digest(), []
+    level = [leaf_hash(x) for x in leaves]
     paths: list[list[bytes]] = [[] for _ in leaves]
-    top = _build([leaf_hash(x) for x in leaves], 0, len(leaves), paths)
-    return top, paths
+    shift = 0  # leaf i sits at index i >> shift of the current level
+    while len(level) > 1:
+        width = len(level)
+        for i, path in enumerate(paths):
+            sibling = (i >> shift) ^ 1
+            if sibling < width:  # else it is the odd last node, moving up without a sibling
+                path.append(level[sibling])
+        level = _next_level(level)
+        shift += 1
+    return level[0], paths
 
 
 def proof(leaves: Sequence[bytes], index: int) -> list[bytes]:

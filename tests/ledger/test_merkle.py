@@ -22,6 +22,23 @@ def test_every_proof_verifies_and_only_for_its_leaf(leaves: list[bytes], data: s
             assert not merkle.verify(root, leaves[i], j, len(leaves), proofs[i])
 
 
+def _rfc6962_root(hashes: list[bytes]) -> bytes:
+    """MTH of RFC 6962 section 2.1, written as the RFC defines it (split at the largest power
+    of two below n), for leaves already hashed."""
+    if len(hashes) == 1:
+        return hashes[0]
+    k = 1
+    while k * 2 < len(hashes):
+        k *= 2
+    return merkle.node_hash(_rfc6962_root(hashes[:k]), _rfc6962_root(hashes[k:]))
+
+
+def test_roots_match_the_rfc_6962_definition() -> None:
+    for n in range(1, 80):
+        leaves = [i.to_bytes(2, "big") for i in range(n)]
+        assert merkle.root(leaves) == _rfc6962_root([merkle.leaf_hash(x) for x in leaves]), n
+
+
 def test_known_shapes() -> None:
     a, b, c = b"a", b"b", b"c"
     ab = merkle.node_hash(merkle.leaf_hash(a), merkle.leaf_hash(b))
