@@ -118,6 +118,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             chain_id=genesis.chain_id,
             batch_size_max=limits.batch_size_max,
             batch_delay_ms=limits.batch_delay_ms,
+            batch_delay_max_ms=limits.batch_delay_max_ms,
+            batch_delay_per_tps_us=limits.batch_delay_per_tps_us,
             checkpoint_interval=limits.checkpoint_interval,
             log_window=limits.log_window,
             view_change_timeout_ms=limits.view_change_timeout_ms,

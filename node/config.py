@@ -28,7 +28,9 @@ class NodeLimits:
     # several full batches; carrying digests and fetching batches instead is the real fix.
     peer_message_bytes_max: int = 128 << 20
     batch_size_max: int = 500  # envelopes per proposed block
-    batch_delay_ms: int = 20  # how long the primary waits to fill a batch
+    batch_delay_ms: int = 20  # the least a batch that is not full waits to fill (primary)
+    batch_delay_max_ms: int = 100  # the most (node/pbft/config.py: ReplicaConfig.batch_ready)
+    batch_delay_per_tps_us: int = 100  # in between: this long per transaction/s arriving
     pending_requests_max: int = 20_000  # admitted but not yet executed client transactions
     log_window: int = 200  # PBFT high - low watermark
     checkpoint_interval: int = 50  # sequences between checkpoints

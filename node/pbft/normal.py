@@ -278,7 +278,7 @@ class ReplicaCore:
                     break
             if not batch or oldest is None:
                 return
-            if len(batch) < self.cfg.batch_size_max and self.now_ms - oldest < self.cfg.batch_delay_ms:
+            if not self.cfg.batch_ready(len(batch), self.now_ms - oldest):
                 return
             seq = max(self.seq_next, self.stable_seq) + 1
             self.seq_next = seq

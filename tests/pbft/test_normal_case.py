@@ -5,6 +5,7 @@ from __future__ import annotations
 from ledger import merkle
 from node.pbft import wire
 from node.pbft.actions import Broadcast, Execute, ForwardRequests, Persist
+from node.pbft.config import ReplicaConfig
 from node.pbft.journal import COMMIT, PRE_PREPARE, PREPARE
 from node.pbft.verify import Verifier
 from node.pbft.wire import Commit, Prepare, PrePrepare
@@ -53,6 +54,41 @@ def test_batches_fill_up_to_the_limit_then_wait_for_the_delay() -> None:
     assert len(c.nodes[1].executed) == 1  # one request waits for the batch delay
     c.tick(30)
     assert [len(e.envelopes) for e in c.nodes[1].executed] == [2, 1]
+
+
+def test_batch_delay_grows_with_the_arrival_rate_between_its_bounds() -> None:
+    cfg = ReplicaConfig(
+        n=4, f=1, replica_id=0, chain_id="c", batch_size_max=500,
+        batch_delay_ms=20, batch_delay_max_ms=100, batch_delay_per_tps_us=100,
+    )  # fmt: skip
+    # 2 requests in 20 ms (100 tx/s): the 10 ms the rate asks for is under the floor.
+    assert not cfg.batch_ready(2, 19) and cfg.batch_ready(2, 20)
+    # 64 requests in 60 ms (~1,070 tx/s): wait until age^2 >= 64 * 100, i.e. 80 ms.
+    assert not cfg.batch_ready(64, 60) and not cfg.batch_ready(64, 79) and cfg.batch_ready(64, 80)
+    # 400 in 100 ms (4,000 tx/s): the rate would ask for 400 ms; the ceiling says 100.
+    assert not cfg.batch_ready(400, 99) and cfg.batch_ready(400, 100)
+    assert cfg.batch_ready(500, 0)  # full: at once
+    fixed = ReplicaConfig(n=4, f=1, replica_id=0, chain_id="c", batch_delay_ms=30)
+    assert not fixed.batch_ready(60, 29) and fixed.batch_ready(60, 30)  # per_tps 0: a fixed delay
+
+
+def test_a_burst_waits_longer_for_company_than_a_trickle() -> None:
+    c = Cluster(batch_size_max=100, batch_delay_ms=20, batch_delay_max_ms=100, batch_delay_per_tps_us=100)
+    c.tick(10)
+    c.submit(0, 0)
+    c.tick(20)  # one request, 20 ms: proposed at the floor
+    c.deliver()
+    assert [len(e.envelopes) for e in c.nodes[1].executed] == [1]
+    for i in range(1, 51):
+        c.submit(0, i)  # 50 requests at once: about age^2 >= 50 * 100, ~71 ms
+    c.tick(40)
+    c.deliver()
+    assert len(c.nodes[1].executed) == 1, "a burst is not proposed at the floor"
+    for i in range(51, 61):
+        c.submit(0, i)
+    c.tick(40)  # 80 ms since the burst: 80^2 >= 60 * 100
+    c.deliver()
+    assert [len(e.envelopes) for e in c.nodes[1].executed] == [1, 60]
 
 
 def test_execution_is_in_sequence_order_even_when_commits_arrive_out_of_order() -> None:
