@@ -21,13 +21,6 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _split(n: int) -> int:
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
 def _next_level(level: list[bytes]) -> list[bytes]:
     """Pair neighbours; an odd last node moves up as it is. Level by level this builds the same
     tree as splitting at the largest power of two below n, without recursion."""
@@ -77,21 +70,16 @@ def verify(root_hash: bytes, leaf: bytes, index: int, count: int, path: Sequence
         return False
     if any(len(p) != HASH_BYTES for p in path):
         return False
-
-    # Recompute the path top-down to learn, at each level, whether we are the left child.
-    sides: list[bool] = []  # True = our subtree is on the left
-    lo, hi = 0, count
-    while hi - lo > 1:
-        k = _split(hi - lo)
-        if index < lo + k:
-            sides.append(True)
-            hi = lo + k
-        else:
-            sides.append(False)
-            lo = lo + k
-    if len(sides) != len(path):
-        return False
-    h = leaf_hash(leaf)
-    for sibling, is_left in zip(path, reversed(sides), strict=True):
-        h = node_hash(h, sibling) if is_left else node_hash(sibling, h)
-    return h == root_hash
+    # Level by level, as all_proofs builds it: our node is at i of a level `width` wide; it has
+    # a sibling (left when i is odd) unless it is the odd last node, which moves up as it is.
+    h, i, width, used = leaf_hash(leaf), index, count, 0
+    while width > 1:
+        if i ^ 1 < width:
+            if used == len(path):
+                return False
+            sibling = path[used]
+            used += 1
+            h = node_hash(sibling, h) if i & 1 else node_hash(h, sibling)
+        i >>= 1
+        width = (width + 1) >> 1
+    return used == len(path) and h == root_hash
