@@ -15,7 +15,8 @@ with a verified commit certificate and attestations count.
 
 Reports committed transfers/s, p50/p99/p99.9 submit-to-receipt latency and where it goes
 (SubmitBatch answered; scheduled -> block proposed; proposed -> verified receipt), per-node RSS
-and its growth over the window, CPU seconds per 1,000 transfers per node, and the batch sizes.
+and its growth over the window (also the anonymous part alone: RSS counts the LMDB file's pages
+mapped in, which grow with the chain), CPU seconds per 1,000 transfers per node, batch sizes.
 The last line with --json is one JSON object. --plot FILE.png draws throughput over time and
 the latency distribution (needs matplotlib).
 """
@@ -276,15 +277,19 @@ def client_main(
 # --- node resource use ------------------------------------------------------------------------
 
 
-def proc_sample(pid: int) -> tuple[float, float]:
-    """(RSS MiB, CPU seconds) of a process, from /proc."""
-    rss_kb = 0
+def proc_sample(pid: int) -> tuple[float, float, float]:
+    """(RSS MiB, CPU seconds, anonymous RSS MiB) of a process, from /proc. RSS counts the pages
+    of the LMDB file mapped in (they grow with the chain, and the kernel may drop them at will);
+    anonymous RSS is the heap alone, where a leak would show."""
+    rss_kb = anon_kb = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss_kb = int(line.split()[1])
+        elif line.startswith("RssAnon:"):
+            anon_kb = int(line.split()[1])
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks, anon_kb / 1024
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -390,6 +395,10 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         "p999_ms": round(percentile(lat_ms, 0.999), 1),
         "rss_mb_max": round(max(rss.values()), 1) if rss else None,
         "rss_growth_mb": round(max(after[b][0] - before[b][0] for b in after if b in before), 1)
+        if after
+        else None,
+        "rss_anon_mb_max": round(max(after[b][2] for b in after), 1) if after else None,
+        "rss_anon_growth_mb": round(max(after[b][2] - before[b][2] for b in after if b in before), 1)
         if after
         else None,
         "cpu_s_per_1k_tx": {b: round(v, 3) for b, v in sorted(cpu_per_k.items())},

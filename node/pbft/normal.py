@@ -4,6 +4,7 @@ node/pbft/views.py and the entry points in node/pbft/replica.py."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 from node.pbft import journal as jr
@@ -268,21 +269,17 @@ class ReplicaCore:
             self.seq_next < self.stable_seq + self.cfg.log_window
             and self.seq_next - self.last_executed < self.cfg.proposals_in_flight_max
         ):
-            batch: list[bytes] = []
-            oldest: int | None = None
-            for tx_id in self._unproposed:
-                if oldest is None:
-                    oldest = self._pending_since[tx_id]
-                batch.append(self.pending[tx_id])
-                if len(batch) >= self.cfg.batch_size_max:
-                    break
-            if not batch or oldest is None:
+            if not self._unproposed:
                 return
-            if not self.cfg.batch_ready(len(batch), self.now_ms - oldest):
+            # Decide before gathering: this runs on every event, and a batch that waits for
+            # company would otherwise be rebuilt (up to batch_size_max entries) each time.
+            size = min(len(self._unproposed), self.cfg.batch_size_max)
+            oldest = self._pending_since[next(iter(self._unproposed))]
+            if not self.cfg.batch_ready(size, self.now_ms - oldest):
                 return
             seq = max(self.seq_next, self.stable_seq) + 1
             self.seq_next = seq
-            envelopes = tuple(batch)
+            envelopes = tuple(self.pending[t] for t in itertools.islice(self._unproposed, size))
             tx_ids = wire.tx_ids_of(envelopes)
             header = wire.build_header(self.cfg.chain_id, seq, self.now_ms, envelopes, tx_ids)
             pp = self._sign(PrePrepare(self.view, seq, wire.digest_of(header), header))

@@ -28,6 +28,8 @@ def test_bench_runs_briefly_and_prints_one_json_object() -> None:
         "p999_ms",
         "rss_mb_max",
         "rss_growth_mb",
+        "rss_anon_mb_max",
+        "rss_anon_growth_mb",
         "duration_s",
         "mode",
     ):
