@@ -292,6 +292,21 @@ def proc_sample(pid: int) -> tuple[float, float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks, anon_kb / 1024
 
 
+def views(genesis: Genesis) -> dict[str, int]:
+    """Each answering node's current view (a view change during the window shows as a change)."""
+    out: dict[str, int] = {}
+    for m in genesis.members:
+        try:
+            with grpc.insecure_channel(m.api_address) as channel:
+                status = api_pb2_grpc.LedgerServiceStub(channel).GetStatus(
+                    api_pb2.GetStatusRequest(), timeout=2
+                )
+            out[m.member_id] = status.view
+        except grpc.RpcError:
+            continue
+    return out
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -354,11 +369,13 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
             log(f"bench: load started; warm-up {args.warmup:.0f}s, then {args.duration:.0f}s timed")
             time.sleep(max(0.0, window_start - time.time()))
             before = {b: proc_sample(pid) for b, pid in pids.items() if pid}
+            views_before = views(genesis)
             while time.time() < window_end:
                 time.sleep(min(5.0, max(0.0, window_end - time.time())))
                 if time.time() < window_end:
                     log(f"bench: {window_end - time.time():4.0f}s left in the timed window")
             after = {b: proc_sample(pid) for b, pid in pids.items() if pid}
+            views_after = views(genesis)
             for proc in procs:
                 proc.join(timeout=120)
         finally:
@@ -402,6 +419,10 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         if after
         else None,
         "cpu_s_per_1k_tx": {b: round(v, 3) for b, v in sorted(cpu_per_k.items())},
+        # Views the consortium moved through during the window (0: the primary never changed).
+        "view_changes": max(
+            (views_after[b] - views_before[b] for b in views_after if b in views_before), default=0
+        ),
         "batch_size_p50": percentile([float(s) for s in sizes], 0.5) if sizes else None,
         "batch_size_max": max(sizes) if sizes else None,
         "sign_rate_per_client": round(statistics.median(r["sign_rate"] for r in results)),

@@ -38,6 +38,7 @@ def test_bench_runs_briefly_and_prints_one_json_object() -> None:
     assert out["committed_tps"] > 0, "nothing committed during the window"
     assert out["p50_ms"] <= out["p99_ms"] <= out["p999_ms"]
     assert out["receipt_failures"] == 0
+    assert out["view_changes"] == 0, "a quiet 3 s run must not change primary"
     assert not out["presign_exhausted"], "the window must measure the nodes, not the pre-signed supply"
     assert sum(out["tps_by_second"]) == round(out["committed_tps"] * out["duration_s"])
     parts = out["latency_parts_ms"]
