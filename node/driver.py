@@ -43,6 +43,8 @@ ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations w
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
+RELAY_DELAY_MS = 100  # how long relayed requests for the peers other than the primary may wait
+FORWARD_BATCH_MAX = 256  # envelopes per Forward RPC (a peer drops one over its submit_batch_max)
 
 
 def _receipt_height(r: KVReader, tx_id: bytes) -> int | None:
@@ -120,6 +122,7 @@ class Driver:
         pending_ttl_ms: int,
         genesis_root: bytes,
         own_replica: int,
+        relay_delay_ms: int = RELAY_DELAY_MS,
     ) -> None:
         self.genesis = genesis
         self.store = store
@@ -142,7 +145,14 @@ class Driver:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = False
-        self._relay_buffer: list[bytes] = []
+        # Relay of client requests (see _client_request): to the primary at once, keyed by the
+        # replica each went to first (None: nobody, we are the primary or in a view change),
+        # and to everyone else after relay_delay_ms.
+        self.relay_delay_ms = relay_delay_ms
+        self._relay_now: dict[int, list[bytes]] = {}
+        self._relay_later: dict[int | None, list[bytes]] = {}
+        self._relay_later_count = 0
+        self._relay_later_since_ms = 0.0
         # Group commit: what the current group persists, and what it sends once that is on disk.
         self._journal: list[tuple[bytes, bytes | None]] = []
         self._attestations: list[act.Attested] = []
@@ -207,16 +217,31 @@ class Driver:
 
     # Request relay. A request known to one replica only cannot start a view change when the
     # primary is dead or silent (joining one takes f+1 timed-out replicas), so the node that
-    # takes a client's transaction relays it to every peer, batched, as a PBFT client would
-    # broadcast it. The replica's own immediate ForwardRequests (to the primary) is then
-    # redundant, for the entry node and the relayed copies alike, and dropped; its
-    # re-forwards after a view change come from other steps and still go out.
+    # takes a client's transaction relays it to every peer, as a PBFT client would broadcast
+    # it. The primary needs it now: the replica's own ForwardRequests goes out with the group,
+    # batched with the group's others. The other peers only need it well within a view-change
+    # timeout, so their copies wait up to relay_delay_ms and go in one batch: under an open
+    # load of many small submissions, one Forward RPC per submission and peer was a large
+    # share of every backup's CPU. A relayed copy's own ForwardRequests is redundant and
+    # dropped; re-forwards after a view change come from other steps and still go out.
 
     def _client_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
         actions = self.replica.on_request(tx_id, envelope)
-        if tx_id in self.replica.pending:  # accepted, not a duplicate of something known
-            self._relay_buffer.append(envelope)
-        return [a for a in actions if not isinstance(a, act.ForwardRequests)]
+        if tx_id not in self.replica.pending:  # refused, or a duplicate of something known
+            return [a for a in actions if not isinstance(a, act.ForwardRequests)]
+        first: int | None = None
+        rest: list[act.Action] = []
+        for a in actions:
+            if isinstance(a, act.ForwardRequests) and first is None:
+                first = a.to
+                self._relay_now.setdefault(a.to, []).extend(a.envelopes)
+            elif not isinstance(a, act.ForwardRequests):
+                rest.append(a)
+        if not self._relay_later_count:
+            self._relay_later_since_ms = time.monotonic() * 1000
+        self._relay_later.setdefault(first, []).append(envelope)
+        self._relay_later_count += 1
+        return rest
 
     def _relayed_requests(self, checked: list[tuple[bytes, bytes]]) -> list[act.Action]:
         actions: list[act.Action] = []
@@ -225,12 +250,23 @@ class Driver:
         return [a for a in actions if not isinstance(a, act.ForwardRequests)]
 
     def _flush_relay(self) -> None:
-        if not self._relay_buffer:
+        now, self._relay_now = self._relay_now, {}
+        for to, envelopes in now.items():
+            self._forward(to, envelopes)
+        if not self._relay_later_count or (
+            self._relay_later_count < FORWARD_BATCH_MAX
+            and time.monotonic() * 1000 - self._relay_later_since_ms < self.relay_delay_ms
+        ):
             return
-        batch, self._relay_buffer = self._relay_buffer, []
-        for replica in range(self.genesis.n):
-            if replica != self.own_replica:
-                self.transport.forward(replica, batch)
+        later, self._relay_later, self._relay_later_count = self._relay_later, {}, 0
+        for first, envelopes in later.items():
+            for replica in range(self.genesis.n):
+                if replica not in (self.own_replica, first):
+                    self._forward(replica, envelopes)
+
+    def _forward(self, to: int, envelopes: list[bytes]) -> None:
+        for i in range(0, len(envelopes), FORWARD_BATCH_MAX):
+            self.transport.forward(to, envelopes[i : i + FORWARD_BATCH_MAX])
 
     # --- queries from the API and peers -------------------------------------------------
 

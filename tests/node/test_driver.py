@@ -85,10 +85,11 @@ class ScriptedReplica:
         self.pending: dict[bytes, bytes] = {}
         self.script: list[list[act.Action]] = []
         self.after_executed: list[act.Action] = []
+        self.primary = 0  # the driver under test is replica 1
 
     def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
         self.pending[tx_id] = envelope
-        return [act.ForwardRequests(0, (envelope,))]
+        return [] if self.primary == 1 else [act.ForwardRequests(self.primary, (envelope,))]
 
     def on_message(self, peer_message: bytes) -> list[act.Action]:
         return self.script.pop(0)
@@ -309,24 +310,40 @@ def test_a_receipt_woken_for_an_unrecorded_copy_waits_for_the_recorded_one() -> 
     assert not driver._waiters, "the stream released every waiter"
 
 
-def test_client_requests_are_relayed_to_every_peer_not_just_the_primary() -> None:
+def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batched(monkeypatch: Any) -> None:
     fx = Factory()
-    driver, _, trace = make(fx)
-    envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(2)]
+    driver, replica, trace = make(fx)
+    now = [1_000.0]  # seconds on the driver's monotonic clock
+    monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
+    envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(5)]
 
-    async def scenario() -> None:
-        driver.start()
-        for e in envs:
-            assert driver.submit(fx.tx_id(e), e)
-        while len([t for t in trace if t[0] == "forward"]) < 3:
-            await asyncio.sleep(0.001)  # the consumer task runs in this same loop
-        await driver.stop()
+    def forwards() -> list[tuple[int, int]]:
+        return [t[1] for t in trace if t[0] == "forward"]
 
-    asyncio.run(scenario())
-    forwards = [t[1] for t in trace if t[0] == "forward"]
-    # One batched relay per peer (replicas 0, 2, 3; we are 1); the replica's own
-    # ForwardRequests to the primary is dropped as redundant.
-    assert sorted(forwards) == [(0, 2), (2, 2), (3, 2)]
+    def request(env: bytes) -> None:
+        assert driver._client_request(fx.tx_id(env), env) == []  # its ForwardRequests is the relay's
+        driver._flush_relay()  # as at the end of every group
+
+    request(envs[0])
+    assert forwards() == [(0, 1)], "the primary at once, the other peers later"
+    now[0] += 0.0625
+    request(envs[1])
+    assert forwards() == [(0, 1), (0, 1)]
+    now[0] += 0.0625  # past relay_delay_ms (100) since the first copy started waiting
+    driver._flush_relay()
+    assert sorted(forwards()[2:]) == [(2, 2), (3, 2)], "both copies, in one Forward per peer"
+    driver._flush_relay()
+    assert len(forwards()) == 4, "nothing is relayed twice"
+
+    replica.primary = 1  # we are the primary now: nobody gets a copy at once
+    request(envs[2])
+    assert len(forwards()) == 4
+    monkeypatch.setattr("node.driver.FORWARD_BATCH_MAX", 2)
+    request(envs[3])  # a full batch goes without waiting, split to FORWARD_BATCH_MAX
+    assert sorted(forwards()[4:]) == [(0, 2), (2, 2), (3, 2)]
+    replica.primary = 0
+    request(envs[4])
+    assert driver._relay_later_count == 1, "its copies for the other peers wait"
 
 
 def test_backfilled_attestations_must_match_our_outcome_and_verify() -> None:
