@@ -9,6 +9,8 @@ with a verified commit certificate and attestations count.
   closed loop   --clients K            each client keeps --window batches in flight
   open loop     --rate R               fixed offered load (tx/s), latency measured from each
                                        transaction's scheduled send time (no coordinated omission)
+  mix           --multileg F           this fraction are two-leg payment-versus-payment transfers
+                                       (two payers, two assets, both legs or neither); default 0
 
     scripts/bench.py --clients 4 --duration 30 --json
     scripts/bench.py --rate 1500 --duration 30 --json
@@ -130,6 +132,7 @@ class ClientPlan:
     window: int
     seed: int
     out_path: str
+    multileg: float = 0.0  # fraction that are two-leg atomic transfers (two payers, two assets)
 
 
 def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes], float]:
@@ -144,9 +147,15 @@ def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes
     for _ in range(plan.count):
         src, asset, _ = rng.choice(plan.accounts)
         dst = rng.choice([a for a in by_asset[asset] if a != src])
-        tx = builder.transfer([LegSpec(src, dst, asset, rng.randint(1, AMOUNT_MINOR_MAX))]).signed_by(
-            keys[src]
-        )
+        legs = [LegSpec(src, dst, asset, rng.randint(1, AMOUNT_MINOR_MAX))]
+        if len(plan.accounts) > 1 and rng.random() < plan.multileg:
+            # Payment versus payment: a second payer (another asset, where this client has
+            # one) pays a second payee in the same transaction; both legs or neither.
+            src2, asset2, _ = rng.choice([a for a in plan.accounts if a[0] != src])
+            payees = [a for a in by_asset[asset2] if a not in (src, src2)]
+            if payees:
+                legs.append(LegSpec(src2, rng.choice(payees), asset2, rng.randint(1, AMOUNT_MINOR_MAX)))
+        tx = builder.transfer(legs).signed_by(*(keys[leg.from_account] for leg in legs))
         envelopes.append(tx.envelope_bytes())
         tx_ids.append(tx.tx_id)
     return envelopes, tx_ids, plan.count / (time.perf_counter() - t0)
@@ -344,6 +353,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
                 window=args.window,
                 seed=args.seed + i,
                 out_path=str(Path(tmp) / f"client-{i}.json"),
+                multileg=args.multileg,
             )
             for i in range(k)
         ]
@@ -404,6 +414,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
     out = {
         "banks": genesis.n,
         "mode": "open" if args.rate else "closed",
+        "multileg": args.multileg,
         "clients": k,
         "offered_tps": args.rate or None,
         "committed_tps": round(committed / args.duration, 1),
@@ -488,11 +499,19 @@ def main(argv: list[str] | None = None) -> int:
         "--presign", type=int, default=0, help="transactions each client signs (default: enough)"
     )
     parser.add_argument("--expect-tps", type=float, default=4000.0, help="closed loop: sizes --presign")
+    parser.add_argument(
+        "--multileg",
+        type=float,
+        default=0.0,
+        help="fraction (0..1) of two-leg atomic transfers, payment versus payment (default 0: one leg)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=None, help="write throughput and latency plots (PNG)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
+    if not 0 <= args.multileg <= 1:
+        parser.error("--multileg is a fraction from 0 to 1")
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.batch < 1 or args.rate < 0:
         parser.error("--clients, --duration, --batch must be positive; --rate, --warmup not negative")
     try:

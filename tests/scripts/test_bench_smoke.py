@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_runs_briefly_and_prints_one_json_object() -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--duration", "3", "--warmup", "1"]
     cmd += ["--clients", "1", "--accounts-per-bank", "3", "--batch", "50", "--expect-tps", "3000", "--json"]
+    cmd += ["--multileg", "0.3"]  # the mix path too: 30% two-leg payment-versus-payment
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -38,6 +39,7 @@ def test_bench_runs_briefly_and_prints_one_json_object() -> None:
     assert out["committed_tps"] > 0, "nothing committed during the window"
     assert out["p50_ms"] <= out["p99_ms"] <= out["p999_ms"]
     assert out["receipt_failures"] == 0
+    assert out["multileg"] == 0.3 and out["not_ok"] == 0, "every transfer, one leg or two, must settle"
     assert out["view_changes"] == 0, "a quiet 3 s run must not change primary"
     assert not out["presign_exhausted"], "the window must measure the nodes, not the pre-signed supply"
     assert sum(out["tps_by_second"]) == round(out["committed_tps"] * out["duration_s"])
