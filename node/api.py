@@ -20,9 +20,10 @@ UNKNOWN_ACCOUNT in its receipt (only execution knows the state in its sequence p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -188,10 +189,6 @@ class LedgerApi:
 
     # --- receipts -----------------------------------------------------------------------
 
-    async def _await_receipt(self, tx_id: bytes, timeout_s: float) -> int | None:
-        await self._backfill([tx_id])
-        return await self.driver.wait_receipt(tx_id, timeout_s)
-
     async def _backfill(self, tx_ids: list[bytes]) -> None:
         """Fetch the attestations of executed blocks that will probably never get them here
         (replayed in catch-up, or well behind the head): once per block, not per transaction."""
@@ -225,26 +222,25 @@ class LedgerApi:
         req = _parse(api_pb2.WaitReceiptRequest, raw)
         tx_id = self._tx_id(req.tx_id)
         timeout_s = self._timeout_s(req.timeout_ms)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while (remaining := deadline - loop.time()) > 0:
-            if await self._await_receipt(tx_id, remaining) is None:
-                break
-            with self.driver.store.read() as r:
-                receipt = build_receipt(r, self._proofs, tx_id, require_attested=True)
-            if receipt is not None:
+        async with contextlib.aclosing(self._ready_receipts([tx_id], timeout_s)) as batches:
+            async for (receipt,) in batches:
                 return receipt.SerializeToString()
-            # Between the wake-up and now a recorded copy of the tx executed in a later block
-            # (the one woken for was an unrecorded variant): wait for that block's attestations.
         raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"not committed and attested within {timeout_s:.3f}s")
 
+    def _receipts_request(self, raw: bytes) -> AsyncIterator[list[api_pb2.Receipt]]:
+        req = _parse(api_pb2.WaitReceiptsRequest, raw)
+        if len(req.tx_ids) > self.limits.submit_batch_max:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {self.limits.submit_batch_max} tx_ids")
+        tx_ids = list(dict.fromkeys(self._tx_id(t) for t in req.tx_ids))
+        return self._ready_receipts(tx_ids, self._timeout_s(req.timeout_ms))
+
     async def wait_receipts(self, raw: bytes) -> AsyncIterator[bytes]:
-        async for batch in self._ready_receipts(raw):
+        async for batch in self._receipts_request(raw):
             for receipt in batch:
                 yield receipt.SerializeToString()
 
     async def wait_receipt_batches(self, raw: bytes) -> AsyncIterator[bytes]:
-        async for batch in self._ready_receipts(raw):
+        async for batch in self._receipts_request(raw):
             # Split so that no message passes the client's receive limit (message_bytes_max).
             out, size = api_pb2.ReceiptBatch(), 0
             for receipt in batch:
@@ -256,13 +252,11 @@ class LedgerApi:
                 size += n
             yield out.SerializeToString()
 
-    async def _ready_receipts(self, raw: bytes) -> AsyncIterator[list[api_pb2.Receipt]]:
-        """Receipts of the requested tx_ids, in batches as their blocks are attested."""
-        req = _parse(api_pb2.WaitReceiptsRequest, raw)
-        if len(req.tx_ids) > self.limits.submit_batch_max:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {self.limits.submit_batch_max} tx_ids")
-        tx_ids = list(dict.fromkeys(self._tx_id(t) for t in req.tx_ids))
-        timeout_s = self._timeout_s(req.timeout_ms)
+    async def _ready_receipts(
+        self, tx_ids: list[bytes], timeout_s: float
+    ) -> AsyncGenerator[list[api_pb2.Receipt], None]:
+        """Receipts of distinct tx_ids, in batches as their blocks are attested, until all are
+        sent or timeout_s passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         # One future per tx_id in the driver; each reports its tx_id here once attested, and

@@ -122,7 +122,6 @@ class Driver:
         pending_ttl_ms: int,
         genesis_root: bytes,
         own_replica: int,
-        relay_delay_ms: int = RELAY_DELAY_MS,
     ) -> None:
         self.genesis = genesis
         self.store = store
@@ -145,13 +144,11 @@ class Driver:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = False
-        # Relay of client requests (see _client_request): to the primary at once, keyed by the
-        # replica each went to first (None: nobody, we are the primary or in a view change),
-        # and to everyone else after relay_delay_ms.
-        self.relay_delay_ms = relay_delay_ms
+        # Relay of client requests (see _client_request): to the primary at once, and to
+        # everyone else within RELAY_DELAY_MS, keyed by the replica each went to first (None:
+        # nobody, we are the primary or in a view change).
         self._relay_now: dict[int, list[bytes]] = {}
         self._relay_later: dict[int | None, list[bytes]] = {}
-        self._relay_later_count = 0
         self._relay_later_since_ms = 0.0
         # Group commit: what the current group persists, and what it sends once that is on disk.
         self._journal: list[tuple[bytes, bytes | None]] = []
@@ -220,7 +217,7 @@ class Driver:
     # takes a client's transaction relays it to every peer, as a PBFT client would broadcast
     # it. The primary needs it now: the replica's own ForwardRequests goes out with the group,
     # batched with the group's others. The other peers only need it well within a view-change
-    # timeout, so their copies wait up to relay_delay_ms and go in one batch: under an open
+    # timeout, so their copies wait up to RELAY_DELAY_MS and go in one batch: under an open
     # load of many small submissions, one Forward RPC per submission and peer was a large
     # share of every backup's CPU. A relayed copy's own ForwardRequests is redundant and
     # dropped; re-forwards after a view change come from other steps and still go out.
@@ -237,10 +234,9 @@ class Driver:
                 self._relay_now.setdefault(a.to, []).extend(a.envelopes)
             elif not isinstance(a, act.ForwardRequests):
                 rest.append(a)
-        if not self._relay_later_count:
+        if not self._relay_later:
             self._relay_later_since_ms = time.monotonic() * 1000
         self._relay_later.setdefault(first, []).append(envelope)
-        self._relay_later_count += 1
         return rest
 
     def _relayed_requests(self, checked: list[tuple[bytes, bytes]]) -> list[act.Action]:
@@ -253,12 +249,13 @@ class Driver:
         now, self._relay_now = self._relay_now, {}
         for to, envelopes in now.items():
             self._forward(to, envelopes)
-        if not self._relay_later_count or (
-            self._relay_later_count < FORWARD_BATCH_MAX
-            and time.monotonic() * 1000 - self._relay_later_since_ms < self.relay_delay_ms
+        waiting = sum(len(envelopes) for envelopes in self._relay_later.values())
+        if not waiting or (
+            waiting < FORWARD_BATCH_MAX
+            and time.monotonic() * 1000 - self._relay_later_since_ms < RELAY_DELAY_MS
         ):
             return
-        later, self._relay_later, self._relay_later_count = self._relay_later, {}, 0
+        later, self._relay_later = self._relay_later, {}
         for first, envelopes in later.items():
             for replica in range(self.genesis.n):
                 if replica not in (self.own_replica, first):
@@ -281,16 +278,6 @@ class Driver:
                 out.append(raw)
                 height += 1
         return out, last
-
-    async def wait_receipt(self, tx_id: bytes, timeout_s: float) -> int | None:
-        """The height whose attested block carries tx_id's receipt, or None on timeout."""
-        futures = self.receipt_waiters([tx_id])
-        try:
-            return await asyncio.wait_for(futures[tx_id], timeout_s)
-        except TimeoutError:
-            return None
-        finally:
-            self.drop_waiters(futures)
 
     def receipt_waiters(self, tx_ids: Sequence[bytes]) -> dict[bytes, asyncio.Future[int]]:
         """A future per tx_id, resolved with its receipt's height once the block is executed
@@ -321,11 +308,6 @@ class Driver:
         """An executed block whose Attested will probably never come here: it was replayed from
         a peer's certified copy (catch-up), or it is well behind the head."""
         return height in self._replayed or height + ATTEST_LAG_BLOCKS <= self.head.last_executed
-
-    def receipt_height(self, tx_id: bytes) -> int | None:
-        """Height of tx_id's receipt if its block is executed and attested."""
-        with self.store.read() as r:
-            return _receipt_height(r, tx_id)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -473,14 +455,15 @@ class Driver:
             tx_ids = tuple(wire.tx_ids_of(wire.decode_certified_block(raw)[1]))
         waiting = [t for t in tx_ids if t in self._waiters]
         with self.store.read() as r:
-            # A retry of an earlier tx in this block keeps its receipt at the earlier height.
-            located = {t: blocks.find_tx(r, t) for t in waiting}
-        for tx_id, loc in located.items():
-            if loc is None or (loc.height != sequence and self.receipt_height(tx_id) is None):
+            # A retry of an earlier tx in this block keeps its receipt at the earlier height,
+            # served once that height is attested.
+            heights = {t: _receipt_height(r, t) for t in waiting}
+        for tx_id, height in heights.items():
+            if height is None:
                 continue
             for fut in self._waiters.get(tx_id, []):
                 if not fut.done():
-                    fut.set_result(loc.height)
+                    fut.set_result(height)
 
     def _replay(self, fetched: list[bytes]) -> list[act.Action]:
         actions = self.replica.on_blocks(fetched)

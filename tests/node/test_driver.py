@@ -4,7 +4,7 @@ that logs every commit, and a transport that logs every send, all in one ordered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -60,9 +60,12 @@ class TracingStore:
 class TracingTransport:
     def __init__(self, trace: list[tuple[str, Any]]) -> None:
         self.trace = trace
+        self.on_send: Callable[[], None] | None = None  # called after each send is traced
 
     def send(self, to: int, message: bytes) -> None:
         self.trace.append(("send", (to, message)))
+        if self.on_send is not None:
+            self.on_send()
 
     def broadcast(self, message: bytes) -> None:
         self.trace.append(("broadcast", message))
@@ -153,11 +156,19 @@ def test_queued_events_share_one_journal_commit_before_any_of_their_sends() -> N
     replica.script = [[act.Persist(k, b"v"), act.Send(2, b"vote-" + k)] for k in (b"1", b"2", b"3")]
 
     async def scenario() -> None:
+        three_sent = asyncio.Event()
+        transport = driver.transport
+        assert isinstance(transport, TracingTransport)
+
+        def on_send() -> None:
+            if [t[0] for t in trace].count("send") == 3:
+                three_sent.set()
+
+        transport.on_send = on_send
         for _ in range(3):
             driver.on_peer_message(b"msg")
         driver.start()
-        while len([t for t in trace if t[0] == "send"]) < 3:
-            await asyncio.sleep(0.001)  # the consumer task runs in this same loop
+        await asyncio.wait_for(three_sent.wait(), timeout=5)
         await driver.stop()
 
     asyncio.run(scenario())
@@ -208,12 +219,14 @@ def test_attested_wakes_receipt_waiters_and_pending_is_bounded() -> None:
     async def scenario() -> int | None:
         assert driver.submit(tx_id, opened)
         assert driver.submit(b"\x01" * 32, opened) and not driver.submit(b"\x02" * 32, opened)  # max 2
-        waiter = asyncio.ensure_future(driver.wait_receipt(tx_id, timeout_s=5))
-        await asyncio.sleep(0)  # let the waiter register
+        waiters = driver.receipt_waiters([tx_id])
+        waiter = waiters[tx_id]
         driver.run([_block(fx, 1, [opened])])
         assert not waiter.done(), "executed but not attested: no receipt yet"
         driver.run([act.Attested(1, (b"att1", b"att2"))])
-        return await waiter
+        height = await waiter
+        driver.drop_waiters(waiters)
+        return height
 
     assert asyncio.run(scenario()) == 1
     assert tx_id not in driver.pending
@@ -329,7 +342,7 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batche
     now[0] += 0.0625
     request(envs[1])
     assert forwards() == [(0, 1), (0, 1)]
-    now[0] += 0.0625  # past relay_delay_ms (100) since the first copy started waiting
+    now[0] += 0.0625  # past RELAY_DELAY_MS (100) since the first copy started waiting
     driver._flush_relay()
     assert sorted(forwards()[2:]) == [(2, 2), (3, 2)], "both copies, in one Forward per peer"
     driver._flush_relay()
@@ -343,7 +356,7 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batche
     assert sorted(forwards()[4:]) == [(0, 2), (2, 2), (3, 2)]
     replica.primary = 0
     request(envs[4])
-    assert driver._relay_later_count == 1, "its copies for the other peers wait"
+    assert driver._relay_later == {0: [envs[4]]}, "its copies for the other peers wait"
 
 
 def test_backfilled_attestations_must_match_our_outcome_and_verify() -> None:
