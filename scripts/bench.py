@@ -18,7 +18,7 @@ with a verified commit certificate and attestations count.
 Reports committed transfers/s, p50/p99/p99.9 submit-to-receipt latency and where it goes
 (SubmitBatch answered; scheduled -> block proposed; proposed -> verified receipt), per-node RSS
 and its growth over the window (also the anonymous part alone: RSS counts the LMDB file's pages
-mapped in, which grow with the chain), CPU seconds per 1,000 transfers per node, batch sizes.
+mapped in, which grow with the chain), CPU seconds per 1,000 transfers per node (and for the load clients), batch sizes.
 The last line with --json is one JSON object. --plot FILE.png draws throughput over time and
 the latency distribution (needs matplotlib).
 """
@@ -193,8 +193,17 @@ async def run_client(
     tx_ids: list[bytes],
     start_at: float,
     stop_at: float,
+    window_start: float,
 ) -> dict[str, Any]:
     verifier = Verifier(genesis)
+    cpu_window: list[float] = []  # this process's CPU seconds at the timed window's ends
+
+    async def sample_cpu() -> None:
+        for t in (window_start, stop_at):
+            await asyncio.sleep(max(0.0, t - time.time()))
+            cpu_window.append(time.process_time())
+
+    sampler = asyncio.create_task(sample_cpu())
     # Per verified receipt: (completion time, latency, scheduled -> proposed, proposed ->
     # receipt) in seconds; "proposed" is the block header's timestamp: the primary's clock
     # (this machine's) as of its last tick, so the split is good to about tick_ms (20 ms).
@@ -259,7 +268,9 @@ async def run_client(
             log(f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps")
         if tasks:
             await asyncio.wait(tasks, timeout=40)
+        await sampler
     return {
+        "cpu_s": cpu_window[1] - cpu_window[0],
         "done": done,
         "acks": acks,
         "receipt_failures": verifier.failures,
@@ -278,7 +289,8 @@ def client_main(
     ready.set()
     go.wait()
     start_at = float(start_value.value)
-    result = asyncio.run(run_client(plan, genesis, envelopes, tx_ids, start_at, start_at + warmup + duration))
+    stop_at = start_at + warmup + duration
+    result = asyncio.run(run_client(plan, genesis, envelopes, tx_ids, start_at, stop_at, start_at + warmup))
     result["sign_rate"] = sign_rate
     Path(plan.out_path).write_text(json.dumps(result))
 
@@ -429,6 +441,8 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         if after
         else None,
         "cpu_s_per_1k_tx": {b: round(v, 3) for b, v in sorted(cpu_per_k.items())},
+        # All load clients together (they verify every receipt; they sign before the window).
+        "client_cpu_s_per_1k_tx": round(sum(r["cpu_s"] for r in results) / max(1, committed) * 1000, 3),
         # Views the consortium moved through during the window (0: the primary never changed).
         "view_changes": max(
             (views_after[b] - views_before[b] for b in views_after if b in views_before), default=0
