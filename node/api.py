@@ -39,7 +39,7 @@ from node.app.validate import CheckCache
 from node.config import NodeLimits
 from node.driver import Driver
 from node.log import EventLog
-from node.receipts import AttestationBackfill, ProofCache, build_receipt
+from node.receipts import AttestationBackfill, ProofCache, ReceiptReader, build_receipt, receipt_batches
 from node.storage import blocks
 from node.storage.kv import KVReader
 
@@ -224,10 +224,10 @@ class LedgerApi:
         timeout_s = self._timeout_s(req.timeout_ms)
         async with contextlib.aclosing(self._ready_receipts([tx_id], timeout_s)) as batches:
             async for (receipt,) in batches:
-                return receipt.SerializeToString()
+                return receipt
         raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"not committed and attested within {timeout_s:.3f}s")
 
-    def _receipts_request(self, raw: bytes) -> AsyncIterator[list[api_pb2.Receipt]]:
+    def _receipts_request(self, raw: bytes) -> AsyncIterator[list[bytes]]:
         req = _parse(api_pb2.WaitReceiptsRequest, raw)
         if len(req.tx_ids) > self.limits.submit_batch_max:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {self.limits.submit_batch_max} tx_ids")
@@ -237,25 +237,18 @@ class LedgerApi:
     async def wait_receipts(self, raw: bytes) -> AsyncIterator[bytes]:
         async for batch in self._receipts_request(raw):
             for receipt in batch:
-                yield receipt.SerializeToString()
+                yield receipt
 
     async def wait_receipt_batches(self, raw: bytes) -> AsyncIterator[bytes]:
         async for batch in self._receipts_request(raw):
             # Split so that no message passes the client's receive limit (message_bytes_max).
-            out, size = api_pb2.ReceiptBatch(), 0
-            for receipt in batch:
-                n = receipt.ByteSize()
-                if out.receipts and size + n > RECEIPT_BATCH_BYTES_MAX:
-                    yield out.SerializeToString()
-                    out, size = api_pb2.ReceiptBatch(), 0
-                out.receipts.append(receipt)
-                size += n
-            yield out.SerializeToString()
+            for message in receipt_batches(batch, RECEIPT_BATCH_BYTES_MAX):
+                yield message
 
     async def _ready_receipts(
         self, tx_ids: list[bytes], timeout_s: float
-    ) -> AsyncGenerator[list[api_pb2.Receipt], None]:
-        """Receipts of distinct tx_ids, in batches as their blocks are attested, until all are
+    ) -> AsyncGenerator[list[bytes], None]:
+        """Serialized receipts of distinct tx_ids, in batches as their blocks are attested, until all are
         sent or timeout_s passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -285,7 +278,8 @@ class LedgerApi:
                 while not ready.empty():
                     batch.append(ready.get_nowait())
                 with self.driver.store.read() as r:
-                    receipts = [build_receipt(r, self._proofs, t, require_attested=True) for t in batch]
+                    reader = ReceiptReader(r, self._proofs)
+                    receipts = [reader.receipt(t, require_attested=True) for t in batch]
                 ready_receipts = [receipt for receipt in receipts if receipt is not None]
                 # A tx woken for an unrecorded variant whose recorded copy executed since, in a
                 # block not attested yet: wait again, for that block.

@@ -31,16 +31,47 @@ PROOF_CACHE_BLOCKS = 64
 BACKFILL_TIMEOUT_S = 2.0
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+# Receipt's field numbers (proto/ledger/v1/api.proto). A receipt is built as serialized bytes
+# from parts: a protobuf message may be serialized as any concatenation of its fields, so the
+# block's share (header, certificate) is encoded once per block and each attestation once per
+# read, and only the transaction's own fields (its result and two Merkle paths) per receipt.
+# tests/node/test_receipts_wire.py checks the bytes against protobuf's own encoding.
+_RESULT, _RESULT_BYTES, _HEADER, _CERTIFICATE, _TX_PROOF, _RESULT_PROOF, _ATTESTATIONS = range(1, 8)
+RECEIPT_BATCH_RECEIPTS = 1  # ReceiptBatch.receipts
+
+
 @dataclass(frozen=True)
 class _BlockView:
     """What every receipt of one block shares: parsed once, proofs computed once."""
 
-    header: bytes
-    certificate: consensus_pb2.CommitCertificate
     tx_ids: list[bytes]
     results: tuple[bytes, ...]
     tx_paths: list[list[bytes]]
     result_paths: list[list[bytes]]
+    shared: bytes  # the Receipt fields header and certificate, encoded
+
+    def receipt(self, index: int, attestations: bytes) -> bytes:
+        """Serialized Receipt of entry ``index``; ``attestations``: encoded field 7."""
+        result = self.results[index]
+        parts = [_field(_RESULT, result), _field(_RESULT_BYTES, result)]
+        parts += [_field(_TX_PROOF, h) for h in self.tx_paths[index]]
+        parts += [_field(_RESULT_PROOF, h) for h in self.result_paths[index]]
+        parts += (self.shared, attestations)
+        return b"".join(parts)
 
 
 class ProofCache:
@@ -61,12 +92,12 @@ class ProofCache:
         results = blocks.get_results(r, height)
         tx_ids = [hashlib.sha256(tx_pb2.Envelope.FromString(e).body).digest() for e in block.batch.envelopes]
         view = _BlockView(
-            header=block.header,
-            certificate=block.certificate,
             tx_ids=tx_ids,
             results=results,
             tx_paths=merkle.all_proofs(tx_ids)[1],
             result_paths=merkle.all_proofs(list(results))[1],
+            shared=_field(_HEADER, block.header)
+            + _field(_CERTIFICATE, block.certificate.SerializeToString(deterministic=True)),
         )
         self._cache[height] = view
         if len(self._cache) > PROOF_CACHE_BLOCKS:
@@ -74,30 +105,56 @@ class ProofCache:
         return view
 
 
+class ReceiptReader:
+    """Serialized receipts from the store within one read transaction ``r``: each block's
+    attestations are read and encoded once, however many of its receipts are asked for."""
+
+    def __init__(self, r: KVReader, proofs: ProofCache) -> None:
+        self.r = r
+        self.proofs = proofs
+        self._attestations: dict[int, bytes] = {}
+
+    def receipt(self, tx_id: bytes, require_attested: bool) -> bytes | None:
+        """tx_id's serialized Receipt, or None if not executed here (or not attested, if required)."""
+        found = blocks.find_tx(self.r, tx_id)
+        if found is None:
+            return None
+        attestations = self._attestations.get(found.height)
+        if attestations is None:
+            stored = blocks.get_attestations(self.r, found.height)
+            attestations = b"".join(_field(_ATTESTATIONS, a) for a in stored)
+            if stored:  # none yet: read again next time, they may have arrived
+                self._attestations[found.height] = attestations
+        if require_attested and not attestations:
+            return None
+        view = self.proofs.get(self.r, found.height)
+        assert view.tx_ids[found.index] == tx_id, "tx index disagrees with the stored block"
+        return view.receipt(found.index, attestations)
+
+
+def receipt_batches(receipts: Sequence[bytes], bytes_max: int) -> list[bytes]:
+    """Serialized ReceiptBatch messages holding ``receipts`` in order, each under ``bytes_max``
+    where it can be (a single larger receipt goes alone)."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for receipt in receipts:
+        entry = _field(RECEIPT_BATCH_RECEIPTS, receipt)
+        if parts and size + len(entry) > bytes_max:
+            out.append(b"".join(parts))
+            parts, size = [], 0
+        parts.append(entry)
+        size += len(entry)
+    out.append(b"".join(parts))
+    return out
+
+
 def build_receipt(
     r: KVReader, proofs: ProofCache, tx_id: bytes, require_attested: bool
 ) -> api_pb2.Receipt | None:
-    """tx_id's receipt from the store, or None if not executed here (or not attested, if required)."""
-    found = blocks.find_tx(r, tx_id)
-    if found is None:
-        return None
-    attestations = blocks.get_attestations(r, found.height)
-    if require_attested and not attestations:
-        return None
-    view = proofs.get(r, found.height)
-    assert view.tx_ids[found.index] == tx_id, "tx index disagrees with the stored block"
-    result = view.results[found.index]
-    receipt = api_pb2.Receipt(
-        result=tx_pb2.TxResult.FromString(result),
-        result_bytes=result,
-        header=view.header,
-        certificate=view.certificate,
-        tx_proof=view.tx_paths[found.index],
-        result_proof=view.result_paths[found.index],
-    )
-    for a in attestations:
-        receipt.attestations.add().MergeFromString(a)
-    return receipt
+    """tx_id's receipt from the store, parsed, or None (see ReceiptReader.receipt)."""
+    raw = ReceiptReader(r, proofs).receipt(tx_id, require_attested)
+    return None if raw is None else api_pb2.Receipt.FromString(raw)
 
 
 def matching_attestations(
