@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import signal
 import sys
@@ -205,6 +206,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await api_server.start()
     links.start()
     driver.start()
+    tune_gc()
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -243,6 +245,21 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     log.event("node_stopped", exit_code=exit_code, last_executed=driver.head.last_executed)
     log.close()
     return exit_code
+
+
+# Collector thresholds for a node under load. It allocates fast (messages, parsed transactions)
+# and holds a large long-lived heap (pending requests, checked transactions, block views):
+# with Python's defaults (700, 10, 10) it spent 5% of the entry node's CPU collecting, mostly
+# in full collections that walk that heap; with these, 1% (4 banks, closed loop, 40 s,
+# measured with gc.callbacks; anonymous RSS the same, 66 MB). Cycles are still collected.
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (it lives as long as the process) and collect rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:
