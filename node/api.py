@@ -39,7 +39,14 @@ from node.app.validate import CheckCache
 from node.config import NodeLimits
 from node.driver import Driver
 from node.log import EventLog
-from node.receipts import AttestationBackfill, ProofCache, ReceiptReader, build_receipt, receipt_batches
+from node.receipts import (
+    AttestationBackfill,
+    ProofCache,
+    ReceiptReader,
+    build_receipt,
+    field_bytes,
+    receipt_batches,
+)
 from node.storage import blocks
 from node.storage.kv import KVReader
 
@@ -167,25 +174,82 @@ class LedgerApi:
         return api_pb2.SubmitResponse(tx_id=tx_id).SerializeToString()
 
     async def submit_batch(self, raw: bytes) -> bytes:
-        req = _parse(api_pb2.SubmitBatchRequest, raw)
+        reply, _ = self._submit_batch(_parse(api_pb2.SubmitBatchRequest, raw), room=None)
+        return reply
+
+    def _submit_batch(self, req: api_pb2.SubmitBatchRequest, room: int | None) -> tuple[bytes, list[bytes]]:
+        """(serialized SubmitBatchResponse, tx_ids accepted). ``room``: how many may be
+        accepted (SubmitStream's cap on its waiting transactions); the rest are refused."""
         if len(req.envelopes) > self.limits.submit_batch_max:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{len(req.envelopes)} envelopes; at most {self.limits.submit_batch_max} (submit_batch_max)",
             )
         out = api_pb2.SubmitBatchResponse()
+        accepted: list[bytes] = []
         with self.driver.store.read() as r:  # one read transaction for the batch's finality checks
             for envelope in req.envelopes:
                 item = out.items.add()
                 item.tx_id = hashlib.sha256(envelope.body).digest()
                 try:
-                    self._admit(r, envelope.SerializeToString())
+                    if room is not None and len(accepted) >= room:
+                        raise _Abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{self.limits.pending_requests_max} transactions of this stream wait for "
+                            "receipts (pending_requests_max); retry later",
+                        )
+                    accepted.append(self._admit(r, envelope.SerializeToString()))
                     item.accepted = True
                 except _Abort as exc:
                     item.accepted = False
                     item.error = exc.message
                     item.status_code = exc.code.value[0]
-        return out.SerializeToString()
+        return out.SerializeToString(), accepted
+
+    async def submit_stream(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """SubmitStream: answer each request in order, and stream the accepted transactions'
+        receipts as they become ready, until the client half-closes and none is waiting."""
+        loop = asyncio.get_running_loop()
+        wait_s = self.limits.receipt_wait_ms_max / 1000
+        waits = _ReceiptWaits(self)
+        replies: list[bytes] = []
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    req = _parse(api_pb2.SubmitBatchRequest, raw)
+                    room = max(0, self.limits.pending_requests_max - waits.waiting)
+                    reply, accepted = self._submit_batch(req, room)
+                    replies.append(submitted_reply(reply))
+                    waits.add(accepted, loop.time() + wait_s)
+                    waits.wake.set()
+            finally:
+                waits.wake.set()
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                waits.wake.clear()
+                sent, replies[:] = list(replies), []
+                for reply in sent:
+                    yield reply
+                for message in receipt_batches(waits.take_ready(), RECEIPT_BATCH_BYTES_MAX):
+                    if message:
+                        yield receipts_reply(message)
+                waits.expire(loop.time())
+                if reader.done():
+                    reader.result()  # a bad request ends the stream with its status
+                    if not waits.waiting and not replies:
+                        return
+                if replies or waits.has_ready:
+                    continue
+                deadline = waits.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waits.wake.wait(), timeout)
+        finally:
+            reader.cancel()
+            waits.close()
 
     # --- receipts -----------------------------------------------------------------------
 
@@ -248,55 +312,28 @@ class LedgerApi:
     async def _ready_receipts(
         self, tx_ids: list[bytes], timeout_s: float
     ) -> AsyncGenerator[list[bytes], None]:
-        """Serialized receipts of distinct tx_ids, in batches as their blocks are attested, until all are
-        sent or timeout_s passes."""
+        """Serialized receipts of distinct tx_ids, in batches as their blocks are attested,
+        until all are sent or timeout_s passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        # One future per tx_id in the driver; each reports its tx_id here once attested, and
-        # receipts go out in batches (one read transaction per wake-up, usually one block).
-        futures = self.driver.receipt_waiters(tx_ids)
-        ready: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def report(tx_id: bytes, fut: asyncio.Future[int]) -> None:
-            if not fut.cancelled():
-                ready.put_nowait(tx_id)
-
-        for tx_id, fut in futures.items():
-            fut.add_done_callback(functools.partial(report, tx_id))
-        stragglers = [t for t, f in futures.items() if not f.done()]
-        backfill = asyncio.ensure_future(self._backfill(stragglers)) if stragglers else None
+        waits = _ReceiptWaits(self)
+        waits.add(tx_ids, deadline)
         try:
-            sent = 0
-            while sent < len(futures):
+            while waits.waiting:
+                waits.wake.clear()
+                receipts = waits.take_ready()
+                if receipts:
+                    yield receipts
+                    continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    batch = [await asyncio.wait_for(ready.get(), remaining)]
+                    await asyncio.wait_for(waits.wake.wait(), remaining)
                 except TimeoutError:
                     break
-                while not ready.empty():
-                    batch.append(ready.get_nowait())
-                with self.driver.store.read() as r:
-                    reader = ReceiptReader(r, self._proofs)
-                    receipts = [reader.receipt(t, require_attested=True) for t in batch]
-                ready_receipts = [receipt for receipt in receipts if receipt is not None]
-                # A tx woken for an unrecorded variant whose recorded copy executed since, in a
-                # block not attested yet: wait again, for that block.
-                late = [t for t, receipt in zip(batch, receipts, strict=True) if receipt is None]
-                if late:
-                    self.driver.drop_waiters({t: futures[t] for t in late})
-                    again = self.driver.receipt_waiters(late)
-                    for tx_id, fut in again.items():
-                        fut.add_done_callback(functools.partial(report, tx_id))
-                    futures.update(again)
-                sent += len(ready_receipts)
-                if ready_receipts:
-                    yield ready_receipts
         finally:
-            if backfill is not None:
-                backfill.cancel()
-            self.driver.drop_waiters(futures)
+            waits.close()
 
     # --- queries ------------------------------------------------------------------------
 
@@ -438,6 +475,22 @@ class LedgerApi:
                 call, request_deserializer=_raw, response_serializer=_raw
             )
 
+        def stream_stream(
+            fn: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]],
+        ) -> grpc.RpcMethodHandler[Any, Any]:
+            async def call(
+                requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[bytes]:
+                try:
+                    async for item in fn(requests):
+                        yield item
+                except _Abort as exc:
+                    await context.abort(exc.code, exc.message)
+
+            return grpc.stream_stream_rpc_method_handler(
+                call, request_deserializer=_raw, response_serializer=_raw
+            )
+
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -446,6 +499,7 @@ class LedgerApi:
                 "WaitReceipt": unary(self.wait_receipt),
                 "WaitReceipts": stream(self.wait_receipts),
                 "WaitReceiptBatches": stream(self.wait_receipt_batches),
+                "SubmitStream": stream_stream(self.submit_stream),
                 "GetTransaction": unary(self.get_transaction),
                 "GetAccount": unary(self.get_account),
                 "GetBlock": unary(self.get_block),
@@ -457,3 +511,111 @@ class LedgerApi:
 
 def _raw(data: bytes) -> bytes:
     return data
+
+
+def submitted_reply(response: bytes) -> bytes:
+    """A serialized SubmitStreamReply holding a serialized SubmitBatchResponse."""
+    return field_bytes(1, response)
+
+
+def receipts_reply(receipt_batch: bytes) -> bytes:
+    """A serialized SubmitStreamReply holding a serialized ReceiptBatch."""
+    return field_bytes(2, receipt_batch)
+
+
+class _ReceiptWaits:
+    """The receipt waits of one call: tx_ids are added (all at once, or over a stream's life),
+    each with a deadline; a driver future per tx_id reports it here once its block is
+    attested, and take_ready() reads the receipts of all reported so far in one read
+    transaction (usually a block's worth)."""
+
+    def __init__(self, api: LedgerApi) -> None:
+        self.api = api
+        self.driver = api.driver
+        self.wake = asyncio.Event()
+        self._futures: dict[bytes, asyncio.Future[int]] = {}
+        self._deadlines: dict[bytes, float] = {}  # in deadline order: added with a fixed wait
+        self._ready: list[bytes] = []
+        self._backfills: set[asyncio.Future[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._futures)
+
+    @property
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def next_deadline(self) -> float | None:
+        return next(iter(self._deadlines.values()), None)
+
+    def _report(self, tx_id: bytes, fut: asyncio.Future[int]) -> None:
+        if not fut.cancelled() and self._futures.get(tx_id) is fut:
+            self._ready.append(tx_id)
+            self.wake.set()
+
+    def _watch(self, futures: dict[bytes, asyncio.Future[int]]) -> None:
+        for tx_id, fut in futures.items():
+            self._futures[tx_id] = fut
+            fut.add_done_callback(functools.partial(self._report, tx_id))
+
+    def add(self, tx_ids: list[bytes], deadline: float) -> None:
+        fresh = [t for t in dict.fromkeys(tx_ids) if t not in self._futures]
+        if not fresh:
+            return
+        futures = self.driver.receipt_waiters(fresh)
+        self._watch(futures)
+        for tx_id in fresh:
+            self._deadlines[tx_id] = deadline
+        stragglers = [t for t, f in futures.items() if not f.done()]
+        if stragglers:
+            task = asyncio.ensure_future(self.api._backfill(stragglers))
+            self._backfills.add(task)
+            task.add_done_callback(self._backfills.discard)
+
+    def take_ready(self) -> list[bytes]:
+        """Serialized receipts of the transactions reported since the last call."""
+        batch, self._ready = self._ready, []
+        if not batch:
+            return []
+        with self.driver.store.read() as r:
+            reader = ReceiptReader(r, self.api._proofs)
+            receipts = [reader.receipt(t, require_attested=True) for t in batch]
+        out: list[bytes] = []
+        late: list[bytes] = []
+        delivered: dict[bytes, asyncio.Future[int]] = {}
+        for tx_id, receipt in zip(batch, receipts, strict=True):
+            if receipt is None:
+                if tx_id in self._futures:  # else it expired meanwhile
+                    late.append(tx_id)
+            else:
+                out.append(receipt)
+                fut = self._futures.pop(tx_id, None)
+                if fut is not None:
+                    delivered[tx_id] = fut
+                self._deadlines.pop(tx_id, None)
+        self.driver.drop_waiters(delivered)
+        if late:
+            # Woken for an unrecorded variant whose recorded copy executed since, in a block
+            # not attested yet: wait again, for that block.
+            self.driver.drop_waiters({t: self._futures[t] for t in late})
+            self._watch(self.driver.receipt_waiters(late))
+        return out
+
+    def expire(self, now: float) -> None:
+        """Stop waiting for the transactions whose deadline has passed."""
+        expired: dict[bytes, asyncio.Future[int]] = {}
+        for tx_id, deadline in self._deadlines.items():
+            if deadline > now:
+                break
+            expired[tx_id] = self._futures.pop(tx_id)
+        for tx_id in expired:
+            del self._deadlines[tx_id]
+        self.driver.drop_waiters(expired)
+
+    def close(self) -> None:
+        for task in list(self._backfills):
+            task.cancel()
+        self.driver.drop_waiters(self._futures)
+        self._futures.clear()
+        self._deadlines.clear()

@@ -40,7 +40,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(number: int, data: bytes) -> bytes:
+def field_bytes(number: int, data: bytes) -> bytes:
     """One length-delimited protobuf field (wire type 2)."""
     return _varint(number << 3 | 2) + _varint(len(data)) + data
 
@@ -67,9 +67,9 @@ class _BlockView:
     def receipt(self, index: int, attestations: bytes) -> bytes:
         """Serialized Receipt of entry ``index``; ``attestations``: encoded field 7."""
         result = self.results[index]
-        parts = [_field(_RESULT, result), _field(_RESULT_BYTES, result)]
-        parts += [_field(_TX_PROOF, h) for h in self.tx_paths[index]]
-        parts += [_field(_RESULT_PROOF, h) for h in self.result_paths[index]]
+        parts = [field_bytes(_RESULT, result), field_bytes(_RESULT_BYTES, result)]
+        parts += [field_bytes(_TX_PROOF, h) for h in self.tx_paths[index]]
+        parts += [field_bytes(_RESULT_PROOF, h) for h in self.result_paths[index]]
         parts += (self.shared, attestations)
         return b"".join(parts)
 
@@ -96,8 +96,8 @@ class ProofCache:
             results=results,
             tx_paths=merkle.all_proofs(tx_ids)[1],
             result_paths=merkle.all_proofs(list(results))[1],
-            shared=_field(_HEADER, block.header)
-            + _field(_CERTIFICATE, block.certificate.SerializeToString(deterministic=True)),
+            shared=field_bytes(_HEADER, block.header)
+            + field_bytes(_CERTIFICATE, block.certificate.SerializeToString(deterministic=True)),
         )
         self._cache[height] = view
         if len(self._cache) > PROOF_CACHE_BLOCKS:
@@ -122,7 +122,7 @@ class ReceiptReader:
         attestations = self._attestations.get(found.height)
         if attestations is None:
             stored = blocks.get_attestations(self.r, found.height)
-            attestations = b"".join(_field(_ATTESTATIONS, a) for a in stored)
+            attestations = b"".join(field_bytes(_ATTESTATIONS, a) for a in stored)
             if stored:  # none yet: read again next time, they may have arrived
                 self._attestations[found.height] = attestations
         if require_attested and not attestations:
@@ -139,7 +139,7 @@ def receipt_batches(receipts: Sequence[bytes], bytes_max: int) -> list[bytes]:
     parts: list[bytes] = []
     size = 0
     for receipt in receipts:
-        entry = _field(RECEIPT_BATCH_RECEIPTS, receipt)
+        entry = field_bytes(RECEIPT_BATCH_RECEIPTS, receipt)
         if parts and size + len(entry) > bytes_max:
             out.append(b"".join(parts))
             parts, size = [], 0

@@ -35,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -133,6 +133,7 @@ class ClientPlan:
     seed: int
     out_path: str
     multileg: float = 0.0  # fraction that are two-leg atomic transfers (two payers, two assets)
+    submit: str = "stream"  # "stream": one SubmitStream; "batch": SubmitBatch + WaitReceiptBatches each
 
 
 def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes], float]:
@@ -242,6 +243,20 @@ async def run_client(
 
         while time.time() < start_at:
             await asyncio.sleep(min(0.05, start_at - time.time()))
+        if plan.submit == "stream":
+            exhausted, not_ok = await _stream_load(
+                plan, stub, envelopes, tx_ids, start_at, stop_at, verifier, done, acks
+            )
+            await sampler
+            return {
+                "cpu_s": cpu_window[1] - cpu_window[0],
+                "done": done,
+                "acks": acks,
+                "receipt_failures": verifier.failures,
+                "not_ok": not_ok,
+                "batch_sizes": dict(verifier.batch_sizes),
+                "exhausted": exhausted,
+            }
         next_i = 0
         tasks: set[asyncio.Task[None]] = set()
         if plan.rate <= 0:  # closed loop
@@ -278,6 +293,93 @@ async def run_client(
         "batch_sizes": dict(verifier.batch_sizes),
         "exhausted": exhausted,
     }
+
+
+async def _stream_load(
+    plan: ClientPlan,
+    stub: Any,
+    envelopes: list[bytes],
+    tx_ids: list[bytes],
+    start_at: float,
+    stop_at: float,
+    verifier: Verifier,
+    done: list[tuple[float, float, float, float]],
+    acks: list[tuple[float, float]],
+) -> tuple[bool, int]:
+    """The load over one SubmitStream: batches go out on it (closed loop: while fewer than
+    --window are unsettled; open loop: what is due every tick) and its replies come back on it:
+    each request's answer in order, then receipts as blocks are attested. (exhausted, not_ok)"""
+    call = stub.SubmitStream(timeout=stop_at - time.time() + 60)
+    index = {t: i for i, t in enumerate(tx_ids)}
+    requests = 0
+    sent_at: dict[int, float] = {}  # tx index -> scheduled (open) or send (closed) time
+    unacked: deque[float] = deque()  # first send time of each request not answered yet
+    outstanding: Counter[int] = Counter()  # request number -> accepted, not yet receipted
+    batch_of: dict[int, int] = {}  # tx index -> request number
+    settled = asyncio.Event()
+    not_ok = 0
+    next_i = 0
+
+    async def write(lo: int, hi: int, times: list[float]) -> None:
+        nonlocal requests
+        requests += 1
+        n = requests
+        for i, t in zip(range(lo, hi), times, strict=True):
+            sent_at[i] = t
+            batch_of[i] = n
+        outstanding[n] = hi - lo
+        unacked.append(times[0])
+        await call.write(
+            api_pb2.SubmitBatchRequest(envelopes=[tx_pb2.Envelope.FromString(e) for e in envelopes[lo:hi]])
+        )
+
+    async def read() -> None:
+        nonlocal not_ok
+        async for reply in call:
+            now = time.time()
+            if reply.HasField("submitted"):
+                acks.append((now, now - unacked.popleft()))
+                refused = [item for item in reply.submitted.items if not item.accepted]
+                for item in refused:
+                    outstanding[batch_of[index[bytes(item.tx_id)]]] -= 1
+                not_ok += len(refused)
+                continue
+            for receipt in reply.receipts.receipts:
+                found = index.get(bytes(receipt.result.tx_id))
+                if found is None:
+                    continue
+                i = found
+                if verifier.check(receipt, tx_ids[i]):
+                    proposed = verifier.last_block_ms / 1000
+                    done.append((now, now - sent_at[i], proposed - sent_at[i], now - proposed))
+                else:
+                    not_ok += 1
+                outstanding[batch_of[i]] -= 1
+            settled.set()
+
+    reader = asyncio.create_task(read())
+    if plan.rate <= 0:  # closed loop
+        while time.time() < stop_at and next_i < plan.count:
+            while sum(1 for v in outstanding.values() if v > 0) >= plan.window and not reader.done():
+                settled.clear()
+                await settled.wait()
+            hi = min(next_i + plan.batch, plan.count)
+            await write(next_i, hi, [time.time()] * (hi - next_i))
+            next_i = hi
+    else:  # open loop: transaction i is due at start + i / rate, sent on the next tick
+        interval = 1.0 / plan.rate
+        while time.time() < stop_at and next_i < plan.count:
+            due = min(plan.count, int((time.time() - start_at) / interval) + 1)
+            if due > next_i:
+                await write(next_i, due, [start_at + i * interval for i in range(next_i, due)])
+                next_i = due
+            await asyncio.sleep(OPEN_LOOP_TICK_S)
+    exhausted = next_i >= plan.count and time.time() < stop_at
+    if exhausted:
+        log(f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps")
+    await call.done_writing()
+    await asyncio.wait_for(reader, timeout=40)
+    return exhausted, not_ok
 
 
 def client_main(
@@ -366,6 +468,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
                 seed=args.seed + i,
                 out_path=str(Path(tmp) / f"client-{i}.json"),
                 multileg=args.multileg,
+                submit=args.submit,
             )
             for i in range(k)
         ]
@@ -425,6 +528,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
     out = {
         "banks": genesis.n,
         "mode": "open" if args.rate else "closed",
+        "submit": args.submit,
         "multileg": args.multileg,
         "clients": k,
         "offered_tps": args.rate or None,
@@ -514,6 +618,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="fraction (0..1) of two-leg atomic transfers, payment versus payment (default 0: one leg)",
+    )
+    parser.add_argument(
+        "--submit",
+        choices=("stream", "batch"),
+        default="stream",
+        help="stream: each client's load on one SubmitStream (default); batch: a SubmitBatch and "
+        "a WaitReceiptBatches per batch",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=None, help="write throughput and latency plots (PNG)")

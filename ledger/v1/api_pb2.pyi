@@ -132,6 +132,36 @@ class SubmitBatchResponse(_message.Message):
 Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
 
 @_typing.final
+class SubmitStreamReply(_message.Message):
+    """What SubmitStream sends back: for each request, in order, its answer (submitted); and,
+    interleaved, the receipts of the accepted transactions as their blocks are attested.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    RECEIPTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def submitted(self) -> Global___SubmitBatchResponse: ...
+    @_builtins.property
+    def receipts(self) -> Global___ReceiptBatch: ...
+    def __init__(
+        self,
+        *,
+        submitted: Global___SubmitBatchResponse | None = ...,
+        receipts: Global___ReceiptBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "receipts", b"receipts", "submitted", b"submitted"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "receipts", b"receipts", "submitted", b"submitted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submitted", "receipts"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SubmitStreamReply: _TypeAlias = SubmitStreamReply  # noqa: Y015
+
+@_typing.final
 class Receipt(_message.Message):
     """Everything a client needs to trust one node's word that tx_id committed with result."""
 

@@ -59,6 +59,11 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_api__pb2.ReceiptBatch.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/ledger.v1.LedgerService/SubmitStream',
+                request_serializer=ledger_dot_v1_dot_api__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.SubmitStreamReply.FromString,
+                _registered_method=True)
         self.GetTransaction = channel.unary_unary(
                 '/ledger.v1.LedgerService/GetTransaction',
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetTransactionRequest.SerializeToString,
@@ -122,6 +127,19 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitStream(self, request_iterator, context):
+        """SubmitBatch and WaitReceiptBatches on one long-lived stream, for clients that submit
+        continuously: each request is admitted as SubmitBatch admits it and answered in order; the
+        accepted transactions' receipts follow, one message per block or so. A transaction whose
+        receipt does not come within receipt_wait_ms_max is dropped from the stream silently (ask
+        GetTransaction). At most pending_requests_max transactions wait per stream; past that,
+        items are refused with RESOURCE_EXHAUSTED. Half-close when done: the stream ends once
+        every accepted transaction has its receipt or has been dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTransaction(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -179,6 +197,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.WaitReceiptBatches,
                     request_deserializer=ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_api__pb2.ReceiptBatch.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.SubmitStreamReply.SerializeToString,
             ),
             'GetTransaction': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTransaction,
@@ -341,6 +364,33 @@ class LedgerService:
             '/ledger.v1.LedgerService/WaitReceiptBatches',
             ledger_dot_v1_dot_api__pb2.WaitReceiptsRequest.SerializeToString,
             ledger_dot_v1_dot_api__pb2.ReceiptBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ledger.v1.LedgerService/SubmitStream',
+            ledger_dot_v1_dot_api__pb2.SubmitBatchRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.SubmitStreamReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,15 @@ class LedgerServiceStub:
     """As WaitReceipts, but each stream message carries every receipt ready at the time: one
     message per block rather than one per transaction (what the SDK and the benchmark use).
     """
+    SubmitStream: _grpc.StreamStreamMultiCallable[_api_pb2.SubmitBatchRequest, _api_pb2.SubmitStreamReply]
+    """SubmitBatch and WaitReceiptBatches on one long-lived stream, for clients that submit
+    continuously: each request is admitted as SubmitBatch admits it and answered in order; the
+    accepted transactions' receipts follow, one message per block or so. A transaction whose
+    receipt does not come within receipt_wait_ms_max is dropped from the stream silently (ask
+    GetTransaction). At most pending_requests_max transactions wait per stream; past that,
+    items are refused with RESOURCE_EXHAUSTED. Half-close when done: the stream ends once
+    every accepted transaction has its receipt or has been dropped.
+    """
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]
     GetAccount: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]
     GetBlock: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]
@@ -57,6 +66,15 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     WaitReceiptBatches: _aio.UnaryStreamMultiCallable[_api_pb2.WaitReceiptsRequest, _api_pb2.ReceiptBatch]  # type: ignore[assignment]
     """As WaitReceipts, but each stream message carries every receipt ready at the time: one
     message per block rather than one per transaction (what the SDK and the benchmark use).
+    """
+    SubmitStream: _aio.StreamStreamMultiCallable[_api_pb2.SubmitBatchRequest, _api_pb2.SubmitStreamReply]  # type: ignore[assignment]
+    """SubmitBatch and WaitReceiptBatches on one long-lived stream, for clients that submit
+    continuously: each request is admitted as SubmitBatch admits it and answered in order; the
+    accepted transactions' receipts follow, one message per block or so. A transaction whose
+    receipt does not come within receipt_wait_ms_max is dropped from the stream silently (ask
+    GetTransaction). At most pending_requests_max transactions wait per stream; past that,
+    items are refused with RESOURCE_EXHAUSTED. Half-close when done: the stream ends once
+    every accepted transaction has its receipt or has been dropped.
     """
     GetTransaction: _aio.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]  # type: ignore[assignment]
     GetAccount: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]  # type: ignore[assignment]
@@ -102,6 +120,21 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_api_pb2.ReceiptBatch], _abc.AsyncIterator[_api_pb2.ReceiptBatch]]:
         """As WaitReceipts, but each stream message carries every receipt ready at the time: one
         message per block rather than one per transaction (what the SDK and the benchmark use).
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_api_pb2.SubmitBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.SubmitStreamReply], _abc.AsyncIterator[_api_pb2.SubmitStreamReply]]:
+        """SubmitBatch and WaitReceiptBatches on one long-lived stream, for clients that submit
+        continuously: each request is admitted as SubmitBatch admits it and answered in order; the
+        accepted transactions' receipts follow, one message per block or so. A transaction whose
+        receipt does not come within receipt_wait_ms_max is dropped from the stream silently (ask
+        GetTransaction). At most pending_requests_max transactions wait per stream; past that,
+        items are refused with RESOURCE_EXHAUSTED. Half-close when done: the stream ends once
+        every accepted transaction has its receipt or has been dropped.
         """
 
     @_abc_1.abstractmethod

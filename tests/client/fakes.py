@@ -443,6 +443,11 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
         for receipt in self.WaitReceipts(request, context):
             yield api_pb2.ReceiptBatch(receipts=[receipt])
 
+    def SubmitStream(
+        self, request_iterator: Iterator[api_pb2.SubmitBatchRequest], context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.SubmitStreamReply]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the fake node serves SubmitBatch, not SubmitStream")
+
     def _receipt(self, tx_id: bytes, timeout_s: float) -> api_pb2.Receipt | None:
         receipt = self.chain.wait_receipt(tx_id, timeout_s)
         if receipt is not None and self.tamper is not None:

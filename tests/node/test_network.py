@@ -4,6 +4,7 @@ from non-members on the replica port is refused with the right status or dropped
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +20,9 @@ from node.config import NodeLimits
 from node.transport import FRAME_MESSAGES_MAX
 from tests.app.factory import Factory
 from tests.node.helpers import (
+    WAIT_S,
     Consortium,
+    envelope,
     factory_for,
     rpc_code,
     running_consortium,
@@ -124,6 +127,67 @@ def test_receipt_batches_carry_every_receipt_once_and_verified(net: Consortium, 
     genesis = net.genesis()
     for r in got:
         assert verify_receipt(genesis, r, bytes(r.result.tx_id)).result.code == tx_pb2.OK
+
+
+def _badly_signed(raw: bytes) -> tx_pb2.Envelope:
+    env = tx_pb2.Envelope.FromString(raw)
+    sig = bytearray(env.signatures[0].signature)
+    sig[0] ^= 1
+    env.signatures[0].signature = bytes(sig)
+    return env
+
+
+def test_submit_stream_answers_each_request_in_order_and_streams_every_receipt(
+    net: Consortium, funded: Factory
+) -> None:
+    first = [funded.transfer([("alice", "bob", "USD.BANK-A", n)]) for n in range(1, 4)]
+    second = funded.transfer([("alice", "bob", "USD.BANK-A", 7)])
+    forged = _badly_signed(funded.transfer([("alice", "bob", "USD.BANK-A", 8)]))
+    first_receipted = threading.Event()
+
+    def requests() -> Iterator[api_pb2.SubmitBatchRequest]:
+        yield api_pb2.SubmitBatchRequest(envelopes=[envelope(e) for e in first])
+        # The stream stays open: the second request goes out only once the first one's
+        # receipts came back on it.
+        assert first_receipted.wait(WAIT_S), "no receipt for the first request"
+        yield api_pb2.SubmitBatchRequest(envelopes=[envelope(second), forged, envelope(first[0])])
+
+    replies = stub(net, "BANK-D").SubmitStream(requests(), timeout=WAIT_S * 2)
+    answers: list[api_pb2.SubmitBatchResponse] = []
+    receipts: list[api_pb2.Receipt] = []
+    for reply in replies:  # ends once the client half-closed and every receipt was sent
+        if reply.HasField("submitted"):
+            answers.append(reply.submitted)
+        else:
+            assert len(answers) >= 1, "a receipt before its request's answer"
+            receipts.extend(reply.receipts.receipts)
+        if {bytes(r.result.tx_id) for r in receipts} >= {tx_id(e) for e in first}:
+            first_receipted.set()
+    assert [[i.accepted for i in a.items] for a in answers] == [[True] * 3, [True, False, True]]
+    refused = answers[1].items[1]
+    assert (
+        refused.status_code == grpc.StatusCode.UNAUTHENTICATED.value[0] and "does not verify" in refused.error
+    )
+    # A receipt per accepted item: first[0], already final when resubmitted, is answered
+    # again with its first result. Every receipt verifies.
+    assert sorted(bytes(r.result.tx_id) for r in receipts) == sorted(
+        tx_id(e) for e in [*first, second, first[0]]
+    )
+    again = [r.result for r in receipts if bytes(r.result.tx_id) == tx_id(first[0])]
+    assert again[0] == again[1]
+    genesis = net.genesis()
+    for r in receipts:
+        assert verify_receipt(genesis, r, bytes(r.result.tx_id)).result.code == tx_pb2.OK
+
+
+def test_submit_stream_ends_with_invalid_argument_on_a_request_that_does_not_parse(net: Consortium) -> None:
+    with grpc.insecure_channel(net.member("BANK-B").api_address) as ch:
+        call = ch.stream_stream("/ledger.v1.LedgerService/SubmitStream", None, None)
+        assert rpc_code(lambda: list(call(iter([b"\xff\xfe garbage"]), timeout=10))) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        # Nothing submitted and the client half-closed at once: an empty stream that ends.
+        assert list(call(iter([]), timeout=10)) == []
 
 
 def _raw_unary(c: Consortium, bank: str, method: str, payload: bytes) -> grpc.StatusCode:

@@ -6,20 +6,22 @@ from __future__ import annotations
 import pytest
 
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
-from node.receipts import _BlockView, _field, receipt_batches
+from node.receipts import _BlockView, field_bytes, receipt_batches
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 2_097_152])
-def test_a_field_is_encoded_as_protobuf_encodes_it(size: int) -> None:
+def test_afield_bytes_is_encoded_as_protobuf_encodes_it(size: int) -> None:
     data = bytes(i % 251 for i in range(size))
     # Repeated fields, so that protobuf encodes even an empty value.
-    assert _field(5, data) == api_pb2.Receipt(tx_proof=[data]).SerializeToString()
-    assert _field(1, data) == api_pb2.WaitReceiptsRequest(tx_ids=[data]).SerializeToString()
+    assert field_bytes(5, data) == api_pb2.Receipt(tx_proof=[data]).SerializeToString()
+    assert field_bytes(1, data) == api_pb2.WaitReceiptsRequest(tx_ids=[data]).SerializeToString()
 
 
 def _view() -> tuple[_BlockView, list[bytes], consensus_pb2.CommitCertificate]:
     results = [
-        tx_pb2.TxResult(tx_id=bytes([i]) * 32, code=tx_pb2.OK, height=7, index=i, final=True).SerializeToString()
+        tx_pb2.TxResult(
+            tx_id=bytes([i]) * 32, code=tx_pb2.OK, height=7, index=i, final=True
+        ).SerializeToString()
         for i in range(3)
     ]
     certificate = consensus_pb2.CommitCertificate()
@@ -32,7 +34,7 @@ def _view() -> tuple[_BlockView, list[bytes], consensus_pb2.CommitCertificate]:
         results=tuple(results),
         tx_paths=tx_paths,
         result_paths=result_paths,
-        shared=_field(3, header) + _field(4, certificate.SerializeToString()),
+        shared=field_bytes(3, header) + field_bytes(4, certificate.SerializeToString()),
     )
     return view, results, certificate
 
@@ -42,7 +44,7 @@ def test_an_assembled_receipt_parses_to_the_receipt_built_with_protobuf() -> Non
     attestations = [
         consensus_pb2.SignedMessage(body=b"att-%d" % i, signer=i, signature=b"a" * 64) for i in range(3)
     ]
-    encoded = b"".join(_field(7, a.SerializeToString()) for a in attestations)
+    encoded = b"".join(field_bytes(7, a.SerializeToString()) for a in attestations)
     for index in range(3):
         expected = api_pb2.Receipt(
             result=tx_pb2.TxResult.FromString(results[index]),

@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(180)
-def test_bench_runs_briefly_and_prints_one_json_object() -> None:
+@pytest.mark.parametrize(
+    ("mode", "load", "submit"),
+    [
+        ("closed", ["--clients", "1", "--expect-tps", "3000"], "stream"),
+        ("open", ["--clients", "1", "--rate", "300"], "batch"),
+    ],
+)
+def test_bench_runs_briefly_and_prints_one_json_object(mode: str, load: list[str], submit: str) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--duration", "3", "--warmup", "1"]
-    cmd += ["--clients", "1", "--accounts-per-bank", "3", "--batch", "50", "--expect-tps", "3000", "--json"]
+    cmd += [*load, "--submit", submit, "--accounts-per-bank", "3", "--batch", "50", "--json"]
     cmd += ["--multileg", "0.3"]  # the mix path too: 30% two-leg payment-versus-payment
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,7 +42,7 @@ def test_bench_runs_briefly_and_prints_one_json_object() -> None:
         "mode",
     ):
         assert key in out, key
-    assert out["banks"] == 4 and out["mode"] == "closed" and out["duration_s"] == 3
+    assert out["banks"] == 4 and out["mode"] == mode and out["submit"] == submit and out["duration_s"] == 3
     assert out["committed_tps"] > 0, "nothing committed during the window"
     assert out["p50_ms"] <= out["p99_ms"] <= out["p999_ms"]
     assert out["receipt_failures"] == 0
