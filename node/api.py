@@ -75,6 +75,7 @@ class _Abort(Exception):
 
 # A ReceiptBatch message stays under this (clients' default receive limit is 4 MiB).
 RECEIPT_BATCH_BYTES_MAX = 2 << 20
+STREAM_ANSWERS_MAX = 16  # SubmitStream: answers held for a client that is not reading
 
 
 def _is_final(r: KVReader, tx_id: bytes) -> bool:
@@ -212,7 +213,9 @@ class LedgerApi:
         loop = asyncio.get_running_loop()
         wait_s = self.limits.receipt_wait_ms_max / 1000
         waits = _ReceiptWaits(self)
-        replies: list[bytes] = []
+        # Answers not yet sent. Bounded: a client that sends without reading stalls its own
+        # requests (gRPC flow control) instead of growing this.
+        replies: asyncio.Queue[bytes] = asyncio.Queue(STREAM_ANSWERS_MAX)
 
         async def read() -> None:
             try:
@@ -220,8 +223,8 @@ class LedgerApi:
                     req = _parse(api_pb2.SubmitBatchRequest, raw)
                     room = max(0, self.limits.pending_requests_max - waits.waiting)
                     reply, accepted = self._submit_batch(req, room)
-                    replies.append(submitted_reply(reply))
-                    waits.add(accepted, loop.time() + wait_s)
+                    await replies.put(submitted_reply(reply))
+                    waits.add(accepted, loop.time() + wait_s)  # after its answer: receipts follow it
                     waits.wake.set()
             finally:
                 waits.wake.set()
@@ -230,18 +233,17 @@ class LedgerApi:
         try:
             while True:
                 waits.wake.clear()
-                sent, replies[:] = list(replies), []
-                for reply in sent:
-                    yield reply
+                while not replies.empty():
+                    yield replies.get_nowait()
                 for message in receipt_batches(waits.take_ready(), RECEIPT_BATCH_BYTES_MAX):
                     if message:
                         yield receipts_reply(message)
                 waits.expire(loop.time())
                 if reader.done():
                     reader.result()  # a bad request ends the stream with its status
-                    if not waits.waiting and not replies:
+                    if not waits.waiting and replies.empty():
                         return
-                if replies or waits.has_ready:
+                if not replies.empty() or waits.has_ready:
                     continue
                 deadline = waits.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - loop.time())
