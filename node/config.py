@@ -30,7 +30,9 @@ class NodeLimits:
     batch_size_max: int = 500  # envelopes per proposed block
     batch_delay_ms: int = 20  # the least a batch that is not full waits to fill (primary)
     batch_delay_max_ms: int = 100  # the most (node/pbft/config.py: ReplicaConfig.batch_ready)
-    batch_delay_per_tps_us: int = 100  # in between: this long per transaction/s arriving
+    # In between: this long per transaction/s arriving. 100 suits 4 members; a block costs more
+    # with more members, and scripts/consortium.py writes 25 x n.
+    batch_delay_per_tps_us: int = 100
     pending_requests_max: int = 20_000  # admitted but not yet executed client transactions
     log_window: int = 200  # PBFT high - low watermark
     checkpoint_interval: int = 50  # sequences between checkpoints

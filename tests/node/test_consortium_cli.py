@@ -37,6 +37,17 @@ def test_seven_banks_cycle_currencies_with_jpy_scale_zero(tmp_path: Path) -> Non
     assert genesis.asset("USD.BANK-F") is not None
 
 
+def test_the_batch_delay_per_arrival_grows_with_the_members_unless_set(tmp_path: Path) -> None:
+    def per_tps(c: Consortium) -> set[int]:
+        return {load_node_config(c.config_path(b)).limits.batch_delay_per_tps_us for b in c.banks()}
+
+    four, seven, pinned = (Consortium(tmp_path / name) for name in ("four", "seven", "pinned"))
+    four.init(4)
+    seven.init(7)
+    pinned.init(7, limits={"batch_delay_per_tps_us": 60})
+    assert (per_tps(four), per_tps(seven), per_tps(pinned)) == ({100}, {175}, {60})
+
+
 @pytest.mark.parametrize(("banks", "needle"), [(3, ">= 4"), (5, "3f\\+1")])
 def test_init_refuses_bad_bank_counts(tmp_path: Path, banks: int, needle: str) -> None:
     from consortium import ConsortiumError
