@@ -241,20 +241,62 @@ class LedgerClient:
     ) -> list[Outcome]:
         """Submit many transactions at once; one outcome per transaction, in order.
 
-        Each chunk goes to one node in a SubmitBatch, and its receipts stream back from
-        WaitReceiptBatches (a block's worth per message), each verified like submit's. Whatever that path does not settle (a refusal,
-        a node that fails or lies, a receipt that is not final) goes through ``submit`` one by
-        one with the same envelope, so outcomes mean exactly what they mean there.
+        The chunks go to one node on one SubmitStream, and their receipts come back on it as
+        blocks are attested, each verified like submit's (a node without SubmitStream gets a
+        SubmitBatch and a WaitReceiptBatches per chunk instead). Whatever that path does not
+        settle (a refusal, a node that fails or lies, a receipt that is not final) goes through
+        ``submit`` one by one with the same envelope, so outcomes mean exactly what they mean
+        there.
         """
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        chunks = [txs[i : i + max(chunk_size, 1)] for i in range(0, len(txs), max(chunk_size, 1))]
+        streamed = self._submit_streamed(chunks, deadline)
         outcomes: dict[bytes, Outcome] = {}
-        for start in range(0, len(txs), max(chunk_size, 1)):
-            chunk = txs[start : start + chunk_size]
-            outcomes.update(self._submit_chunk(chunk, deadline))
+        if streamed is not None:
+            outcomes.update(streamed)
+        else:
+            for chunk in chunks:
+                outcomes.update(self._submit_chunk(chunk, deadline))
         for tx in txs:
             if tx.tx_id not in outcomes:
                 outcomes[tx.tx_id] = self.submit(tx, timeout_s=max(deadline - time.monotonic(), 0.001))
         return [outcomes[tx.tx_id] for tx in txs]
+
+    def _submit_streamed(
+        self, chunks: Sequence[Sequence[Transaction]], deadline: float
+    ) -> dict[bytes, Committed] | None:
+        """The chunks on one SubmitStream to one node: the final receipts that verified. None
+        when the node does not serve SubmitStream (it predates it)."""
+        wanted = {tx.tx_id for chunk in chunks for tx in chunk}
+        settled: dict[bytes, Committed] = {}
+        endpoint = self._order()[0]
+        # The stream ends by itself once every accepted transaction has its receipt; this
+        # bounds it for a node that stalls, leaving time for the careful path.
+        budget = self.receipt_wait_s * 2 + self.call_timeout_s * len(chunks)
+        timeout = max(min(deadline - time.monotonic(), budget), 0.001)
+        requests = (api_pb2.SubmitBatchRequest(envelopes=[tx.envelope() for tx in chunk]) for chunk in chunks)
+        replies = self._stub(endpoint).SubmitStream(requests, timeout=timeout)
+        answered = False
+        try:
+            for reply in replies:
+                answered = True
+                for receipt in reply.receipts.receipts:  # none in an answer (SubmitBatchResponse)
+                    tx_id = bytes(receipt.result.tx_id)
+                    if tx_id not in wanted or tx_id in settled:
+                        continue
+                    try:
+                        verified = verify_receipt(self.genesis, receipt, tx_id, self.verified)
+                    except ReceiptError:
+                        replies.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
+                        return settled  # a lying node: the rest go the careful way
+                    committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)
+                    if committed.final:
+                        settled[tx_id] = committed
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED and not answered:
+                return None
+            # Whatever is unsettled is retried one by one.
+        return settled
 
     def _submit_chunk(self, chunk: Sequence[Transaction], deadline: float) -> dict[bytes, Committed]:
         wanted = {tx.tx_id for tx in chunk}

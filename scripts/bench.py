@@ -314,7 +314,7 @@ async def _stream_load(
     requests = 0
     sent_at: dict[int, float] = {}  # tx index -> scheduled (open) or send (closed) time
     unacked: deque[float] = deque()  # first send time of each request not answered yet
-    outstanding: Counter[int] = Counter()  # request number -> accepted, not yet receipted
+    outstanding: dict[int, int] = {}  # request number -> its transactions not settled yet
     batch_of: dict[int, int] = {}  # tx index -> request number
     settled = asyncio.Event()
     not_ok = 0
@@ -333,34 +333,42 @@ async def _stream_load(
             api_pb2.SubmitBatchRequest(envelopes=[tx_pb2.Envelope.FromString(e) for e in envelopes[lo:hi]])
         )
 
+    def settle(n: int) -> None:
+        outstanding[n] -= 1
+        if not outstanding[n]:
+            del outstanding[n]
+
     async def read() -> None:
         nonlocal not_ok
-        async for reply in call:
-            now = time.time()
-            if reply.HasField("submitted"):
-                acks.append((now, now - unacked.popleft()))
-                refused = [item for item in reply.submitted.items if not item.accepted]
-                for item in refused:
-                    outstanding[batch_of[index[bytes(item.tx_id)]]] -= 1
-                not_ok += len(refused)
-                continue
-            for receipt in reply.receipts.receipts:
-                found = index.get(bytes(receipt.result.tx_id))
-                if found is None:
+        try:
+            async for reply in call:
+                now = time.time()
+                if reply.HasField("submitted"):
+                    acks.append((now, now - unacked.popleft()))
+                    refused = [item for item in reply.submitted.items if not item.accepted]
+                    for item in refused:
+                        settle(batch_of[index[bytes(item.tx_id)]])
+                    not_ok += len(refused)
                     continue
-                i = found
-                if verifier.check(receipt, tx_ids[i]):
-                    proposed = verifier.last_block_ms / 1000
-                    done.append((now, now - sent_at[i], proposed - sent_at[i], now - proposed))
-                else:
-                    not_ok += 1
-                outstanding[batch_of[i]] -= 1
-            settled.set()
+                for receipt in reply.receipts.receipts:
+                    found = index.get(bytes(receipt.result.tx_id))
+                    if found is None:
+                        continue
+                    i = found
+                    if verifier.check(receipt, tx_ids[i]):
+                        proposed = verifier.last_block_ms / 1000
+                        done.append((now, now - sent_at[i], proposed - sent_at[i], now - proposed))
+                    else:
+                        not_ok += 1
+                    settle(batch_of[i])
+                settled.set()
+        finally:
+            settled.set()  # the writer must not wait on a stream that ended
 
     reader = asyncio.create_task(read())
     if plan.rate <= 0:  # closed loop
         while time.time() < stop_at and next_i < plan.count:
-            while sum(1 for v in outstanding.values() if v > 0) >= plan.window and not reader.done():
+            while len(outstanding) >= plan.window and not reader.done():
                 settled.clear()
                 await settled.wait()
             hi = min(next_i + plan.batch, plan.count)

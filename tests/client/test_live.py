@@ -259,6 +259,7 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
     def SubmitStream(self, request_iterator, context):  # type: ignore[no-untyped-def]
         for reply in self.stub.SubmitStream(request_iterator, timeout=30):
             for r in reply.receipts.receipts:
+                self.receipts_served += 1
                 forge_certificate(r)
             yield reply
 
@@ -290,6 +291,17 @@ def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -
             assert proxy.receipts_served == 1  # asked first, its forged receipt refused
             assert isinstance(out, Committed) and out.ok and out.endpoint == endpoints[1]
             assert c.transaction(tx.tx_id).committed.endpoint == endpoints[1]
+            # submit_many's stream to the liar: its first forged receipt ends that path, and
+            # every transaction settles the careful way, at the honest node.
+            many = [
+                c.tx.open_account("BANK-A", f"sdk-liar-{i}", bytes(32)).signed_by(_op(consortium, "BANK-A"))
+                for i in range(3)
+            ]
+            c._first = 0  # the stream goes to the liar
+            served = proxy.receipts_served
+            outcomes = c.submit_many(many)
+            assert proxy.receipts_served > served  # the stream did carry its forged receipts
+            assert all(isinstance(o, Committed) and o.ok and o.endpoint == endpoints[1] for o in outcomes)
     finally:
         server.stop(grace=None).wait()
         proxy.channel.close()
