@@ -252,13 +252,13 @@ def test_pending_requests_expire_oldest_first_after_their_ttl(monkeypatch: Any) 
     assert not driver.pending and driver.log.counters["pending_expired"] == 2
 
 
-def make_api(fx: Factory, driver: Driver) -> LedgerApi:
+def make_api(fx: Factory, driver: Driver, limits: NodeLimits | None = None) -> LedgerApi:
     backfill = AttestationBackfill(
         fx.genesis, 1, Ed25519Crypto(fx.client("node"), [], fx.chain_id), driver.store, driver.log
     )
     assert isinstance(driver.ledger, Ledger)
     return LedgerApi(
-        fx.genesis, "BANK-B", 1, NodeLimits(), driver, driver.ledger, dict, driver.log, backfill,
+        fx.genesis, "BANK-B", 1, limits or NodeLimits(), driver, driver.ledger, dict, driver.log, backfill,
         CheckCache(fx.genesis),
     )  # fmt: skip
 
@@ -320,6 +320,54 @@ def test_a_receipt_woken_for_an_unrecorded_copy_waits_for_the_recorded_one() -> 
 
     batch = asyncio.run(scenario())
     assert [(r.result.height, r.result.final) for r in batch.receipts] == [(2, True)]
+    assert not driver._waiters, "the stream released every waiter"
+
+
+def test_submit_stream_answers_first_caps_what_waits_and_drops_what_never_commits() -> None:
+    fx = Factory()
+    driver, _, _ = make(fx)
+    api = make_api(fx, driver, NodeLimits(pending_requests_max=1, receipt_wait_ms_max=300))
+    a, b, c = (fx.open_account("BANK-A", name, fx.client(name)) for name in ("alice", "bob", "carol"))
+    attestation = wire.encode_signed(b"attestation-body", 0, bytes(64))  # not checked here
+
+    def request(*envelopes: bytes) -> bytes:
+        return api_pb2.SubmitBatchRequest(
+            envelopes=[tx_pb2.Envelope.FromString(e) for e in envelopes]
+        ).SerializeToString()
+
+    async def scenario() -> None:
+        more = asyncio.Event()
+
+        async def requests() -> AsyncGenerator[bytes, None]:
+            yield request(a, b)
+            await more.wait()
+            yield request(c)  # then the client half-closes
+
+        stream = cast(AsyncGenerator[bytes, None], api.submit_stream(requests()))
+        answer = api_pb2.SubmitStreamReply.FromString(await anext(stream)).submitted
+        # One transaction may wait per stream here: b is refused, and says why.
+        assert [i.accepted for i in answer.items] == [True, False]
+        assert (
+            answer.items[1].status_code == 8 and "wait for receipts" in answer.items[1].error
+        )  # 8: RESOURCE_EXHAUSTED
+        driver.run([_block(fx, 1, [a])])
+        driver.run([act.Attested(1, (attestation,))])
+        receipts = api_pb2.SubmitStreamReply.FromString(await anext(stream)).receipts.receipts
+        assert [(bytes(r.result.tx_id), r.result.height) for r in receipts] == [(fx.tx_id(a), 1)]
+        more.set()  # a's receipt came: room for one again
+        answer = api_pb2.SubmitStreamReply.FromString(await anext(stream)).submitted
+        assert [i.accepted for i in answer.items] == [True]
+        # c never commits: the stream drops it after receipt_wait_ms_max, then ends.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ended = False
+        try:
+            await anext(stream)
+        except StopAsyncIteration:
+            ended = True
+        assert ended and loop.time() - started >= 0.25
+
+    asyncio.run(scenario())
     assert not driver._waiters, "the stream released every waiter"
 
 
