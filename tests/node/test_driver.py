@@ -373,6 +373,30 @@ def test_submit_stream_answers_first_caps_what_waits_and_drops_what_never_commit
     assert not driver._waiters, "the stream released every waiter"
 
 
+def test_a_submit_stream_the_client_abandons_releases_its_waiters_and_stops_reading() -> None:
+    fx = Factory()
+    driver, _, _ = make(fx)
+    api = make_api(fx, driver)
+    a = fx.open_account("BANK-A", "alice", fx.client("alice"))
+    reading = [0]
+
+    async def scenario() -> None:
+        async def requests() -> AsyncGenerator[bytes, None]:
+            yield api_pb2.SubmitBatchRequest(envelopes=[tx_pb2.Envelope.FromString(a)]).SerializeToString()
+            reading[0] += 1
+            await asyncio.Event().wait()  # the client never half-closes
+
+        stream = cast(AsyncGenerator[bytes, None], api.submit_stream(requests()))
+        answer = api_pb2.SubmitStreamReply.FromString(await anext(stream)).submitted
+        assert [i.accepted for i in answer.items] == [True]
+        assert fx.tx_id(a) in driver._waiters
+        await stream.aclose()  # what gRPC does when the call is cancelled
+        assert not driver._waiters
+
+    asyncio.run(scenario())
+    assert reading == [1]
+
+
 def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batched(monkeypatch: Any) -> None:
     fx = Factory()
     driver, replica, trace = make(fx)
