@@ -300,20 +300,26 @@ def test_a_receipt_woken_for_an_unrecorded_copy_waits_for_the_recorded_one() -> 
     assert fx.tx_id(stripped) == tx_id
     attestation = wire.encode_signed(b"attestation-body", 0, bytes(64))  # not checked here
 
-    def waiting() -> bool:
-        return any(not f.done() for f in driver._waiters.get(tx_id, []))
-
     async def scenario() -> api_pb2.ReceiptBatch:
+        registered: asyncio.Queue[list[bytes]] = asyncio.Queue()  # each receipt_waiters call
+        register = driver.receipt_waiters
+
+        def recording(tx_ids: Sequence[bytes]) -> dict[bytes, asyncio.Future[int]]:
+            futures = register(tx_ids)
+            registered.put_nowait(list(tx_ids))
+            return futures
+
+        driver.receipt_waiters = recording  # type: ignore[method-assign]
         driver.run([_block(fx, 1, [stripped])])
         request = api_pb2.WaitReceiptsRequest(tx_ids=[tx_id], timeout_ms=5_000).SerializeToString()
         stream = cast(AsyncGenerator[bytes, None], api.wait_receipt_batches(request))
         first = asyncio.ensure_future(anext(stream))
-        while not waiting():
-            await asyncio.sleep(0)  # let the handler register its waiter
+        assert await asyncio.wait_for(registered.get(), 5) == [tx_id]  # the handler waits
         driver.run([act.Attested(1, (attestation,))])
         driver.run([_block(fx, 2, [genuine])])  # same loop turn: the handler has not run yet
-        while not waiting() and not first.done():
-            await asyncio.sleep(0)
+        # Woken for block 1, the handler finds the recorded copy at 2, not attested: it waits
+        # again, for that block.
+        assert await asyncio.wait_for(registered.get(), 5) == [tx_id]
         assert not first.done(), "the handler answered (or failed) before block 2 was attested"
         driver.run([act.Attested(2, (attestation,))])
         batch = api_pb2.ReceiptBatch.FromString(await first)
