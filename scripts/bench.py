@@ -11,6 +11,9 @@ with a verified commit certificate and attestations count.
                                        transaction's scheduled send time (no coordinated omission)
   mix           --multileg F           this fraction are two-leg payment-versus-payment transfers
                                        (two payers, two assets, both legs or neither); default 0
+                --escrow F             this fraction are escrow creates: the payer's funds held for
+                                       the payee, returned by the ledger when the escrow expires
+                                       (10 minutes after the run); default 0
 
     scripts/bench.py --clients 4 --duration 30 --json
     scripts/bench.py --rate 1500 --duration 30 --json
@@ -31,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import secrets
 import statistics
 import sys
 import tempfile
@@ -64,6 +68,7 @@ AMOUNT_MINOR_MAX = 100
 # Open loop sends what is due every tick; latency still counts from each scheduled time, so a
 # coarser tick costs at most one tick of latency and saves an RPC pair per few transactions.
 OPEN_LOOP_TICK_S = 0.02
+ESCROW_AFTER_RUN_S = 600  # --escrow: creates expire this long after the run would end if signing took no time
 
 
 def log(msg: str) -> None:
@@ -134,21 +139,31 @@ class ClientPlan:
     out_path: str
     multileg: float = 0.0  # fraction that are two-leg atomic transfers (two payers, two assets)
     submit: str = "stream"  # "stream": one SubmitStream; "batch": SubmitBatch + WaitReceiptBatches each
+    escrow: float = 0.0  # fraction that are escrow creates
+    escrow_expires_at_ms: int = 0  # their expiry (consensus time), after the run
 
 
-def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes], float]:
+def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes], list[str], float]:
+    """(envelopes, tx_ids, kinds, signing rate): kinds[i] is "transfer", "pvp" or "escrow"."""
     builder = TxBuilder(genesis.chain_id, genesis.limits)
     rng = random.Random(plan.seed)
     keys = {a: SigningKey(bytes.fromhex(s)) for a, _, s in plan.accounts}
     by_asset: dict[str, list[str]] = {}
     for acct, asset in plan.targets:
         by_asset.setdefault(asset, []).append(acct)
-    envelopes, tx_ids = [], []
+    envelopes, tx_ids, kinds = [], [], []
+    escrow_prefix = f"bench-{secrets.token_hex(6)}-"  # escrow ids are global: unique per run
     t0 = time.perf_counter()
-    for _ in range(plan.count):
+    for n in range(plan.count):
         src, asset, _ = rng.choice(plan.accounts)
         dst = rng.choice([a for a in by_asset[asset] if a != src])
         legs = [LegSpec(src, dst, asset, rng.randint(1, AMOUNT_MINOR_MAX))]
+        if plan.escrow and rng.random() < plan.escrow:
+            escrow = builder.escrow_create(f"{escrow_prefix}{n}", legs[0], plan.escrow_expires_at_ms)
+            envelopes.append(escrow.signed_by(keys[src]).envelope_bytes())
+            tx_ids.append(escrow.tx_id)
+            kinds.append("escrow")
+            continue
         if len(plan.accounts) > 1 and rng.random() < plan.multileg:
             # Payment versus payment: a second payer (another asset, where this client has
             # one) pays a second payee in the same transaction; both legs or neither.
@@ -159,7 +174,8 @@ def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes
         tx = builder.transfer(legs).signed_by(*(keys[leg.from_account] for leg in legs))
         envelopes.append(tx.envelope_bytes())
         tx_ids.append(tx.tx_id)
-    return envelopes, tx_ids, plan.count / (time.perf_counter() - t0)
+        kinds.append("pvp" if len(legs) > 1 else "transfer")
+    return envelopes, tx_ids, kinds, plan.count / (time.perf_counter() - t0)
 
 
 class Verifier:
@@ -209,6 +225,7 @@ async def run_client(
     # receipt) in seconds; "proposed" is the block header's timestamp: the primary's clock
     # (this machine's) as of its last tick, so the split is good to about tick_ms (20 ms).
     done: list[tuple[float, float, float, float]] = []
+    done_index: list[tuple[int, float]] = []  # per verified receipt: (transaction index, completion time)
     acks: list[tuple[float, float]] = []  # per SubmitBatch: (ack time, ack - first tx's send time)
     not_ok = 0
     options = [
@@ -238,6 +255,7 @@ async def run_client(
                         proposed = verifier.last_block_ms / 1000
                         sent = t_sent[i - lo]
                         done.append((now, now - sent, proposed - sent, now - proposed))
+                        done_index.append((i, now))
                     else:
                         not_ok += 1
 
@@ -245,12 +263,13 @@ async def run_client(
             await asyncio.sleep(min(0.05, start_at - time.time()))
         if plan.submit == "stream":
             exhausted, not_ok = await _stream_load(
-                plan, stub, envelopes, tx_ids, start_at, stop_at, verifier, done, acks
+                plan, stub, envelopes, tx_ids, start_at, stop_at, verifier, done, done_index, acks
             )
             await sampler
             return {
                 "cpu_s": cpu_window[1] - cpu_window[0],
                 "done": done,
+                "done_index": done_index,
                 "acks": acks,
                 "receipt_failures": verifier.failures,
                 "not_ok": not_ok,
@@ -287,6 +306,7 @@ async def run_client(
     return {
         "cpu_s": cpu_window[1] - cpu_window[0],
         "done": done,
+        "done_index": done_index,
         "acks": acks,
         "receipt_failures": verifier.failures,
         "not_ok": not_ok,
@@ -304,6 +324,7 @@ async def _stream_load(
     stop_at: float,
     verifier: Verifier,
     done: list[tuple[float, float, float, float]],
+    done_index: list[tuple[int, float]],
     acks: list[tuple[float, float]],
 ) -> tuple[bool, int]:
     """The load over one SubmitStream: batches go out on it (closed loop: while fewer than
@@ -358,6 +379,7 @@ async def _stream_load(
                     if verifier.check(receipt, tx_ids[i]):
                         proposed = verifier.last_block_ms / 1000
                         done.append((now, now - sent_at[i], proposed - sent_at[i], now - proposed))
+                        done_index.append((i, now))
                     else:
                         not_ok += 1
                     settle(batch_of[i])
@@ -395,12 +417,15 @@ def client_main(
 ) -> None:
     """Sign everything (untimed), report ready, wait for the common start, then load."""
     genesis = load_genesis(Path(plan.genesis_path))
-    envelopes, tx_ids, sign_rate = presign(plan, genesis)
+    envelopes, tx_ids, kinds, sign_rate = presign(plan, genesis)
     ready.set()
     go.wait()
     start_at = float(start_value.value)
     stop_at = start_at + warmup + duration
     result = asyncio.run(run_client(plan, genesis, envelopes, tx_ids, start_at, stop_at, start_at + warmup))
+    window_start = start_at + warmup
+    by_kind = Counter(kinds[i] for i, t in result.pop("done_index") if window_start <= t < stop_at)
+    result["committed_by_kind"] = dict(by_kind)
     result["sign_rate"] = sign_rate
     Path(plan.out_path).write_text(json.dumps(result))
 
@@ -457,6 +482,8 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
     per_client_rate = args.rate / k if args.rate else 0.0
     expected_tps = args.rate or args.expect_tps
     count = args.presign or int(expected_tps * (args.warmup + args.duration) * 1.3 / k) + args.batch
+    # Escrows stay pending through the run (signing, warm-up, window), then expire.
+    escrow_expires_at_ms = int((time.time() + ESCROW_AFTER_RUN_S + args.warmup + args.duration) * 1000)
     ctx = mp.get_context("spawn")
     ready = [ctx.Event() for _ in range(k)]
     go = ctx.Event()
@@ -477,6 +504,8 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
                 out_path=str(Path(tmp) / f"client-{i}.json"),
                 multileg=args.multileg,
                 submit=args.submit,
+                escrow=args.escrow,
+                escrow_expires_at_ms=escrow_expires_at_ms,
             )
             for i in range(k)
         ]
@@ -538,6 +567,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         "mode": "open" if args.rate else "closed",
         "submit": args.submit,
         "multileg": args.multileg,
+        "escrow": args.escrow,
         "clients": k,
         "offered_tps": args.rate or None,
         "committed_tps": round(committed / args.duration, 1),
@@ -562,6 +592,8 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
         "batch_size_p50": percentile([float(s) for s in sizes], 0.5) if sizes else None,
         "batch_size_max": max(sizes) if sizes else None,
         "sign_rate_per_client": round(statistics.median(r["sign_rate"] for r in results)),
+        # Committed in the window by kind: "transfer" (one leg), "pvp" (two), "escrow" (creates).
+        "committed_by_kind": dict(sum((Counter(r["committed_by_kind"]) for r in results), Counter())),
         "receipt_failures": sum(r["receipt_failures"] for r in results),
         "not_ok": sum(r["not_ok"] for r in results),
         "presign_exhausted": any(r["exhausted"] for r in results),
@@ -628,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fraction (0..1) of two-leg atomic transfers, payment versus payment (default 0: one leg)",
     )
     parser.add_argument(
+        "--escrow",
+        type=float,
+        default=0.0,
+        help="fraction (0..1) of escrow creates, expiring 10 minutes after the run (default 0)",
+    )
+    parser.add_argument(
         "--submit",
         choices=("stream", "batch"),
         default="stream",
@@ -639,8 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
-    if not 0 <= args.multileg <= 1:
-        parser.error("--multileg is a fraction from 0 to 1")
+    if not 0 <= args.multileg <= 1 or not 0 <= args.escrow <= 1:
+        parser.error("--multileg and --escrow are fractions from 0 to 1")
     if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.batch < 1 or args.rate < 0:
         parser.error("--clients, --duration, --batch must be positive; --rate, --warmup not negative")
     try:

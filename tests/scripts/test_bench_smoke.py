@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("mode", "load", "submit"),
     [
         ("closed", ["--clients", "1", "--expect-tps", "3000"], "stream"),
-        ("open", ["--clients", "1", "--rate", "300"], "batch"),
+        ("open", ["--clients", "1", "--rate", "300", "--escrow", "0.2"], "batch"),
     ],
 )
 def test_bench_runs_briefly_and_prints_one_json_object(mode: str, load: list[str], submit: str) -> None:
@@ -46,7 +46,13 @@ def test_bench_runs_briefly_and_prints_one_json_object(mode: str, load: list[str
     assert out["committed_tps"] > 0, "nothing committed during the window"
     assert out["p50_ms"] <= out["p99_ms"] <= out["p999_ms"]
     assert out["receipt_failures"] == 0
-    assert out["multileg"] == 0.3 and out["not_ok"] == 0, "every transfer, one leg or two, must settle"
+    assert out["multileg"] == 0.3 and out["not_ok"] == 0, "every transaction, of every kind, must settle"
+    kinds = out["committed_by_kind"]
+    assert sum(kinds.values()) == round(out["committed_tps"] * out["duration_s"])
+    assert kinds.get("transfer", 0) > 0 and kinds.get("pvp", 0) > 0
+    assert (kinds.get("escrow", 0) > 0) == ("--escrow" in load) and out["escrow"] == (
+        0.2 if "--escrow" in load else 0
+    )
     assert out["view_changes"] == 0, "a quiet 3 s run must not change primary"
     assert not out["presign_exhausted"], "the window must measure the nodes, not the pre-signed supply"
     assert sum(out["tps_by_second"]) == round(out["committed_tps"] * out["duration_s"])
