@@ -569,7 +569,10 @@ class _ReceiptWaits:
         self._watch(futures)
         for tx_id in fresh:
             self._deadlines[tx_id] = deadline
-        stragglers = [t for t, f in futures.items() if not f.done()]
+        # Executed here but not attested yet: maybe never (catch-up), so ask peers. A pending
+        # transaction has not executed; its block's attestations will come the usual way.
+        pending = self.driver.pending
+        stragglers = [t for t, f in futures.items() if not f.done() and t not in pending]
         if stragglers:
             task = asyncio.ensure_future(self.api._backfill(stragglers))
             self._backfills.add(task)

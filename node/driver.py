@@ -47,11 +47,21 @@ RELAY_DELAY_MS = 100  # how long relayed requests for the peers other than the p
 FORWARD_BATCH_MAX = 256  # envelopes per Forward RPC (a peer drops one over its submit_batch_max)
 
 
-def _receipt_height(r: KVReader, tx_id: bytes) -> int | None:
-    found = blocks.find_tx(r, tx_id)
-    if found is None or not blocks.get_attestations(r, found.height):
-        return None
-    return found.height
+def _receipt_heights(r: KVReader, tx_ids: Sequence[bytes]) -> dict[bytes, int | None]:
+    """Per tx_id, the height of its receipt if that block is executed and attested here, else
+    None. Each block's attestations are looked up once, however many of its txs are asked."""
+    attested: dict[int, bool] = {}
+    out: dict[bytes, int | None] = {}
+    for tx_id in tx_ids:
+        found = blocks.find_tx(r, tx_id)
+        if found is None:
+            out[tx_id] = None
+            continue
+        ok = attested.get(found.height)
+        if ok is None:
+            ok = attested[found.height] = bool(blocks.get_attestations(r, found.height))
+        out[tx_id] = found.height if ok else None
+    return out
 
 
 class ReplicaLike(Protocol):
@@ -285,9 +295,10 @@ class Driver:
         loop = asyncio.get_running_loop()
         futures: dict[bytes, asyncio.Future[int]] = {}
         with self.store.read() as r:
+            heights = _receipt_heights(r, tx_ids)
             for tx_id in tx_ids:
                 fut: asyncio.Future[int] = loop.create_future()
-                height = _receipt_height(r, tx_id)
+                height = heights[tx_id]
                 if height is not None:
                     fut.set_result(height)
                 else:
@@ -457,7 +468,7 @@ class Driver:
         with self.store.read() as r:
             # A retry of an earlier tx in this block keeps its receipt at the earlier height,
             # served once that height is attested.
-            heights = {t: _receipt_height(r, t) for t in waiting}
+            heights = _receipt_heights(r, waiting)
         for tx_id, height in heights.items():
             if height is None:
                 continue

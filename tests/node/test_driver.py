@@ -403,6 +403,32 @@ def test_a_submit_stream_the_client_abandons_releases_its_waiters_and_stops_read
     assert reading == [1]
 
 
+def test_receipt_waiters_resolve_at_the_height_of_the_recorded_result_once_it_is_attested() -> None:
+    fx = Factory()
+    driver, _, _ = make(fx)
+    a, b = (fx.open_account("BANK-A", name, fx.client(name)) for name in ("alice", "bob"))
+    attestation = wire.encode_signed(b"attestation-body", 0, bytes(64))  # not checked here
+
+    async def scenario() -> tuple[int, int, int, bool]:
+        driver.run([_block(fx, 1, [a])])
+        early = driver.receipt_waiters([fx.tx_id(a)])[fx.tx_id(a)]
+        assert not early.done(), "block 1 is not attested yet"
+        driver.run([act.Attested(1, (attestation,))])
+        # a again (a retry: its first result stands, at height 1) and b, in block 2.
+        driver.run([_block(fx, 2, [a, b])])
+        waiters = driver.receipt_waiters([fx.tx_id(a), fx.tx_id(b)])
+        at_once = waiters[fx.tx_id(a)].done()
+        b_before = waiters[fx.tx_id(b)].done()
+        driver.run([act.Attested(2, (attestation,))])
+        heights = (await early, await waiters[fx.tx_id(a)], await waiters[fx.tx_id(b)])
+        driver.drop_waiters({fx.tx_id(a): early})
+        driver.drop_waiters(waiters)
+        assert at_once and not b_before
+        return (*heights, not driver._waiters)
+
+    assert asyncio.run(scenario()) == (1, 1, 2, True)
+
+
 def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batched(monkeypatch: Any) -> None:
     fx = Factory()
     driver, replica, trace = make(fx)
