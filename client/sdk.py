@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -280,18 +280,10 @@ class LedgerClient:
         try:
             for reply in replies:
                 answered = True
-                for receipt in reply.receipts.receipts:  # none in an answer (SubmitBatchResponse)
-                    tx_id = bytes(receipt.result.tx_id)
-                    if tx_id not in wanted or tx_id in settled:
-                        continue
-                    try:
-                        verified = verify_receipt(self.genesis, receipt, tx_id, self.verified)
-                    except ReceiptError:
-                        replies.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
-                        return settled  # a lying node: the rest go the careful way
-                    committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)
-                    if committed.final:
-                        settled[tx_id] = committed
+                # None in an answer (SubmitBatchResponse).
+                if not self._settle(reply.receipts.receipts, wanted, endpoint, settled):
+                    replies.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
+                    return settled  # a lying node: the rest go the careful way
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and not answered:
                 return None
@@ -317,20 +309,34 @@ class LedgerClient:
                 api_pb2.WaitReceiptsRequest(tx_ids=accepted, timeout_ms=int(wait_s * 1000)),
                 timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
             )
-            for receipt in (r for batch in stream for r in batch.receipts):
-                tx_id = bytes(receipt.result.tx_id)
-                if tx_id not in wanted or tx_id in settled:
-                    continue
-                try:
-                    verified = verify_receipt(self.genesis, receipt, tx_id, self.verified)
-                except ReceiptError:
+            for batch in stream:
+                if not self._settle(batch.receipts, wanted, endpoint, settled):
                     return settled  # a lying node: the rest go the careful way
-                committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)
-                if committed.final:
-                    settled[tx_id] = committed
         except grpc.RpcError:
             pass  # whatever is unsettled is retried one by one
         return settled
+
+    def _settle(
+        self,
+        receipts: Iterable[api_pb2.Receipt],
+        wanted: set[bytes],
+        endpoint: str,
+        settled: dict[bytes, Committed],
+    ) -> bool:
+        """Add to ``settled`` each wanted receipt that verifies and is final; False as soon as
+        one does not verify (the node lied)."""
+        for receipt in receipts:
+            tx_id = bytes(receipt.result.tx_id)
+            if tx_id not in wanted or tx_id in settled:
+                continue
+            try:
+                verified = verify_receipt(self.genesis, receipt, tx_id, self.verified)
+            except ReceiptError:
+                return False
+            committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)
+            if committed.final:
+                settled[tx_id] = committed
+        return True
 
     def wait(self, tx_id: bytes, *, timeout_s: float | None = None) -> Committed | None:
         """The verified receipt of ``tx_id`` if it is committed (asks nodes in turn), else None."""

@@ -261,24 +261,13 @@ async def run_client(
 
         while time.time() < start_at:
             await asyncio.sleep(min(0.05, start_at - time.time()))
+        next_i = 0
+        tasks: set[asyncio.Task[None]] = set()
         if plan.submit == "stream":
             exhausted, not_ok = await _stream_load(
                 plan, stub, envelopes, tx_ids, start_at, stop_at, verifier, done, done_index, acks
             )
-            await sampler
-            return {
-                "cpu_s": cpu_window[1] - cpu_window[0],
-                "done": done,
-                "done_index": done_index,
-                "acks": acks,
-                "receipt_failures": verifier.failures,
-                "not_ok": not_ok,
-                "batch_sizes": dict(verifier.batch_sizes),
-                "exhausted": exhausted,
-            }
-        next_i = 0
-        tasks: set[asyncio.Task[None]] = set()
-        if plan.rate <= 0:  # closed loop
+        elif plan.rate <= 0:  # closed loop
             while time.time() < stop_at and next_i < plan.count:
                 while len(tasks) >= plan.window:
                     _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -297,9 +286,12 @@ async def run_client(
                     next_i = due
                 tasks = {t for t in tasks if not t.done()}
                 await asyncio.sleep(OPEN_LOOP_TICK_S)
-        exhausted = next_i >= plan.count and time.time() < stop_at
-        if exhausted:
-            log(f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps")
+        if plan.submit != "stream":
+            exhausted = next_i >= plan.count and time.time() < stop_at
+            if exhausted:
+                log(
+                    f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps"
+                )
         if tasks:
             await asyncio.wait(tasks, timeout=40)
         await sampler
