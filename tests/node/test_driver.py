@@ -17,7 +17,7 @@ from node.app.codec import decode_envelope
 from node.app.ledger import Ledger
 from node.app.validate import CheckCache
 from node.config import NodeLimits
-from node.driver import Driver
+from node.driver import RELAY_DELAY_MS, Driver
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
@@ -429,12 +429,15 @@ def test_receipt_waiters_resolve_at_the_height_of_the_recorded_result_once_it_is
     assert asyncio.run(scenario()) == (1, 1, 2, True)
 
 
-def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batched(monkeypatch: Any) -> None:
+def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_later_if_still_pending(
+    monkeypatch: Any,
+) -> None:
     fx = Factory()
     driver, replica, trace = make(fx)
     now = [1_000.0]  # seconds on the driver's monotonic clock
     monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
-    envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(5)]
+    delay_s = RELAY_DELAY_MS / 1000
+    envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(6)]
 
     def forwards() -> list[tuple[int, int]]:
         return [t[1] for t in trace if t[0] == "forward"]
@@ -445,24 +448,33 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_batche
 
     request(envs[0])
     assert forwards() == [(0, 1)], "the primary at once, the other peers later"
-    now[0] += 0.0625
+    now[0] += delay_s / 2
     request(envs[1])
-    assert forwards() == [(0, 1), (0, 1)]
-    now[0] += 0.0625  # past RELAY_DELAY_MS (100) since the first copy started waiting
+    request(envs[2])
+    assert forwards() == [(0, 1), (0, 1), (0, 1)]
+    del replica.pending[fx.tx_id(envs[1])]  # executed here before its copies were due
+    now[0] += delay_s / 2
     driver._flush_relay()
-    assert sorted(forwards()[2:]) == [(2, 2), (3, 2)], "both copies, in one Forward per peer"
+    assert forwards()[3:] == [(2, 1), (3, 1)], "envs[0] is due; the others are not"
+    now[0] += delay_s / 2
     driver._flush_relay()
-    assert len(forwards()) == 4, "nothing is relayed twice"
+    assert forwards()[5:] == [(2, 1), (3, 1)], "envs[2] goes; envs[1] executed, so it never does"
+    assert driver.log.counters["relay_not_needed"] == 1
+    driver._flush_relay()
+    assert len(forwards()) == 7, "nothing is relayed twice"
 
     replica.primary = 1  # we are the primary now: nobody gets a copy at once
-    request(envs[2])
-    assert len(forwards()) == 4
-    monkeypatch.setattr("node.driver.FORWARD_BATCH_MAX", 2)
-    request(envs[3])  # a full batch goes without waiting, split to FORWARD_BATCH_MAX
-    assert sorted(forwards()[4:]) == [(0, 2), (2, 2), (3, 2)]
+    request(envs[3])
+    assert len(forwards()) == 7
+    now[0] += delay_s
+    monkeypatch.setattr("node.driver.FORWARD_BATCH_MAX", 1)
+    request(envs[4])  # envs[3] is due: to every peer, as we are the primary
+    assert sorted(forwards()[7:]) == [(0, 1), (2, 1), (3, 1)]
+    monkeypatch.setattr("node.driver.RELAY_WAITING_MAX", 1)
     replica.primary = 0
-    request(envs[4])
-    assert driver._relay_later == {0: [envs[4]]}, "its copies for the other peers wait"
+    request(envs[5])  # two copies wait, past the bound: the oldest (envs[4]) goes at once
+    assert sorted(forwards()[10:]) == [(0, 1), (0, 1), (2, 1), (3, 1)]
+    assert [e for _, _, _, e in driver._relay_later] == [envs[5]], "its copies for the other peers wait"
 
 
 def test_backfilled_attestations_must_match_our_outcome_and_verify() -> None:
