@@ -32,7 +32,7 @@ from client.policy import (
     SubmitState,
     rotated,
 )
-from client.sdk import check_block, check_transaction
+from client.sdk import SUBMIT_CHUNK, check_block, check_transaction, settle_receipts
 from client.tx import Transaction, TxBuilder
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_receipt
 from ledger.genesis import Genesis, load_genesis
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the async stub type exists only in the .pyi
     from ledger.v1.api_pb2_grpc import LedgerServiceAsyncStub as Stub
 
 T = TypeVar("T")
+CAREFUL_SUBMITS_MAX = 16  # submit_many: one-by-one submits in flight at once
 
 
 class AsyncLedgerClient:
@@ -179,6 +180,91 @@ class AsyncLedgerClient:
             state.not_final(endpoint, committed)
             return None
         return committed
+
+    async def submit_many(
+        self, txs: Sequence[Transaction], *, timeout_s: float | None = None, chunk_size: int = SUBMIT_CHUNK
+    ) -> list[Outcome]:
+        """Submit many transactions at once; one outcome per transaction, in order (see
+        LedgerClient.submit_many: one SubmitStream to one node, else SubmitBatch and
+        WaitReceiptBatches per chunk; what that does not settle goes through ``submit``, here
+        up to CAREFUL_SUBMITS_MAX at a time)."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        size = max(chunk_size, 1)
+        chunks = [txs[i : i + size] for i in range(0, len(txs), size)]
+        endpoint = self._order()[0]  # one node takes them all
+        streamed = await self._submit_streamed(endpoint, chunks, deadline)
+        outcomes: dict[bytes, Outcome] = {}
+        if streamed is not None:
+            outcomes.update(streamed)
+        else:
+            for chunk in chunks:
+                outcomes.update(await self._submit_chunk(endpoint, chunk, deadline))
+        unsettled = {tx.tx_id: tx for tx in txs if tx.tx_id not in outcomes}
+        room = asyncio.Semaphore(CAREFUL_SUBMITS_MAX)
+
+        async def careful(tx: Transaction) -> tuple[bytes, Outcome]:
+            async with room:
+                return tx.tx_id, await self.submit(tx, timeout_s=max(deadline - time.monotonic(), 0.001))
+
+        outcomes.update(await asyncio.gather(*(careful(tx) for tx in unsettled.values())))
+        return [outcomes[tx.tx_id] for tx in txs]
+
+    async def _submit_streamed(
+        self, endpoint: str, chunks: Sequence[Sequence[Transaction]], deadline: float
+    ) -> dict[bytes, Committed] | None:
+        """The chunks on one SubmitStream to one node: the final receipts that verified. None
+        when the node does not serve SubmitStream."""
+        wanted = {tx.tx_id for chunk in chunks for tx in chunk}
+        settled: dict[bytes, Committed] = {}
+        budget = self.receipt_wait_s * 2 + self.call_timeout_s * len(chunks)
+        timeout = max(min(deadline - time.monotonic(), budget), 0.001)
+        requests = [api_pb2.SubmitBatchRequest(envelopes=[tx.envelope() for tx in chunk]) for chunk in chunks]
+        call = self._stub(endpoint).SubmitStream(iter(requests), timeout=timeout)
+        answered = False
+        try:
+            async for reply in call:
+                answered = True
+                receipts = reply.receipts.receipts  # none in an answer (SubmitBatchResponse)
+                if not settle_receipts(self.genesis, self.verified, receipts, wanted, endpoint, settled):
+                    call.cancel()
+                    return settled  # a lying node: the rest go the careful way
+        except grpc.RpcError as exc:
+            # A node without SubmitStream answers UNIMPLEMENTED at once; grpc.aio reports that
+            # as INTERNAL ("Internal error from Core") when it races the request writes.
+            if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL) and not answered:
+                return None
+            # Whatever is unsettled is retried one by one.
+        return settled
+
+    async def _submit_chunk(
+        self, endpoint: str, chunk: Sequence[Transaction], deadline: float
+    ) -> dict[bytes, Committed]:
+        wanted = {tx.tx_id for tx in chunk}
+        settled: dict[bytes, Committed] = {}
+        stub = self._stub(endpoint)
+        remaining = deadline - time.monotonic()
+        try:
+            resp = await stub.SubmitBatch(
+                api_pb2.SubmitBatchRequest(envelopes=[tx.envelope() for tx in chunk]),
+                timeout=min(remaining, self.call_timeout_s),
+            )
+            accepted = [item.tx_id for item in resp.items if item.accepted and item.tx_id in wanted]
+            wait_s = min(deadline - time.monotonic(), self.receipt_wait_s * 2)
+            if not accepted or wait_s <= 0:
+                return settled
+            stream = stub.WaitReceiptBatches(
+                api_pb2.WaitReceiptsRequest(tx_ids=accepted, timeout_ms=int(wait_s * 1000)),
+                timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
+            )
+            async for batch in stream:
+                if not settle_receipts(
+                    self.genesis, self.verified, batch.receipts, wanted, endpoint, settled
+                ):
+                    stream.cancel()
+                    return settled  # a lying node: the rest go the careful way
+        except grpc.RpcError:
+            pass  # whatever is unsettled is retried one by one
+        return settled
 
     async def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
         """A committed transaction with its verified receipt (NotFound if no node has it)."""

@@ -84,6 +84,30 @@ def check_block(genesis: Genesis, height: int, resp: api_pb2.GetBlockResponse) -
     return verified
 
 
+def settle_receipts(
+    genesis: Genesis,
+    verified: VerificationCache,
+    receipts: Iterable[api_pb2.Receipt],
+    wanted: set[bytes],
+    endpoint: str,
+    settled: dict[bytes, Committed],
+) -> bool:
+    """submit_many's receipts from one node: add to ``settled`` each wanted receipt that
+    verifies and is final; False as soon as one does not verify (the node lied)."""
+    for receipt in receipts:
+        tx_id = bytes(receipt.result.tx_id)
+        if tx_id not in wanted or tx_id in settled:
+            continue
+        try:
+            checked = verify_receipt(genesis, receipt, tx_id, verified)
+        except ReceiptError:
+            return False
+        committed = Committed(tx_id=tx_id, receipt=checked, endpoint=endpoint)
+        if committed.final:
+            settled[tx_id] = committed
+    return True
+
+
 class LedgerClient:
     """A synchronous client of a consortium's LedgerService nodes.
 
@@ -250,26 +274,26 @@ class LedgerClient:
         """
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         chunks = [txs[i : i + max(chunk_size, 1)] for i in range(0, len(txs), max(chunk_size, 1))]
-        streamed = self._submit_streamed(chunks, deadline)
+        endpoint = self._order()[0]  # one node takes them all
+        streamed = self._submit_streamed(endpoint, chunks, deadline)
         outcomes: dict[bytes, Outcome] = {}
         if streamed is not None:
             outcomes.update(streamed)
         else:
             for chunk in chunks:
-                outcomes.update(self._submit_chunk(chunk, deadline))
+                outcomes.update(self._submit_chunk(endpoint, chunk, deadline))
         for tx in txs:
             if tx.tx_id not in outcomes:
                 outcomes[tx.tx_id] = self.submit(tx, timeout_s=max(deadline - time.monotonic(), 0.001))
         return [outcomes[tx.tx_id] for tx in txs]
 
     def _submit_streamed(
-        self, chunks: Sequence[Sequence[Transaction]], deadline: float
+        self, endpoint: str, chunks: Sequence[Sequence[Transaction]], deadline: float
     ) -> dict[bytes, Committed] | None:
         """The chunks on one SubmitStream to one node: the final receipts that verified. None
         when the node does not serve SubmitStream (it predates it)."""
         wanted = {tx.tx_id for chunk in chunks for tx in chunk}
         settled: dict[bytes, Committed] = {}
-        endpoint = self._order()[0]
         # The stream ends by itself once every accepted transaction has its receipt; this
         # bounds it for a node that stalls, leaving time for the careful path.
         budget = self.receipt_wait_s * 2 + self.call_timeout_s * len(chunks)
@@ -280,8 +304,8 @@ class LedgerClient:
         try:
             for reply in replies:
                 answered = True
-                # None in an answer (SubmitBatchResponse).
-                if not self._settle(reply.receipts.receipts, wanted, endpoint, settled):
+                receipts = reply.receipts.receipts  # none in an answer (SubmitBatchResponse)
+                if not settle_receipts(self.genesis, self.verified, receipts, wanted, endpoint, settled):
                     replies.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
                     return settled  # a lying node: the rest go the careful way
         except grpc.RpcError as exc:
@@ -290,10 +314,11 @@ class LedgerClient:
             # Whatever is unsettled is retried one by one.
         return settled
 
-    def _submit_chunk(self, chunk: Sequence[Transaction], deadline: float) -> dict[bytes, Committed]:
+    def _submit_chunk(
+        self, endpoint: str, chunk: Sequence[Transaction], deadline: float
+    ) -> dict[bytes, Committed]:
         wanted = {tx.tx_id for tx in chunk}
         settled: dict[bytes, Committed] = {}
-        endpoint = self._order()[0]
         stub = self._stub(endpoint)
         remaining = deadline - time.monotonic()
         try:
@@ -310,33 +335,13 @@ class LedgerClient:
                 timeout=min(wait_s + RECEIPT_REPLY_GRACE_S, max(deadline - time.monotonic(), 0.001)),
             )
             for batch in stream:
-                if not self._settle(batch.receipts, wanted, endpoint, settled):
+                if not settle_receipts(
+                    self.genesis, self.verified, batch.receipts, wanted, endpoint, settled
+                ):
                     return settled  # a lying node: the rest go the careful way
         except grpc.RpcError:
             pass  # whatever is unsettled is retried one by one
         return settled
-
-    def _settle(
-        self,
-        receipts: Iterable[api_pb2.Receipt],
-        wanted: set[bytes],
-        endpoint: str,
-        settled: dict[bytes, Committed],
-    ) -> bool:
-        """Add to ``settled`` each wanted receipt that verifies and is final; False as soon as
-        one does not verify (the node lied)."""
-        for receipt in receipts:
-            tx_id = bytes(receipt.result.tx_id)
-            if tx_id not in wanted or tx_id in settled:
-                continue
-            try:
-                verified = verify_receipt(self.genesis, receipt, tx_id, self.verified)
-            except ReceiptError:
-                return False
-            committed = Committed(tx_id=tx_id, receipt=verified, endpoint=endpoint)
-            if committed.final:
-                settled[tx_id] = committed
-        return True
 
     def wait(self, tx_id: bytes, *, timeout_s: float | None = None) -> Committed | None:
         """The verified receipt of ``tx_id`` if it is committed (asks nodes in turn), else None."""

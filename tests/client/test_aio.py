@@ -6,9 +6,9 @@ import pytest
 
 from client.aio import AsyncLedgerClient
 from client.models import Committed, Indefinite, NotFound, Rejected
-from client.tx import LegSpec
+from client.tx import LegSpec, Transaction
 from ledger.crypto import SigningKey
-from tests.client.fakes import FakeChain, FakeNode, closed_port, forge_certificate, serve
+from tests.client.fakes import FakeChain, FakeNode, closed_port, forge_certificate, lie_about_result, serve
 
 
 def test_async_client_submits_verifies_fails_over_and_queries() -> None:
@@ -65,3 +65,52 @@ def test_async_client_rejected_and_indefinite() -> None:
     refusers = [FakeNode(chain, mode="refuse") for _ in range(2)]
     with serve(refusers) as refusing, serve([FakeNode(chain, mode="hold")]) as holding:
         asyncio.run(scenario(refusing, holding))
+
+
+def test_async_submit_many_settles_chunks_in_shared_blocks_and_falls_back_past_a_liar() -> None:
+    """The fake nodes serve no SubmitStream (UNIMPLEMENTED), so this is the per-chunk path;
+    the stream path runs against a real consortium in test_live.py."""
+    chain = FakeChain()
+    liar = FakeNode(chain, tamper=lie_about_result)
+    alice = SigningKey.generate()
+    op_a, op_b = chain.banks[0].operator_key, chain.banks[1].operator_key
+
+    async def scenario(endpoints: list[str]) -> None:
+        async with AsyncLedgerClient(
+            chain.genesis, endpoints[1:], timeout_s=5.0, call_timeout_s=1.0, receipt_wait_s=0.5
+        ) as client:
+            b = client.tx
+            setup = [
+                b.open_account("BANK-A", "alice", alice.public_key).signed_by(op_a),
+                b.open_account("BANK-B", "bob", bytes(32)).signed_by(op_b),
+                b.mint("USD.BANK-A", "alice", 10000, "dep-1").signed_by(op_a),
+            ]
+            assert all(isinstance(o, Committed) and o.ok for o in await client.submit_many(setup))
+            pays = [
+                b.transfer([LegSpec("alice", "bob", "USD.BANK-A", i + 1)]).signed_by(alice) for i in range(7)
+            ]
+            outcomes = await client.submit_many(pays, chunk_size=5)
+            committed = [o for o in outcomes if isinstance(o, Committed) and o.ok]
+            assert [o.tx_id for o in committed] == [t.tx_id for t in pays]
+            # Two chunks, two blocks: each chunk was submitted and settled as one.
+            heights = [o.height for o in committed]
+            assert heights == [heights[0]] * 5 + [heights[0] + 1] * 2
+
+        async with AsyncLedgerClient(
+            chain.genesis, endpoints, timeout_s=5.0, call_timeout_s=1.0, receipt_wait_s=0.5
+        ) as client:
+            more = [
+                client.tx.transfer([LegSpec("alice", "bob", "USD.BANK-A", 1)]).signed_by(alice)
+                for _ in range(3)
+            ]
+            bad = Transaction(more[0].chain_id, client.tx.escrow_void("e").body, more[0].signatures)
+            client._first = 0  # the chunk goes to the liar, whose receipts do not verify
+            outcomes = await client.submit_many([*more, bad, more[0]])
+            assert all(isinstance(o, Committed) and o.ok and o.endpoint != endpoints[0] for o in outcomes[:3])
+            assert isinstance(outcomes[3], Rejected)
+            assert outcomes[4] == outcomes[0], "a transaction given twice has one outcome"
+            assert liar.submits >= 5, "the liar took the chunk"
+            assert (await client.account("bob")).balance("USD.BANK-A").available_minor == sum(range(1, 8)) + 3
+
+    with serve([liar, FakeNode(chain), FakeNode(chain)]) as endpoints:
+        asyncio.run(scenario(endpoints))

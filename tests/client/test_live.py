@@ -167,6 +167,51 @@ def test_every_transaction_kind_and_query_through_the_sdk(
         client.block(10**9)
 
 
+def test_the_async_client_settles_many_over_one_submit_stream(
+    consortium: Consortium, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from client.aio import AsyncLedgerClient
+
+    carol = SigningKey.generate()
+    op = _op(consortium, "BANK-A")
+
+    async def scenario() -> list[Committed]:
+        async with AsyncLedgerClient(consortium.genesis_path, timeout_s=15.0) as c:
+            b = c.tx
+            setup = [
+                b.open_account("BANK-A", "aio-carol", carol.public_key).signed_by(op),
+                b.open_account("BANK-A", "aio-dave", bytes(32)).signed_by(op),
+            ]
+            for out in await c.submit_many(setup):
+                _ok(out)
+            _ok(await c.submit(b.mint("USD.BANK-A", "aio-carol", 1000, "aio-dep-1").signed_by(op)))
+            many = [
+                b.transfer([LegSpec("aio-carol", "aio-dave", "USD.BANK-A", i + 1)]).signed_by(carol)
+                for i in range(20)
+            ]
+            c._first = 0
+
+            async def not_this_path(*args: object, **kwargs: object) -> None:
+                raise AssertionError("the stream should have settled every transaction")
+
+            monkeypatch.setattr(c, "_submit_chunk", not_this_path)
+            monkeypatch.setattr(c, "submit", not_this_path)
+            outcomes = [_ok(o) for o in await c.submit_many(many, chunk_size=7)]
+            assert [o.tx_id for o in outcomes] == [t.tx_id for t in many]
+            monkeypatch.undo()
+            dave = await c.account("aio-dave")
+            assert dave.balance("USD.BANK-A").available_minor == sum(range(1, 21))
+            return outcomes
+
+    outcomes = asyncio.run(scenario())
+    # The stream path: every receipt came from the one node the stream went to, and the
+    # primary packed the chunks into shared blocks.
+    assert {o.endpoint for o in outcomes} == {consortium.genesis().members[0].api_address}
+    assert len({o.height for o in outcomes}) < 20
+
+
 def test_the_nodes_refuse_bad_envelopes_definitely(consortium: Consortium, client: LedgerClient) -> None:
     tx = client.tx.open_account("BANK-A", "sdk-x", bytes(32))
     wrong_chain_sig = Transaction("other-chain", tx.body).signed_by(_op(consortium, "BANK-A")).signatures

@@ -293,6 +293,7 @@ def test_submit_many_falls_back_to_careful_submits_past_a_liar_or_a_refusal(chai
         )  # wrong body for sig
         client._first = 0  # the batch goes to the liar
         outcomes = client.submit_many([*txs, bad])
+        assert liar.submits >= 4, "the liar took the chunk"
         assert all(isinstance(o, Committed) and o.ok and o.endpoint != endpoints[0] for o in outcomes[:3])
         assert isinstance(outcomes[3], Rejected)
         assert client.account("bob").balance("USD.BANK-A").available_minor == 6
