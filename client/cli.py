@@ -20,7 +20,16 @@ from pathlib import Path
 from client import cli_output as out
 from client.amounts import AmountError, find_asset, parse_amount
 from client.cli_parser import build_parser
-from client.models import Committed, Indefinite, LedgerError, NotFound, Rejected, Unreachable, Unverified
+from client.models import (
+    Committed,
+    Indefinite,
+    LedgerError,
+    NotFound,
+    Outcome,
+    Rejected,
+    Unreachable,
+    Unverified,
+)
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction, TxBuildError, debited_accounts
 from client.verify import ReceiptError
@@ -153,6 +162,15 @@ def _finish_tx(ctx: Context, args: argparse.Namespace, tx: Transaction) -> int:
 def _submit(ctx: Context, tx: Transaction) -> int:
     outcome = ctx.client.submit(tx)
     out.print_outcome(outcome, ctx.as_json)
+    return _exit_code(outcome)
+
+
+# Several outcomes exit with the most pressing code: a transaction that may still commit (4),
+# then one the nodes refused to admit (6), then one the ledger refused (1).
+_EXIT_PRIORITY = (EXIT_OK, EXIT_REFUSED, EXIT_REJECTED, EXIT_INDEFINITE)
+
+
+def _exit_code(outcome: Outcome) -> int:
     if isinstance(outcome, Committed):
         return EXIT_OK if outcome.ok else EXIT_REFUSED
     if isinstance(outcome, Rejected):
@@ -332,7 +350,19 @@ def cmd_sign(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
-    return _submit(ctx, _read_envelope(ctx, args.file))
+    txs = [_read_envelope(ctx, path) for path in args.files]
+    if len(txs) == 1:
+        return _submit(ctx, txs[0])
+    outcomes = ctx.client.submit_many(txs)
+    if ctx.as_json:
+        out.emit_json(
+            [{"file": path, **out.outcome_doc(o)} for path, o in zip(args.files, outcomes, strict=True)]
+        )
+    else:
+        for path, outcome in zip(args.files, outcomes, strict=True):
+            print(f"{path}: ", end="")
+            out.print_outcome(outcome, False)
+    return max((_exit_code(o) for o in outcomes), key=_EXIT_PRIORITY.index)
 
 
 COMMANDS = {

@@ -135,5 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     sign = sub.add_parser("sign", help="add your signature to an envelope file (multi-party transfers)")
     sign.add_argument("file")
     sign.add_argument("--key", action="append", metavar="LABEL")
-    sub.add_parser("submit", help="submit an envelope file and wait for its receipt").add_argument("file")
+    submit = sub.add_parser(
+        "submit",
+        help="submit envelope files and wait for their receipts",
+        description="Submit signed envelope files (see --out and `sign`) and wait for their verified "
+        "receipts. Several files go to one node at once, on one stream; the exit code is then the "
+        "most pressing of their outcomes: 4, then 6, then 1.",
+    )
+    submit.add_argument("files", nargs="+", metavar="FILE", help="an envelope file")
     return p

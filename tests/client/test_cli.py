@@ -196,3 +196,26 @@ def test_unreachable_nodes_missing_genesis_and_lying_nodes(
         tx_id = next(iter(chain.receipts)).hex()
         code, out, err = lying("tx", tx_id)
         assert code == 5 and "did not verify" in err
+
+
+def test_submit_takes_several_envelope_files_at_once(cli: Cli, tmp_path: Path) -> None:
+    _open_two_accounts(cli)
+    files = [str(tmp_path / f"pay{i}.env") for i in range(3)]
+    for i, path in enumerate(files):
+        code, out, _ = cli("transfer", "alice", "bob", f"{i + 1}.00", "USD.BANK-A", "--out", path)
+        assert code == 0 and "1 signature(s)" in out
+    code, out, _ = cli("submit", *files)
+    assert code == 0, out
+    assert [line.split(": ", 1)[0] for line in out.splitlines() if ": committed: OK" in line] == files
+    assert _balances(cli, "bob")["USD.BANK-A"] == "6.00"
+
+    too_much = str(tmp_path / "too-much.env")
+    assert cli("transfer", "alice", "bob", "500.00", "USD.BANK-A", "--out", too_much)[0] == 0
+    code, doc = _jrun(cli, "submit", files[0], too_much)
+    assert code == 1, "one refused by the ledger: exit 1"
+    assert [(d["file"], d["status"], d["result"]) for d in doc] == [
+        (files[0], "committed", "OK"),  # a resubmission: its first result
+        (too_much, "committed", "INSUFFICIENT_FUNDS"),
+    ]
+    code, _, err = cli("submit", files[0], str(tmp_path / "missing.env"))
+    assert code == 2 and "missing.env" in err
