@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit envelope files and wait for their receipts",
         description="Submit signed envelope files (see --out and `sign`) and wait for their verified "
         "receipts. Several files go to one node at once, on one stream; the exit code is then the "
-        "most pressing of their outcomes: 4, then 6, then 1.",
+        "most pressing of their outcomes: 4, then 6, then 1; with --json, a list of one document "
+        "per file.",
     )
     submit.add_argument("files", nargs="+", metavar="FILE", help="an envelope file")
     return p
