@@ -153,6 +153,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         pending_ttl_ms=limits.view_change_timeout_ms * PENDING_TTL_FACTOR,
         genesis_root=genesis_root,
         own_replica=member.replica,
+        relay_delay_ms=limits.view_change_timeout_ms // 2,
     )
     backfill = AttestationBackfill(
         genesis, member.replica, crypto, store, log, reply_bytes_max=limits.peer_message_bytes_max

@@ -43,10 +43,11 @@ ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations w
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
-# A client's transaction goes to the primary at once; its copies for the other peers wait this
-# long, and go only if it is still pending here by then (see _client_request).
-RELAY_DELAY_MS = 400
-RELAY_WAITING_MAX = 20_000  # copies waiting for RELAY_DELAY_MS; past it the oldest go at once
+# A client's transaction goes to the primary at once; its copies for the other peers wait
+# relay_delay_ms (the node passes half its view-change timeout; this is the default), and go
+# only if it is still pending here by then (see _client_request).
+RELAY_DELAY_MS = 1_000
+RELAY_WAITING_MAX = 20_000  # copies waiting for relay_delay_ms; past it the oldest go at once
 FORWARD_BATCH_MAX = 256  # envelopes per Forward RPC (a peer drops one over its submit_batch_max)
 
 
@@ -135,6 +136,7 @@ class Driver:
         pending_ttl_ms: int,
         genesis_root: bytes,
         own_replica: int,
+        relay_delay_ms: int = RELAY_DELAY_MS,
     ) -> None:
         self.genesis = genesis
         self.store = store
@@ -145,6 +147,7 @@ class Driver:
         self.tick_ms = tick_ms
         self.pending_requests_max = pending_requests_max
         self.pending_ttl_ms = pending_ttl_ms
+        self.relay_delay_ms = relay_delay_ms
         self.pending: dict[bytes, _Pending] = {}
         self.stats = DriverStats()
         self.genesis_root = genesis_root
@@ -158,7 +161,7 @@ class Driver:
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped = False
         # Relay of client requests (see _client_request): to the primary at once; to everyone
-        # else after RELAY_DELAY_MS if still pending: (admitted ms, the replica it went to first
+        # else after relay_delay_ms if still pending: (admitted ms, the replica it went to first
         # (None: nobody, we are the primary or in a view change), tx_id, envelope), oldest first.
         self._relay_now: dict[int, list[bytes]] = {}
         self._relay_later: deque[tuple[float, int | None, bytes, bytes]] = deque()
@@ -229,16 +232,17 @@ class Driver:
     # takes a client's transaction relays it to every peer, as a PBFT client would broadcast
     # it. The primary needs it now: the replica's own ForwardRequests goes out with the group,
     # batched with the group's others. The other peers only need it well within a view-change
-    # timeout, and only if it has not executed: their copies wait RELAY_DELAY_MS, and those
-    # still pending here then go, batched per peer. Under load most transactions execute
-    # sooner, so most copies never go: each one cost its receiver a Forward's share, a parse,
-    # a lookup and the replica's bookkeeping (about 5% of the consortium's CPU per
-    # transaction in closed loop), and the signature check it saved at execution was only
-    # moved there. A timed-out request is re-forwarded as before; a failover waits at most
-    # RELAY_DELAY_MS longer when one replica alone holds the requests (with f+1 holding them,
-    # their timers start the view change and the others join). A relayed copy's own
-    # ForwardRequests is redundant and dropped; re-forwards after a view change come from
-    # other steps and still go out.
+    # timeout, and only if it has not executed: their copies wait relay_delay_ms (half the
+    # view-change timeout), and those still pending here then go, batched per peer. Even in
+    # closed loop most transactions execute sooner, so most copies never go: each one cost
+    # its receiver a Forward's share, a parse, a lookup and the replica's bookkeeping (5-6% of
+    # the consortium's CPU per transaction in closed loop), and the signature check it saved
+    # at execution was only moved there. The cost: when one replica alone holds requests and
+    # the primary is gone, the view change starts relay_delay_ms later (the other replicas'
+    # timers start when the copies arrive); with f+1 replicas holding requests, as when
+    # clients use several banks' nodes, their own timers start it and the others join. A
+    # relayed copy's own ForwardRequests is redundant and dropped; re-forwards after a view
+    # change come from other steps and still go out.
 
     def _client_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
         actions = self.replica.on_request(tx_id, envelope)
@@ -266,7 +270,7 @@ class Driver:
         for to, envelopes in now.items():
             self._forward(to, envelopes)
         later = self._relay_later
-        cutoff = time.monotonic() * 1000 - RELAY_DELAY_MS
+        cutoff = time.monotonic() * 1000 - self.relay_delay_ms
         if not later or (later[0][0] > cutoff and len(later) <= RELAY_WAITING_MAX):
             return
         held = self.replica.pending

@@ -17,7 +17,7 @@ from node.app.codec import decode_envelope
 from node.app.ledger import Ledger
 from node.app.validate import CheckCache
 from node.config import NodeLimits
-from node.driver import RELAY_DELAY_MS, Driver
+from node.driver import Driver
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
@@ -436,7 +436,7 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_later_
     driver, replica, trace = make(fx)
     now = [1_000.0]  # seconds on the driver's monotonic clock
     monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
-    delay_s = RELAY_DELAY_MS / 1000
+    delay_s = driver.relay_delay_ms / 1000
     envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(6)]
 
     def forwards() -> list[tuple[int, int]]:
