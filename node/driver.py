@@ -229,21 +229,21 @@ class Driver:
 
     # Request relay. A request known to one replica only cannot start a view change when the
     # primary is dead or silent (joining one takes f+1 timed-out replicas), so the node that
-    # takes a client's transaction relays it to every peer, as a PBFT client would broadcast
-    # it. The primary needs it now: the replica's own ForwardRequests goes out with the group,
+    # takes a client's transaction relays it to every peer, as a PBFT client would broadcast it.
+    # The primary needs it now: the replica's own ForwardRequests goes out with the group,
     # batched with the group's others. The other peers only need it well within a view-change
-    # timeout, and only if it has not executed: their copies wait relay_delay_ms (a fifth of
-    # the view-change timeout), and those still pending here then go, batched per peer. Under an
+    # timeout, and only if it has not executed: their copies wait relay_delay_ms (a fifth of the
+    # view-change timeout), and those still pending here then go, batched per peer. Under an
     # open load nearly every transaction executes sooner, and about half do in a saturated
-    # closed loop, so those copies never go: each one cost
-    # its receiver a Forward's share, a parse, a lookup and the replica's bookkeeping (5-6% of
-    # the consortium's CPU per transaction in closed loop), and the signature check it saved
-    # at execution was only moved there. The cost: when one replica alone holds requests and
-    # the primary is gone, the view change starts relay_delay_ms later (the other replicas'
-    # timers start when the copies arrive); with f+1 replicas holding requests, as when
-    # clients use several banks' nodes, their own timers start it and the others join. A
-    # relayed copy's own ForwardRequests is redundant and dropped; re-forwards after a view
-    # change come from other steps and still go out.
+    # closed loop, so those copies never go: each one cost its receiver a Forward's share, a
+    # parse, a lookup and the replica's bookkeeping (5-6% of the consortium's CPU per
+    # transaction in closed loop), and the signature check it saved at execution was only moved
+    # there. The cost: when one replica alone holds requests and the primary is gone, the view
+    # change starts relay_delay_ms later (the other replicas' timers start when the copies
+    # arrive); with f+1 replicas holding requests, as when clients use several banks' nodes,
+    # their own timers start it and the others join. A relayed copy's own ForwardRequests is
+    # redundant and dropped; re-forwards after a view change come from other steps and still go
+    # out.
 
     def _client_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
         actions = self.replica.on_request(tx_id, envelope)
