@@ -153,8 +153,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         pending_ttl_ms=limits.view_change_timeout_ms * PENDING_TTL_FACTOR,
         genesis_root=genesis_root,
         own_replica=member.replica,
-        # Half the timeout saved another ~4% CPU in closed loop, but chaos runs then stalled
-        # up to 6 s after a backup was killed (2 s at most with a fifth).
+        # Half the timeout saved another ~4% CPU in closed loop, but chaos runs with it were
+        # slower to recover from a killed backup (up to 6 s, against 2 s with a fifth); the
+        # cause is not understood yet, so a fifth.
         relay_delay_ms=limits.view_change_timeout_ms // 5,
     )
     backfill = AttestationBackfill(
