@@ -235,8 +235,9 @@ class LedgerApi:
                 waits.wake.clear()
                 while not replies.empty():
                     yield replies.get_nowait()
-                for message in receipt_batches(waits.take_ready(), RECEIPT_BATCH_BYTES_MAX):
-                    if message:
+                receipts = waits.take_ready()
+                if receipts:
+                    for message in receipt_batches(receipts, RECEIPT_BATCH_BYTES_MAX):
                         yield receipts_reply(message)
                 waits.expire(loop.time())
                 if reader.done():

@@ -287,11 +287,7 @@ async def run_client(
                 tasks = {t for t in tasks if not t.done()}
                 await asyncio.sleep(OPEN_LOOP_TICK_S)
         if plan.submit != "stream":
-            exhausted = next_i >= plan.count and time.time() < stop_at
-            if exhausted:
-                log(
-                    f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps"
-                )
+            exhausted = _ran_out(plan, next_i, stop_at)
         if tasks:
             await asyncio.wait(tasks, timeout=40)
         await sampler
@@ -305,6 +301,14 @@ async def run_client(
         "batch_sizes": dict(verifier.batch_sizes),
         "exhausted": exhausted,
     }
+
+
+def _ran_out(plan: ClientPlan, sent: int, stop_at: float) -> bool:
+    """Whether the client sent every pre-signed transaction before the window ended (logged)."""
+    exhausted = sent >= plan.count and time.time() < stop_at
+    if exhausted:
+        log(f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps")
+    return exhausted
 
 
 async def _stream_load(
@@ -364,10 +368,9 @@ async def _stream_load(
                     not_ok += len(refused)
                     continue
                 for receipt in reply.receipts.receipts:
-                    found = index.get(bytes(receipt.result.tx_id))
-                    if found is None:
+                    i = index.get(bytes(receipt.result.tx_id))
+                    if i is None:
                         continue
-                    i = found
                     if verifier.check(receipt, tx_ids[i]):
                         proposed = verifier.last_block_ms / 1000
                         done.append((now, now - sent_at[i], proposed - sent_at[i], now - proposed))
@@ -396,9 +399,7 @@ async def _stream_load(
                 await write(next_i, due, [start_at + i * interval for i in range(next_i, due)])
                 next_i = due
             await asyncio.sleep(OPEN_LOOP_TICK_S)
-    exhausted = next_i >= plan.count and time.time() < stop_at
-    if exhausted:
-        log(f"client {plan.index}: ran out of pre-signed transactions; raise --presign or --expect-tps")
+    exhausted = _ran_out(plan, next_i, stop_at)
     await call.done_writing()
     await asyncio.wait_for(reader, timeout=40)
     return exhausted, not_ok
