@@ -131,6 +131,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         journal,
         head.last_executed,
         head.state_root,
+        now_ms=int(time.time() * 1000),  # the clock the driver's ticks carry on
     )
     # SERVING only once this node can reach a quorum (2f peers + itself): a client told it is
     # healthy can then expect its transaction to reach enough replicas to commit.

@@ -39,6 +39,7 @@ class ReplicaCore:
         crypto: ConsensusCrypto,
         last_executed: int,
         last_state_root: bytes,
+        now_ms: int,
     ) -> None:
         self.cfg = config
         self.id = config.replica_id
@@ -76,7 +77,11 @@ class ReplicaCore:
         self._own_view_change: bytes | None = None
         self._new_view_peer: bytes | None = None  # as primary: the NEW-VIEW of this view
 
-        self.now_ms = 0
+        # The clock from birth, not from the first tick: a request or pre-prepare that arrives
+        # before it would otherwise arm the view-change timer at time 0 plus one timeout, and
+        # the first tick would fire it at once (regression: a backup restarted under load left
+        # for a view nobody else wanted, and the next failure stalled the consortium 2.3 s).
+        self.now_ms = now_ms
         self._deadline: int | None = None  # view-change timer
         self._vc_attempts = 0  # consecutive view changes without progress: timeout doubles
         self._last_retransmit_ms = 0

@@ -41,8 +41,10 @@ class Replica(ViewChanging):
         journal: Mapping[bytes, bytes],
         last_executed: int,
         last_state_root: bytes,
+        *,
+        now_ms: int,
     ) -> None:
-        super().__init__(config, crypto, last_executed, last_state_root)
+        super().__init__(config, crypto, last_executed, last_state_root, now_ms)
         self._restore(journal)
 
     # --- entry points ----------------------------------------------------------------------

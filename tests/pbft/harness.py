@@ -61,7 +61,7 @@ class Cluster:
         self.config = dict(config)
         self.cryptos = keyed_hash_cryptos(self.n, seed=1)
         self.nodes = [
-            Node(Replica(self.config_for(i), self.cryptos[i], {}, 0, GENESIS_ROOT), self.cryptos[i])
+            Node(Replica(self.config_for(i), self.cryptos[i], {}, 0, GENESIS_ROOT, now_ms=0), self.cryptos[i])
             for i in range(self.n)
         ]
         self.queue: deque[tuple[int, int, str, bytes]] = deque()  # (from, to, kind, payload)
@@ -147,7 +147,9 @@ class Cluster:
     def restart(self, i: int) -> None:
         node = self.nodes[i]
         last = node.executed[-1].sequence if node.executed else 0
-        node.replica = Replica(self.config_for(i), node.crypto, dict(node.journal), last, node.state_root)
+        node.replica = Replica(
+            self.config_for(i), node.crypto, dict(node.journal), last, node.state_root, now_ms=self.now
+        )
 
     # --- inspection ------------------------------------------------------------------------
 

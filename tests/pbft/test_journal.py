@@ -103,3 +103,25 @@ def test_every_vote_is_journaled_before_it_is_sent_and_the_journal_restores() ->
         r = c.nodes[i].replica
         assert sorted(r.slots) == [1, 2, 3]
         assert all(s.pp is not None for s in r.slots.values())
+
+
+def test_restarted_replica_keeps_time_from_its_start_and_stays_in_the_view() -> None:
+    """Regression (chaos seed 303, round 2): a backup restarted long after time 0 took a request
+    before its first tick, armed its view-change timer at 0 plus one timeout, and left for view
+    1 on that first tick. With one more backup down, nothing committed until the others timed
+    out too. Its clock must start where it was built."""
+    c = Cluster()
+    c.submit(0, 1)
+    c.deliver()
+    for _ in range(5):  # time passes, far beyond one view-change timeout
+        c.tick(100)
+        c.deliver()
+    c.restart(1)
+    c.down.add(3)  # every quorum now needs the restarted replica
+    c.submit(1, 2)  # a relayed request reaches it before its first tick
+    c.tick(10)
+    c.deliver()
+    r = c.nodes[1].replica
+    assert (r.view, r.in_view_change, r.view_changes_started) == (0, False, 0)
+    for i in (0, 1, 2):
+        assert [e.sequence for e in c.nodes[i].executed][-1] == 2

@@ -76,6 +76,7 @@ class SimNode:
             dict(self.journal),
             self.app.last_executed,
             self.app.state_root,
+            now_ms=self.sim.now,
         )
 
     def restart(self) -> None:
