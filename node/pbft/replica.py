@@ -108,7 +108,14 @@ class Replica(ViewChanging):
 
     def on_tick(self, now_ms: int) -> list[Action]:
         self._out = []
+        gap = now_ms - self.now_ms
         self.now_ms = max(self.now_ms, now_ms)
+        if self._deadline is not None and gap > self.cfg.view_change_timeout_ms // 4:
+            # This process was frozen (SIGSTOP, a VM pause, a long stall): what the others sent
+            # meanwhile is still queued behind this tick, so time it could not watch does not
+            # count against the primary. Firing now left the view the others were still
+            # committing in, and the next failure stalled them all (chaos seed 303, round 27).
+            self._deadline += gap
         if self._deadline is not None and self.now_ms >= self._deadline:
             self._timer_expired()
         elif self._deadline is None and self._work_outstanding():

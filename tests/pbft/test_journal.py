@@ -44,8 +44,9 @@ def test_restarted_replica_keeps_its_prepared_certificate_for_the_view_change() 
     c.restart(2)
     r = c.nodes[2].replica
     assert r.slots[1].prepared_view == 0
-    r.on_tick(10_000)  # arms the timer: the pre-prepare is outstanding work
-    out = r.on_tick(20_000)
+    out: list[Action] = []
+    for now in range(10, 310, 10):  # the first tick arms the timer: the pre-prepare is outstanding
+        out += r.on_tick(now)
     vcs = [m for m in _sent(out) if isinstance(m, ViewChange)]
     assert vcs and all(v == vcs[0] for v in vcs)  # sent, and re-sent identically
     assert [len(x.prepares) for x in vcs[0].prepared] == [2]

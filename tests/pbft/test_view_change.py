@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from node.pbft import wire
 from node.pbft.wire import Commit, NewView, Prepare, PrePrepare, ViewChange
-from tests.pbft.harness import Cluster, body_of
+from tests.pbft.harness import Cluster, body_of, request
 
 
 def test_silent_primary_is_replaced_and_the_request_executes() -> None:
@@ -21,6 +21,37 @@ def test_silent_primary_is_replaced_and_the_request_executes() -> None:
         r = c.nodes[i].replica
         assert r.view == 1 and not r.in_view_change
         assert [e.tx_ids for e in c.nodes[i].executed] == [(tx_id,)]
+
+
+def test_a_frozen_replica_does_not_leave_the_view_when_it_wakes() -> None:
+    """Regression (chaos seed 303, round 27): a backup paused (SIGSTOP) with work outstanding
+    saw its timer expired on its first tick after waking, before the commits queued for it,
+    and left a view the others were still committing in."""
+    c = Cluster()
+    held: list[bytes] = []
+
+    def frozen(src: int, dst: int, msg: bytes) -> bool:
+        if dst == 3:
+            held.append(msg)
+        return dst == 3
+
+    r3 = c.nodes[3].replica
+    tx_id, env = request(1)
+    c.handle(3, r3.on_request(tx_id, env))  # pending at 3: its timer runs
+    c.drop = frozen
+    c.deliver()
+    for _ in range(30):  # three timeouts pass for the others, none for the frozen replica
+        c.now += 10
+        for i in (0, 1, 2):
+            c.handle(i, c.nodes[i].replica.on_tick(c.now))
+        c.deliver()
+    assert [e.tx_ids for e in c.nodes[0].executed] == [(tx_id,)]
+    c.handle(3, r3.on_tick(c.now))  # it wakes: the tick comes first, the backlog after
+    assert not r3.in_view_change
+    for msg in held:
+        c.handle(3, r3.on_message(msg))
+    assert [e.tx_ids for e in c.nodes[3].executed] == [(tx_id,)]
+    assert (r3.view, r3.in_view_change, r3.view_changes_started) == (0, False, 0)
 
 
 def test_timeout_doubles_on_repeated_view_changes() -> None:
