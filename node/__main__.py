@@ -137,9 +137,10 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     # healthy can then expect its transaction to reach enough replicas to commit.
     quorum_links = asyncio.Event()
 
-    def on_peer_up(_replica: int) -> None:
+    def on_peer_up(peer: int) -> None:
         if links.up_count() >= 2 * genesis.f:
             quorum_links.set()
+        driver.on_peer_up(peer)
 
     links = PeerLinks(genesis, member.replica, limits, log, on_peer_up=on_peer_up)
     driver = Driver(

@@ -86,6 +86,8 @@ class ReplicaLike(Protocol):
 
     def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]: ...
 
+    def on_peer_up(self, peer: int) -> list[act.Action]: ...
+
 
 class LedgerLike(Protocol):
     def execute(self, w: KVWriter, height: int, timestamp_ms: int, envelopes: Sequence[bytes]) -> Any: ...
@@ -209,6 +211,10 @@ class Driver:
 
     def on_peer_message(self, raw: bytes) -> None:
         self._enqueue(lambda: self.replica.on_message(raw), "events_dropped_full")
+
+    def on_peer_up(self, replica: int) -> None:
+        """The transport's link to a peer (re)connected: the replica re-sends it its votes."""
+        self._enqueue(functools.partial(self.replica.on_peer_up, replica), "peer_ups_dropped_full")
 
     def submit(self, tx_id: bytes, envelope: bytes) -> bool:
         """Admit a stateless-checked client transaction. False when past pending_requests_max

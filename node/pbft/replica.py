@@ -129,6 +129,13 @@ class Replica(ViewChanging):
             self._fetch_if_behind()
         return self._out
 
+    def on_peer_up(self, peer: int) -> list[Action]:
+        """The transport's link to ``peer`` (re)connected."""
+        self._out = []
+        if 0 <= peer < self.cfg.n and peer != self.id:
+            self._resend_to(peer)
+        return self._out
+
     def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[Action]:
         self._out = []
         assert sequence == self.last_executed + 1, "executed out of order"

@@ -195,10 +195,30 @@ class ViewChanging(ReplicaCore):
 
     def _retransmit(self) -> None:
         """Links lose messages: re-send our own latest votes (idempotent at the receiver)."""
-        if self.in_view_change and self._own_view_change is not None:
-            self._out.append(Broadcast(wire.encode_peer(self._own_view_change)))
         if not self.in_view_change and not self.is_primary:
             self._reforward()
+        peers = tuple(r for r in range(self.cfg.n) if r != self.id)
+        self._out.extend(Broadcast(m) for m in self._own_latest(peers))
+
+    def _resend_to(self, peer: int) -> None:
+        """The link to ``peer`` just came up: it may have restarted, or lost what was in flight
+        when the link broke. Re-send it our latest votes now rather than at the next retransmit:
+        until it has them it cannot vote on the sequences in flight, and if another replica is
+        down every quorum needs it (chaos seed 303: a backup back from a restart held up commits
+        for 1.6 s). At most once per quarter retransmit period per peer, so a link that flaps
+        cannot make us re-send more than a few times a second."""
+        last = self._resent_at.get(peer)
+        if last is not None and self.now_ms - last < self.cfg.retransmit_ms // 4:
+            return
+        self._resent_at[peer] = self.now_ms
+        self._out.extend(Send(peer, m) for m in self._own_latest((peer,)))
+
+    def _own_latest(self, peers: tuple[int, ...]) -> list[bytes]:
+        """Our view change, then our votes on every sequence some of ``peers`` has not attested
+        (as primary, the pre-prepares not yet committed too), then our latest checkpoint."""
+        out: list[bytes] = []
+        if self.in_view_change and self._own_view_change is not None:
+            out.append(wire.encode_peer(self._own_view_change))
         # Votes of the view we are leaving too: re-sending a vote already cast is safe, and a
         # peer still in that view may need exactly this one to commit (regression: seed 1336).
         oldest = self.view - 1 if self.in_view_change else self.view
@@ -207,21 +227,22 @@ class ViewChanging(ReplicaCore):
             # for it; once every peer has, re-sending them is pure load (it was most of the
             # prepares and commits on the wire under steady traffic).
             attested_by = self._attestations.get(seq, {})
-            if all(r in attested_by for r in range(self.cfg.n) if r != self.id):
+            if all(r in attested_by for r in peers):
                 continue
             pp = slot.pp
             mine = self.is_primary and not self.in_view_change and pp is not None and pp.view == self.view
             if mine and not slot.committed:
-                self._out.append(Broadcast(slot.pre_prepare_peer))
+                out.append(slot.pre_prepare_peer)
             # Prepares too after committing: a peer that missed ours cannot prepare, so it
             # would never send the commit a third replica may still be waiting for.
             prepare, commit = slot.prepares.get(self.id), slot.commits.get(self.id)
             if prepare is not None and getattr(prepare.msg, "view", -1) >= oldest:
-                self._out.append(Broadcast(wire.encode_peer(prepare.raw)))
+                out.append(wire.encode_peer(prepare.raw))
             if commit is not None:  # a commit of any view is evidence for a replica left behind
-                self._out.append(Broadcast(wire.encode_peer(commit.raw)))
+                out.append(wire.encode_peer(commit.raw))
         if self._own_checkpoint is not None:
-            self._out.append(Broadcast(wire.encode_peer(self._own_checkpoint.raw)))
+            out.append(wire.encode_peer(self._own_checkpoint.raw))
+        return out
 
     def _reforward(self) -> None:
         """A forward to the primary may have been lost: re-send requests that waited a whole

@@ -109,6 +109,9 @@ class ScriptedReplica:
     def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]:
         return []
 
+    def on_peer_up(self, peer: int) -> list[act.Action]:
+        return []
+
 
 def make(fx: Factory) -> tuple[Driver, ScriptedReplica, list[tuple[str, Any]]]:
     trace: list[tuple[str, Any]] = []

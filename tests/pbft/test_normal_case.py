@@ -208,3 +208,23 @@ def test_copies_held_at_the_same_time_both_execute() -> None:
     executed = [e.envelopes for e in c.nodes[2].executed]
     assert executed == [(stranger,), (genuine,)]
     assert tx_id not in c.nodes[0].replica.pending
+
+
+def test_a_peer_whose_link_comes_up_gets_our_votes_at_once() -> None:
+    """Regression (chaos seed 303, round 22): a replica back from an outage waited for the next
+    retransmit (up to retransmit_ms) for the votes on sequences proposed while it was away, and
+    with another replica down every quorum needed it."""
+    c = Cluster(retransmit_ms=10_000)  # no help from the periodic re-send in this test
+    c.down.update({2, 3})
+    tx_id = c.submit(0, 1)
+    c.deliver()  # proposed, prepared by 1 alone: no quorum
+    assert all(not n.executed for n in c.nodes)
+    c.down.discard(3)  # 3's links come up; 2 stays down
+    for i in (0, 1):
+        c.handle(i, c.nodes[i].replica.on_peer_up(3))
+    c.deliver()
+    for i in (0, 1, 3):
+        assert [e.tx_ids for e in c.nodes[i].executed] == [(tx_id,)]
+    # A link that flaps does not make us re-send at its pace; nonsense peer ids are ignored.
+    assert c.nodes[0].replica.on_peer_up(3) == []
+    assert c.nodes[0].replica.on_peer_up(0) == [] and c.nodes[0].replica.on_peer_up(7) == []
