@@ -155,9 +155,11 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         pending_ttl_ms=limits.view_change_timeout_ms * PENDING_TTL_FACTOR,
         genesis_root=genesis_root,
         own_replica=member.replica,
-        # Half the timeout saved another ~4% CPU in closed loop, but chaos runs with it were
-        # slower to recover from a killed backup (up to 6 s, against 2 s with a fifth); the
-        # cause is not understood yet, so a fifth.
+        # Half the timeout saved another ~4% CPU in closed loop, but chaos seed 303 then took
+        # 1.4-4.4 s to commit again after a backup was killed or paused, against 0.5 s at most
+        # with a fifth (both after the restart-clock fix): the node takes the copies it has not
+        # relayed yet with it, and they commit only once clients resubmit elsewhere (the likely
+        # cause, not traced message by message).
         relay_delay_ms=limits.view_change_timeout_ms // 5,
     )
     backfill = AttestationBackfill(
