@@ -42,7 +42,10 @@ def _varint(n: int) -> bytes:
 
 def field_bytes(number: int, data: bytes) -> bytes:
     """One length-delimited protobuf field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    size = len(data)
+    if number < 16 and size < 0x80:  # key and length one byte each: every Merkle hash
+        return bytes((number << 3 | 2, size)) + data
+    return _varint(number << 3 | 2) + _varint(size) + data
 
 
 # Receipt's field numbers (proto/ledger/v1/api.proto). A receipt is built as serialized bytes
