@@ -71,18 +71,20 @@ def _body(genesis: Genesis, tx: CheckedTx) -> Outcome | None:
 
 
 def _credit(w: st.Writer, account_id: str, asset: str, amount: int, amount_max: int) -> bool:
-    new = money.credit(st.get_balance(w, account_id, asset), amount, amount_max)
+    key = st.balance_key(account_id, asset)  # once for the read and the write
+    new = money.credit(st.get_amount(w, key), amount, amount_max)
     if new is None:
         return False
-    st.put_balance(w, account_id, asset, new)
+    st.put_amount(w, key, new)
     return True
 
 
 def _debit(w: st.Writer, account_id: str, asset: str, amount: int) -> bool:
-    new = money.debit(st.get_balance(w, account_id, asset), amount)
+    key = st.balance_key(account_id, asset)
+    new = money.debit(st.get_amount(w, key), amount)
     if new is None:
         return False
-    st.put_balance(w, account_id, asset, new)
+    st.put_amount(w, key, new)
     return True
 
 
@@ -329,14 +331,14 @@ def return_to_payer(genesis: Genesis, w: st.Writer, esc: st.EscrowRecord, status
 
 def apply(genesis: Genesis, w: st.Writer, tx: CheckedTx, now_ms: int) -> Outcome:
     op = tx.body.op
+    if isinstance(op, Transfer):  # first: by far the most common kind
+        return transfer(genesis, w, tx, op)
     if isinstance(op, OpenAccount):
         return open_account(genesis, w, tx, op)
     if isinstance(op, SetAccountFrozen):
         return set_frozen(genesis, w, tx, op)
     if isinstance(op, Mint):
         return mint(genesis, w, tx, op)
-    if isinstance(op, Transfer):
-        return transfer(genesis, w, tx, op)
     if isinstance(op, Redeem):
         return redeem(genesis, w, tx, op)
     if isinstance(op, EscrowCreate):

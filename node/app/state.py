@@ -96,7 +96,7 @@ class _Cursor:
 
 
 def _pair(a: str, b: str) -> bytes:
-    return a.encode() + b"\x00" + b.encode()
+    return f"{a}\x00{b}".encode()  # one encode: "\x00" is the byte 0 in UTF-8
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -167,12 +167,13 @@ def put_account(w: Writer, acct: AccountRecord) -> None:
     w.put(ACCOUNT + acct.account_id.encode(), value)
 
 
-def _get_amount(r: Reader, key: bytes) -> int:
+def get_amount(r: Reader, key: bytes) -> int:
+    """The amount under a balance_key or held_key (absent = 0)."""
     raw = r.get(key)
     return 0 if raw is None else read_u64(raw)
 
 
-def _put_amount(w: Writer, key: bytes, value: int) -> None:
+def put_amount(w: Writer, key: bytes, value: int) -> None:
     assert type(value) is int and value >= 0
     # Zero is stored as absence so that equal states have equal key sets.
     if value == 0:
@@ -181,20 +182,28 @@ def _put_amount(w: Writer, key: bytes, value: int) -> None:
         w.put(key, u64(value))
 
 
+def balance_key(account_id: str, asset: str) -> bytes:
+    return BALANCE + _pair(account_id, asset)
+
+
+def held_key(account_id: str, asset: str) -> bytes:
+    return HELD + _pair(account_id, asset)
+
+
 def get_balance(r: Reader, account_id: str, asset: str) -> int:
-    return _get_amount(r, BALANCE + _pair(account_id, asset))
+    return get_amount(r, balance_key(account_id, asset))
 
 
 def put_balance(w: Writer, account_id: str, asset: str, value: int) -> None:
-    _put_amount(w, BALANCE + _pair(account_id, asset), value)
+    put_amount(w, balance_key(account_id, asset), value)
 
 
 def get_held(r: Reader, account_id: str, asset: str) -> int:
-    return _get_amount(r, HELD + _pair(account_id, asset))
+    return get_amount(r, held_key(account_id, asset))
 
 
 def put_held(w: Writer, account_id: str, asset: str, value: int) -> None:
-    _put_amount(w, HELD + _pair(account_id, asset), value)
+    put_amount(w, held_key(account_id, asset), value)
 
 
 def split_pair_key(prefix: bytes, key: bytes) -> tuple[str, str]:
