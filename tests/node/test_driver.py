@@ -110,7 +110,8 @@ class ScriptedReplica:
         return []
 
     def on_peer_up(self, peer: int) -> list[act.Action]:
-        return []
+        self.trace.append(("on_peer_up", peer))
+        return [act.Send(peer, b"latest-votes")]
 
 
 def make(fx: Factory) -> tuple[Driver, ScriptedReplica, list[tuple[str, Any]]]:
@@ -184,6 +185,23 @@ def test_queued_events_share_one_journal_commit_before_any_of_their_sends() -> N
         ("send", (2, b"vote-3")),
     ]
     assert driver.stats.persist_txns == 1
+
+
+def test_a_link_coming_up_reaches_the_replica_and_its_resends_go_to_that_peer() -> None:
+    driver, _, trace = make(Factory())
+
+    async def scenario() -> None:
+        sent = asyncio.Event()
+        transport = driver.transport
+        assert isinstance(transport, TracingTransport)
+        transport.on_send = sent.set
+        driver.on_peer_up(2)
+        driver.start()
+        await asyncio.wait_for(sent.wait(), timeout=5)
+        await driver.stop()
+
+    asyncio.run(scenario())
+    assert trace == [("on_peer_up", 2), ("send", (2, b"latest-votes"))]
 
 
 def _block(fx: Factory, height: int, envelopes: Sequence[bytes]) -> act.Execute:
