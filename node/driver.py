@@ -49,6 +49,9 @@ EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake rec
 RELAY_DELAY_MS = 400
 RELAY_WAITING_MAX = 20_000  # copies waiting for relay_delay_ms; past it the oldest go at once
 FORWARD_BATCH_MAX = 256  # envelopes per Forward RPC (a peer drops one over its submit_batch_max)
+# Catch-up asks the next peer too when one has not answered within this long: a paused or slow
+# peer (its link still up) would otherwise hold every fetch until the transport's timeout.
+FETCH_HEDGE_S = 0.5
 
 
 def _receipt_heights(r: KVReader, tx_ids: Sequence[bytes]) -> dict[bytes, int | None]:
@@ -519,6 +522,8 @@ class Driver:
         task.add_done_callback(self._background.discard)
 
     async def _fetch(self, action: act.FetchBlocks) -> None:
+        asking: set[asyncio.Task[tuple[list[bytes], int] | None]] = set()
+        owner: dict[asyncio.Task[tuple[list[bytes], int] | None], int] = {}
         try:
             peers = [p for p in action.peers if self.transport.is_up(p)] or list(action.peers)
             # Start each fetch at the next peer: the replica asks again while it stays behind, and
@@ -526,20 +531,35 @@ class Driver:
             # not be the only one ever asked.
             start = self._fetch_rounds % len(peers) if peers else 0
             self._fetch_rounds += 1
-            for peer in peers[start:] + peers[:start]:
-                got = await self.transport.fetch_blocks(peer, action.from_sequence)
-                if not got or not got[0]:
-                    continue
-                fetched, last = got
-                self.stats.fetched_blocks += len(fetched)
-                self.log.event(
-                    "catch_up",
-                    peer=peer,
-                    from_height=action.from_sequence,
-                    blocks=len(fetched),
-                    peer_last=last,
+            waiting = peers[start:] + peers[:start]
+            # Hedged: the next peer is asked too whenever nobody has answered for FETCH_HEDGE_S
+            # (regression: chaos seed 7, a paused primary's link stayed up, and the backups'
+            # catch-up waited on it for the whole 5 s pause). The first non-empty answer wins.
+            while waiting or asking:
+                if waiting:
+                    peer = waiting.pop(0)
+                    task = asyncio.ensure_future(self.transport.fetch_blocks(peer, action.from_sequence))
+                    asking.add(task)
+                    owner[task] = peer
+                done, asking = await asyncio.wait(
+                    asking, timeout=FETCH_HEDGE_S if waiting else None, return_when=asyncio.FIRST_COMPLETED
                 )
-                self._enqueue(functools.partial(self._replay, fetched), "fetch_dropped_full")
-                return
+                for task in done:
+                    got = task.result()
+                    if not got or not got[0]:
+                        continue
+                    fetched, last = got
+                    self.stats.fetched_blocks += len(fetched)
+                    self.log.event(
+                        "catch_up",
+                        peer=owner[task],
+                        from_height=action.from_sequence,
+                        blocks=len(fetched),
+                        peer_last=last,
+                    )
+                    self._enqueue(functools.partial(self._replay, fetched), "fetch_dropped_full")
+                    return
         finally:
+            for task in asking:
+                task.cancel()
             self._fetching = False

@@ -17,7 +17,7 @@ from node.app.codec import decode_envelope
 from node.app.ledger import Ledger
 from node.app.validate import CheckCache
 from node.config import NodeLimits
-from node.driver import Driver
+from node.driver import FETCH_HEDGE_S, Driver
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
@@ -560,3 +560,46 @@ def test_catch_up_asks_a_different_peer_first_each_time() -> None:
 
     asyncio.run(scenario())
     assert asked == [0, 2, 3], asked
+
+
+def test_catch_up_asks_the_next_peer_too_when_one_does_not_answer() -> None:
+    # Regression (chaos seed 7): a paused primary's link stayed up, and every backup's catch-up
+    # waited on it for the whole pause; one silent peer must cost FETCH_HEDGE_S, not the timeout.
+    fx = Factory()
+    driver, _, _ = make(fx)
+    asked: list[int] = []
+    cancelled: list[int] = []
+    replayed = asyncio.Event()
+
+    async def first_one_silent(peer_id: int, from_height: int) -> tuple[list[bytes], int]:
+        asked.append(peer_id)
+        if peer_id == 0:
+            try:
+                await asyncio.Event().wait()  # paused: the call never completes
+            finally:
+                cancelled.append(peer_id)
+        return [b"block-from-%d" % peer_id], 9
+
+    def replay(fetched: list[bytes]) -> list[act.Action]:
+        assert fetched == [b"block-from-2"]
+        replayed.set()
+        return []
+
+    driver.transport.fetch_blocks = first_one_silent  # type: ignore[method-assign]
+    driver._replay = replay  # type: ignore[method-assign]
+
+    async def scenario() -> float:
+        driver.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        driver._start_fetch(act.FetchBlocks(5, (0, 2, 3)))
+        await asyncio.wait_for(replayed.wait(), timeout=5)
+        took = loop.time() - t0
+        while driver._fetching:  # the hedged call to the silent peer is cancelled on the way out
+            await asyncio.sleep(0)
+        await driver.stop()
+        return took
+
+    took = asyncio.run(scenario())
+    assert asked == [0, 2] and cancelled == [0]
+    assert FETCH_HEDGE_S <= took < 4 * FETCH_HEDGE_S, took
