@@ -363,6 +363,11 @@ class Simulation:
             (r,) = args
             self.nodes[r].restart()
             self.trace.append(f"{self.now:>6} r{r} restart (view {self.nodes[r].replica.view})")
+            # As the node's transport does: links to and from the restarted replica come up.
+            for other in self.nodes:
+                if other.up and other.id != r:
+                    self.apply(other, other.replica.on_peer_up(r))
+                    self.apply(self.nodes[r], self.nodes[r].replica.on_peer_up(other.id))
 
     def _deliver_request(self, node: SimNode, env: bytes) -> None:
         if node.up:
