@@ -85,7 +85,7 @@ class ReplicaCore:
         self._deadline: int | None = None  # view-change timer
         self._vc_attempts = 0  # consecutive view changes without progress: timeout doubles
         self._last_retransmit_ms = 0
-        self._resent_at: dict[int, int] = {}  # peer -> when its link last came up and we re-sent
+        self._resent_at: dict[int, int] = {}  # peer -> when we last brought it up to date
         self._last_fetch: tuple[int, int] | None = None  # (from_sequence, at ms)
         self.view_changes_started = 0
 

@@ -133,7 +133,7 @@ class Replica(ViewChanging):
         """The transport's link to ``peer`` (re)connected."""
         self._out = []
         if 0 <= peer < self.cfg.n and peer != self.id:
-            self._resend_to(peer)
+            self._bring_up_to_date(peer)
         return self._out
 
     def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[Action]:

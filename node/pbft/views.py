@@ -72,11 +72,14 @@ class ViewChanging(ReplicaCore):
             self._try_new_view()
 
     def _on_view_change(self, s: Signed, m: ViewChange) -> None:
+        if m.new_view <= self.view and not self.in_view_change:
+            # A replica still asking for a view we are in or past missed its NEW-VIEW: show it the
+            # way in, and our votes since. The view we are in too (regression: chaos seed 303,
+            # round 26: a backup down while the NEW-VIEW went out asked for that view until
+            # everyone timed out).
+            self._bring_up_to_date(s.signer)
         prev = self._view_changes.get(s.signer)
         if m.new_view < self.view or (prev is not None and getattr(prev.msg, "new_view", -1) >= m.new_view):
-            # A replica still asking for a view we are past: show it the way in.
-            if m.new_view < self.view and not self.in_view_change and self._new_view_peer is not None:
-                self._out.append(Send(s.signer, self._new_view_peer))
             return
         certs = self.verifier.view_change(s)
         if certs is None:
@@ -200,17 +203,21 @@ class ViewChanging(ReplicaCore):
         peers = tuple(r for r in range(self.cfg.n) if r != self.id)
         self._out.extend(Broadcast(m) for m in self._own_latest(peers))
 
-    def _resend_to(self, peer: int) -> None:
-        """The link to ``peer`` just came up: it may have restarted, or lost what was in flight
-        when the link broke. Re-send it our latest votes now rather than at the next retransmit:
-        until it has them it cannot vote on the sequences in flight, and if another replica is
-        down every quorum needs it (chaos seed 303: a backup back from a restart held up commits
-        for 1.6 s). At most once per quarter retransmit period per peer, so a link that flaps
-        cannot make us re-send more than a few times a second."""
+    def _bring_up_to_date(self, peer: int) -> None:
+        """Send ``peer`` at once what it may have missed: as primary of our view its NEW-VIEW
+        (self-checking: the receiver verifies every VIEW-CHANGE and pre-prepare in it), then
+        what the periodic retransmit would send. For a peer whose link just came up (it may have
+        restarted, or lost what was in flight when the link broke; chaos seed 303: a backup back
+        from a restart held up commits for 1.6 s while another was paused), and for one asking
+        for a view we are in or past. At most once per quarter retransmit period per peer: a
+        NEW-VIEW may carry many batches, and a flapping link or a liar must not make us re-send
+        at its pace."""
         last = self._resent_at.get(peer)
         if last is not None and self.now_ms - last < self.cfg.retransmit_ms // 4:
             return
         self._resent_at[peer] = self.now_ms
+        if self._new_view_peer is not None and not self.in_view_change:
+            self._out.append(Send(peer, self._new_view_peer))
         self._out.extend(Send(peer, m) for m in self._own_latest((peer,)))
 
     def _own_latest(self, peers: tuple[int, ...]) -> list[bytes]:

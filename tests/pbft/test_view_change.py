@@ -54,6 +54,28 @@ def test_a_frozen_replica_does_not_leave_the_view_when_it_wakes() -> None:
     assert (r3.view, r3.in_view_change, r3.view_changes_started) == (0, False, 0)
 
 
+def test_a_replica_that_missed_the_new_view_is_shown_it_when_it_asks_for_that_view() -> None:
+    """Regression (chaos seed 303, round 26): a backup that was down when the NEW-VIEW went out
+    asked for that very view; the primary answered only VIEW-CHANGEs for views it was past, so
+    the backup stayed out, and with one more replica down nothing committed until the next view."""
+    c = Cluster()
+    c.down.add(0)
+    c.drop = lambda src, dst, msg: dst == 3 and isinstance(body_of(msg), NewView)
+    for i in (1, 2, 3):  # the client's retry reaches everyone: all three time out together
+        tx_id = c.submit(i, 1)
+    c.run_for(150)
+    r1, r3 = c.nodes[1].replica, c.nodes[3].replica
+    assert (r1.view, r1.in_view_change) == (1, False)
+    assert (r3.view, r3.in_view_change) == (1, True)  # it never saw the NEW-VIEW
+    assert all(not n.executed for n in c.nodes)  # with 0 down, every quorum needs replica 3
+    c.drop = lambda src, dst, msg: False
+    c.run_for(60)  # its view change is re-sent within a retransmit period, and answered
+    # (with the NEW-VIEW and the primary's votes since: request 1's pre-prepare among them)
+    assert (r3.view, r3.in_view_change, r3.view_changes_started) == (1, False, 1)
+    for i in (1, 2, 3):
+        assert [e.tx_ids for e in c.nodes[i].executed][-1] == (tx_id,)
+
+
 def test_timeout_doubles_on_repeated_view_changes() -> None:
     c = Cluster(view_change_timeout_ms=100)
     c.down.update({0, 1})  # primaries of views 0 and 1 both silent: no quorum of the living
