@@ -216,8 +216,8 @@ class ViewChanging(ReplicaCore):
         if last is not None and self.now_ms - last < self.cfg.retransmit_ms // 4:
             return
         self._resent_at[peer] = self.now_ms
-        if self._new_view_peer is not None and not self.in_view_change:
-            self._out.append(Send(peer, self._new_view_peer))
+        if self.is_primary and not self.in_view_change and self._new_view_peer is not None:
+            self._out.append(Send(peer, self._new_view_peer))  # ours: of the view we are in
         self._out.extend(Send(peer, m) for m in self._own_latest((peer,)))
 
     def _own_latest(self, peers: tuple[int, ...]) -> list[bytes]:
