@@ -11,6 +11,10 @@ delay. Then the load stops, the nodes settle, and scripts/audit.py checks them w
 their own claims: every acknowledged transaction present everywhere with its result (lost),
 no id executed twice (duplicated), identical chains (divergent_nodes), conservation per asset.
 
+Every fault is also written, as it happens, to faults.log in the work dir: one JSON line per
+kill, start, SIGSTOP and SIGCONT, with ts_ms on the same wall clock as the nodes' events.log
+lines, so a slow round can be read as one timeline (merge the files by ts_ms).
+
     scripts/chaos.py --rounds 30 --banks 4 --seed 7 --json
 
 Exit status 0 when every check passes, 1 when one fails, 2 when the run could not be made.
@@ -144,12 +148,30 @@ class Stats:
 
 
 class Chaos:
-    def __init__(self, c: Consortium, genesis: Genesis, rng: random.Random, stats: Stats) -> None:
+    def __init__(
+        self, c: Consortium, genesis: Genesis, rng: random.Random, stats: Stats, faults_log: Path
+    ) -> None:
         self.c = c
         self.g = genesis
         self.rng = rng
         self.stats = stats
         self.banks = [m.member_id for m in genesis.members]
+        self.faults_log = faults_log
+        self.round_no = 0
+
+    def fault(self, action: str, bank: str) -> None:
+        """Do one fault action to a node ("kill", "start", "stop", "cont") and journal it."""
+        if action == "kill":
+            self.c.kill(bank)
+        elif action == "start":
+            self.c.start(bank)
+        else:
+            pid = self.c.pid(bank)
+            assert pid is not None, f"{bank} should be running"
+            os.kill(pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
+        line = {"ts_ms": int(time.time() * 1000), "round": self.round_no, "action": action, "bank": bank}
+        with self.faults_log.open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def heights(self) -> dict[str, int]:
         return {b: int(st.last_executed) for b, st in self.statuses().items()}
@@ -210,7 +232,7 @@ class Chaos:
         """Restart a killed node and time its catch-up to the others' height at restart."""
         target = max(self.heights().values(), default=0)
         t0 = time.monotonic()
-        self.c.start(bank)
+        self.fault("start", bank)
         while time.monotonic() - t0 < PROGRESS_TIMEOUT_S:
             st = self.c.node_status(bank, timeout_s=0.5)
             if st is not None and st.last_executed >= target:
@@ -224,7 +246,7 @@ class Chaos:
         v0, h0 = self.view_and_height()
         t_fault = time.monotonic()
         for v in victims:
-            self.c.kill(v)
+            self.fault("kill", v)
         took = self.wait_new_view_commit(v0, what) if primary in victims else self.wait_progress(h0, what)
         if took is not None:
             self.stats.recovery_s.append(time.monotonic() - t_fault)
@@ -251,7 +273,7 @@ class Chaos:
             # the replica that would lead the view being changed to, so the view change itself is
             # interrupted.
             v0, h_kill = self.view_and_height()
-            self.c.kill(primary)
+            self.fault("kill", primary)
             target: int | None = None
             deadline = time.monotonic() + VIEW_CHANGE_START_WAIT_S
             while target is None and time.monotonic() < deadline:
@@ -275,7 +297,7 @@ class Chaos:
             _, h_now = self.view_and_height()
             t_fault = time.monotonic()
             if designate != primary:
-                self.c.kill(designate)
+                self.fault("kill", designate)
             took = self.wait_progress(h_now, "a kill during a view change")
             if took is not None:
                 self.stats.recovery_s.append(time.monotonic() - t_fault)
@@ -285,11 +307,9 @@ class Chaos:
             return f"{primary}->{designate}"
         if kind == "pause":
             victim = self.rng.choice(self.banks)
-            pid = self.c.pid(victim)
-            assert pid is not None, f"{victim} should be running"
             v0, h0 = self.view_and_height()
             t_fault = time.monotonic()
-            os.kill(pid, signal.SIGSTOP)
+            self.fault("stop", victim)
             try:
                 if victim == primary:
                     took = self.wait_new_view_commit(v0, f"pausing primary {victim}")
@@ -299,15 +319,15 @@ class Chaos:
                     self.stats.recovery_s.append(time.monotonic() - t_fault)
                 time.sleep(self.rng.uniform(0.5, 2.0))
             finally:
-                os.kill(pid, signal.SIGCONT)
+                self.fault("cont", victim)
             return victim
         if kind == "restart_loop":
             victim = self.rng.choice(self.banks)
             for _ in range(5):
-                self.c.kill(victim)
-                self.c.start(victim)
+                self.fault("kill", victim)
+                self.fault("start", victim)
                 self.c.wait_healthy([victim])
-            self.c.kill(victim)
+            self.fault("kill", victim)
             self.bring_back(victim)
             return victim
         raise ValueError(kind)
@@ -389,10 +409,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             proc = ctx.Process(target=client_main, args=(plan, stop), daemon=True)
             proc.start()
             procs.append(proc)
-        chaos = Chaos(c, genesis, rng, stats)
+        chaos = Chaos(c, genesis, rng, stats, workdir / "faults.log")
         by_kind: dict[str, list[float]] = {}
         for r in range(1, args.rounds + 1):
             kind = rng.choice(FAULTS)
+            chaos.round_no = r
             t0 = time.monotonic()
             seen = len(stats.recovery_s), len(stats.catchup_s)
             target = chaos.round(kind)

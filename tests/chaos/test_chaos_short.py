@@ -34,6 +34,19 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
             assert result[checker] == 0, (checker, result)
         assert result["acknowledged"] > 0, "the load acknowledged nothing: the run proves nothing"
         assert result["height"] > 0
+        # The fault journal: every round's faults, in time order, each node killed or paused
+        # brought back (a node left down would make the audit's "all agree" vacuous for it).
+        faults = [json.loads(line) for line in (tmp_path / "faults.log").read_text().splitlines()]
+        assert {f["round"] for f in faults} == {1, 2, 3, 4}, faults
+        assert [f["ts_ms"] for f in faults] == sorted(f["ts_ms"] for f in faults)
+        down: set[str] = set()
+        for f in faults:
+            if f["action"] in ("kill", "stop"):
+                down.add(f["bank"])
+            else:
+                assert f["bank"] in down, f"{f} brings back a node that was not down"
+                down.discard(f["bank"])
+        assert not down, f"left down or paused: {down}"
     finally:
         # The runner stops its nodes; prove it: no pid file may name a live process.
         for pid_file in tmp_path.glob("consortium/**/*.pid"):
