@@ -43,6 +43,7 @@ ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations w
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
+EXECUTED_QUIET_LOG_MS = 500  # a block executed this long after the previous one is logged
 # A client's transaction goes to the primary at once; its copies for the other peers wait
 # relay_delay_ms (the node passes a fifth of its view-change timeout; this is the default),
 # and go only if it is still pending here by then (see _client_request).
@@ -175,6 +176,7 @@ class Driver:
         self._attestations: list[act.Attested] = []
         self._outbox: list[act.Send | act.Broadcast | act.ForwardRequests] = []
         self._executed_tx_ids: dict[int, tuple[bytes, ...]] = {}
+        self._last_executed_ms: float | None = None  # monotonic; the first block is logged
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
         self.own_replica = own_replica
 
@@ -474,9 +476,24 @@ class Driver:
         self.stats.executed_txs += len(tx_ids)
         for tx_id in tx_ids:
             self.pending.pop(tx_id, None)
-        if action.sequence % 100 == 0 or len(tx_ids) >= 100:
+        # Logged every 100 heights and for large blocks, and for the first block after a quiet
+        # spell (after_ms: since the previous one), which is when a stall ended: a timeline of
+        # a fault (scripts/timeline.py) shows when commits resumed.
+        now_ms = time.monotonic() * 1000
+        previous, self._last_executed_ms = self._last_executed_ms, now_ms
+        quiet_ms = None if previous is None else round(now_ms - previous)
+        if (
+            action.sequence % 100 == 0
+            or len(tx_ids) >= 100
+            or quiet_ms is None
+            or quiet_ms >= EXECUTED_QUIET_LOG_MS
+        ):
             self.log.event(
-                "executed", height=action.sequence, txs=len(tx_ids), state_root=out.state_root.hex()[:16]
+                "executed",
+                height=action.sequence,
+                txs=len(tx_ids),
+                state_root=out.state_root.hex()[:16],
+                after_ms=quiet_ms,
             )
         return self.replica.on_executed(action.sequence, out.state_root, out.results_root)
 

@@ -4,11 +4,13 @@ that logs every commit, and a transport that logs every send, all in one ordered
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 import grpc
+import pytest
 
 from ledger.v1 import api_pb2, tx_pb2
 from node.api import LedgerApi
@@ -605,3 +607,22 @@ def test_catch_up_asks_the_next_peer_too_when_one_does_not_answer() -> None:
     # Peer 2 was asked only once peer 0 had been silent for the hedge delay (the 5 s wait_for
     # above bounds it from the other side: peer 0 never answers).
     assert took >= 0.9 * FETCH_HEDGE_S, took
+
+
+def test_the_first_block_after_a_quiet_spell_is_logged_with_the_gap(
+    monkeypatch: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fx = Factory()
+    driver, _, _ = make(fx)  # its EventLog writes JSON lines to stderr
+    now = [1_000.0]  # seconds on the driver's monotonic clock
+    monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
+    alice, bob, carol = fx.client("alice"), fx.client("bob"), fx.client("carol")
+    driver.run([_block(fx, 1, [fx.open_account("BANK-A", "alice", alice)])])
+    now[0] += 0.2
+    driver.run([_block(fx, 2, [fx.open_account("BANK-A", "bob", bob)])])
+    now[0] += 0.7  # commits stalled, then resumed
+    driver.run([_block(fx, 3, [fx.open_account("BANK-A", "carol", carol)])])
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    executed = [(e["height"], e["after_ms"]) for e in logged if e["event"] == "executed"]
+    assert executed[0] == (1, None), "the first block after start is logged"
+    assert executed[1:] == [(3, 700)], "a block 200 ms after the last is not; one 700 ms after is"
