@@ -13,7 +13,7 @@ no id executed twice (duplicated), identical chains (divergent_nodes), conservat
 
 Every fault is also written, as it happens, to faults.log in the work dir: one JSON line per
 kill, start, SIGSTOP and SIGCONT, with ts_ms on the same wall clock as the nodes' events.log
-lines, so a slow round can be read as one timeline (merge the files by ts_ms).
+lines, so a slow round can be read as one timeline: scripts/timeline.py --dir D --round N.
 
     scripts/chaos.py --rounds 30 --banks 4 --seed 7 --json
 
