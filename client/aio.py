@@ -30,6 +30,7 @@ from client.policy import (
     AgreementState,
     QueryState,
     SubmitState,
+    Unresponsive,
     rotated,
 )
 from client.sdk import SUBMIT_CHUNK, check_block, check_transaction, settle_receipts
@@ -72,6 +73,7 @@ class AsyncLedgerClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Stub] = {}
         self._first = 0
+        self._unresponsive = Unresponsive()  # nodes that just timed out go last (policy.py)
 
     def _stub(self, endpoint: str) -> Stub:
         stub = self._stubs.get(endpoint)
@@ -84,7 +86,7 @@ class AsyncLedgerClient:
 
     def _order(self) -> list[str]:
         self._first += 1
-        return rotated(self.endpoints, self._first - 1)
+        return self._unresponsive.last(rotated(self.endpoints, self._first - 1))
 
     async def close(self) -> None:
         """Close every channel."""
@@ -114,10 +116,14 @@ class AsyncLedgerClient:
                 state.errors.append("deadline passed")
                 break
             try:
-                return endpoint, await call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+                answer = await call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+                self._unresponsive.answered(endpoint)
+                return endpoint, answer
             except ReceiptError as exc:
+                self._unresponsive.answered(endpoint)
                 state.did_not_verify(endpoint, exc)
             except grpc.RpcError as exc:
+                self._unresponsive.failed(endpoint, exc)
                 state.rpc_failed(endpoint, exc)
         raise state.final_error()
 
@@ -156,7 +162,9 @@ class AsyncLedgerClient:
             await stub.Submit(
                 api_pb2.SubmitRequest(envelope=envelope), timeout=min(remaining, self.call_timeout_s)
             )
+            self._unresponsive.answered(endpoint)
         except grpc.RpcError as exc:
+            self._unresponsive.failed(endpoint, exc)
             if not state.submit_failed(endpoint, exc):
                 return None
         wait_s = min(deadline - time.monotonic(), self.receipt_wait_s)

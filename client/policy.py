@@ -7,10 +7,16 @@ for this transaction. Anything else is transient: try the next node, and go roun
 backoff until the deadline, after which the outcome is Indefinite.
 
 Querying: each node once, in turn, until one answers with something that verifies.
+
+Order: calls rotate over the nodes to spread the load, but a node that just timed out or was
+unreachable is tried last for UNRESPONSIVE_S (never dropped: it is still asked when the others
+fail). Without this, a hung or paused node costs every client one call timeout per rotation.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import grpc
@@ -33,6 +39,8 @@ MESSAGE_BYTES_MAX = 16 << 20
 BACKOFF_S_MIN = 0.05
 BACKOFF_S_MAX = 1.0
 RECEIPT_REPLY_GRACE_S = 0.5  # beyond the node's own wait, for its answer to reach us
+UNRESPONSIVE_S = 10.0  # a node that timed out or was unreachable is tried last this long
+UNRESPONSIVE = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -65,6 +73,31 @@ def describe(endpoint: str, what: str, exc: grpc.RpcError) -> str:
 def rotated(endpoints: tuple[str, ...], first: int) -> list[str]:
     k = first % len(endpoints)
     return list(endpoints[k:] + endpoints[:k])
+
+
+class Unresponsive:
+    """Nodes that just timed out or were unreachable, and until when they go last."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def failed(self, endpoint: str, exc: grpc.RpcError) -> None:
+        """A call to a node failed: if it timed out or the node was unreachable, it goes last."""
+        if status_code(exc) in UNRESPONSIVE:
+            self._until[endpoint] = self._clock() + UNRESPONSIVE_S
+
+    def answered(self, endpoint: str) -> None:
+        self._until.pop(endpoint, None)
+
+    def last(self, order: list[str]) -> list[str]:
+        """``order`` with the nodes that are still in their spell at the end, in their order."""
+        if not self._until:
+            return order
+        now = self._clock()
+        for endpoint in [e for e, until in self._until.items() if until <= now]:
+            del self._until[endpoint]
+        return [e for e in order if e not in self._until] + [e for e in order if e in self._until]
 
 
 class SubmitState:

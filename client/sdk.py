@@ -46,6 +46,7 @@ from client.policy import (
     AgreementState,
     QueryState,
     SubmitState,
+    Unresponsive,
     rotated,
 )
 from client.tx import Transaction, TxBuilder, TxBuildError
@@ -141,6 +142,7 @@ class LedgerClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, api_pb2_grpc.LedgerServiceStub] = {}
         self._first = 0  # rotates the endpoint tried first, spreading load
+        self._unresponsive = Unresponsive()  # nodes that just timed out go last (policy.py)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class LedgerClient:
 
     def _order(self) -> list[str]:
         self._first += 1
-        return rotated(self.endpoints, self._first - 1)
+        return self._unresponsive.last(rotated(self.endpoints, self._first - 1))
 
     def close(self) -> None:
         """Close every channel."""
@@ -187,10 +189,14 @@ class LedgerClient:
                 state.errors.append("deadline passed")
                 break
             try:
-                return endpoint, call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+                answer = call(self._stub(endpoint), min(remaining, self.call_timeout_s))
+                self._unresponsive.answered(endpoint)
+                return endpoint, answer
             except ReceiptError as exc:
+                self._unresponsive.answered(endpoint)
                 state.did_not_verify(endpoint, exc)
             except grpc.RpcError as exc:
+                self._unresponsive.failed(endpoint, exc)
                 state.rpc_failed(endpoint, exc)
         raise state.final_error()
 
@@ -235,7 +241,9 @@ class LedgerClient:
         remaining = deadline - time.monotonic()
         try:
             stub.Submit(api_pb2.SubmitRequest(envelope=envelope), timeout=min(remaining, self.call_timeout_s))
+            self._unresponsive.answered(endpoint)
         except grpc.RpcError as exc:
+            self._unresponsive.failed(endpoint, exc)
             if not state.submit_failed(endpoint, exc):
                 return None
         wait_s = min(deadline - time.monotonic(), self.receipt_wait_s)

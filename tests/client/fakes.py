@@ -368,7 +368,8 @@ Tamper = Callable[[api_pb2.Receipt], api_pb2.Receipt]
 class FakeNode(api_pb2_grpc.LedgerServiceServicer):
     """A LedgerService over a shared FakeChain.
 
-    mode: "honest"; "down" (every call UNAVAILABLE); "refuse" (Submit INVALID_ARGUMENT);
+    mode: "honest"; "down" (every call UNAVAILABLE); "stall" (every call hangs until the test
+    ends, so the caller's deadline passes: a paused process); "refuse" (Submit INVALID_ARGUMENT);
     "hold" (accepts submissions but never gets them committed); "inflate" (lies about balances). ``tamper`` rewrites every
     receipt this node serves: a lying node.
     """
@@ -378,10 +379,15 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
         self.mode = mode
         self.tamper = tamper
         self.submits = 0
+        self.calls = 0  # every call, answered or not
         self.held: list[bytes] = []
+        self.released = threading.Event()  # set by serve() on the way out: a stall ends
 
     def _gate(self, context: grpc.ServicerContext) -> None:
-        if self.mode == "down":
+        self.calls += 1
+        if self.mode == "stall":
+            self.released.wait()
+        if self.mode in ("down", "stall"):
             context.abort(grpc.StatusCode.UNAVAILABLE, "node is down")
 
     def Submit(self, request: api_pb2.SubmitRequest, context: grpc.ServicerContext) -> api_pb2.SubmitResponse:
@@ -570,6 +576,8 @@ def serve(nodes: Sequence[FakeNode]) -> Iterator[list[str]]:
             endpoints.append(f"127.0.0.1:{port}")
         yield endpoints
     finally:
+        for node in nodes:
+            node.released.set()
         for server in servers:
             server.stop(grace=None).wait()
 

@@ -114,3 +114,21 @@ def test_async_submit_many_settles_chunks_in_shared_blocks_and_falls_back_past_a
 
     with serve([liar, FakeNode(chain), FakeNode(chain)]) as endpoints:
         asyncio.run(scenario(endpoints))
+
+
+def test_async_client_asks_a_stalling_node_last_after_it_timed_out() -> None:
+    chain = FakeChain()
+    staller = FakeNode(chain, mode="stall")
+    op = chain.banks[0].operator_key
+
+    async def scenario(endpoints: list[str]) -> None:
+        async with AsyncLedgerClient(
+            chain.genesis, endpoints, timeout_s=5.0, call_timeout_s=0.3, receipt_wait_s=0.5
+        ) as client:
+            for i in range(7):  # three rotations, each of which would start at the staller once
+                out = await client.submit(client.tx.open_account("BANK-A", f"x{i}", bytes(32)).signed_by(op))
+                assert isinstance(out, Committed) and out.endpoint != endpoints[0]
+            assert staller.calls == 1, "asked first once, timed out, then asked last"
+
+    with serve([staller, FakeNode(chain), FakeNode(chain)]) as endpoints:
+        asyncio.run(scenario(endpoints))

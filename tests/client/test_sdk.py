@@ -297,3 +297,23 @@ def test_submit_many_falls_back_to_careful_submits_past_a_liar_or_a_refusal(chai
         assert all(isinstance(o, Committed) and o.ok and o.endpoint != endpoints[0] for o in outcomes[:3])
         assert isinstance(outcomes[3], Rejected)
         assert client.account("bob").balance("USD.BANK-A").available_minor == 6
+
+
+def test_a_node_that_stalls_is_asked_last_instead_of_costing_every_rotation_a_timeout(
+    chain: FakeChain,
+) -> None:
+    staller = FakeNode(chain, mode="stall")  # a paused process: connects, never answers
+    with (
+        serve([staller, FakeNode(chain), FakeNode(chain)]) as endpoints,
+        LedgerClient(
+            chain.genesis, endpoints, timeout_s=5.0, call_timeout_s=0.3, receipt_wait_s=0.5
+        ) as client,
+    ):
+        op = chain.banks[0].operator_key
+        first = client.submit(client.tx.open_account("BANK-A", "x0", bytes(32)).signed_by(op))
+        assert isinstance(first, Committed) and first.endpoint != endpoints[0]
+        assert staller.calls == 1, "the rotation starts at the staller: asked once, timed out"
+        for i in range(1, 7):  # two more rotations: each would start at the staller once
+            out = client.submit(client.tx.open_account("BANK-A", f"x{i}", bytes(32)).signed_by(op))
+            assert isinstance(out, Committed) and out.endpoint != endpoints[0]
+        assert staller.calls == 1
