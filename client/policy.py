@@ -95,9 +95,11 @@ class Unresponsive:
         if not self._until:
             return order
         now = self._clock()
-        for endpoint in [e for e, until in self._until.items() if until <= now]:
-            del self._until[endpoint]
-        return [e for e in order if e not in self._until] + [e for e in order if e in self._until]
+        for endpoint, until in list(self._until.items()):  # a snapshot: clients may share threads
+            if until <= now:
+                self._until.pop(endpoint, None)
+        late = set(self._until)
+        return [e for e in order if e not in late] + [e for e in order if e in late]
 
 
 class SubmitState:
