@@ -39,13 +39,12 @@ def _lines(path: Path) -> Iterable[dict[str, Any]]:
 
 
 def load(directory: Path, keep_all: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(faults, node events), each sorted by ts_ms."""
+    """(faults sorted by ts_ms, node events as read: render() orders everything it shows)."""
     faults_path = directory / "faults.log"
     faults = sorted(_lines(faults_path), key=lambda r: r["ts_ms"]) if faults_path.exists() else []
     events: list[dict[str, Any]] = []
     for log in sorted(directory.glob("consortium/nodes/*/events.log")):
         events.extend(r for r in _lines(log) if keep_all or r.get("event") not in QUIET_EVENTS)
-    events.sort(key=lambda r: r["ts_ms"])
     return faults, events
 
 
