@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +86,14 @@ class _Inbound:
         self._driver = driver
         self._api = api
 
-    def on_peer_message(self, raw: bytes) -> None:
-        self._driver.on_peer_message(raw)
+    async def on_peer_messages(self, source: Hashable, messages: Sequence[bytes]) -> bool:
+        return await self._driver.on_peer_messages(source, messages)
 
-    def on_forward(self, envelopes: list[bytes]) -> None:
-        self._api.admit_forwarded(envelopes)
+    def on_forward(self, source: Hashable, envelopes: list[bytes]) -> None:
+        self._driver.on_forward(source, envelopes, self._api.admit_forwarded)
+
+    def closed(self, source: Hashable) -> None:
+        self._driver.forget_source(source)
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
         return self._driver.fetch_blocks(from_height, max_blocks)
@@ -99,7 +103,12 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     config, genesis, member = loaded.config, loaded.genesis, loaded.member
     limits = config.limits
     log = EventLog(member.member_id, config.log_path)
-    lmdb_store = LmdbStore(config.data_dir, map_size_bytes=limits.lmdb_map_size_bytes, sync=True)
+    lmdb_store = LmdbStore(
+        config.data_dir,
+        map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes),
+        budget_bytes=limits.disk_budget_bytes,
+        sync=True,
+    )
     store = blocks.ScopedReads(lmdb_store)
     # Admission and execution share it: each envelope parsed and verified once.
     checks = CheckCache(genesis, entries_max=2 * limits.pending_requests_max)
@@ -176,6 +185,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         log,
         backfill,
         checks,
+        space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
     )
 
     peer_bytes = limits.peer_message_bytes_max

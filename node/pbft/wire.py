@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from ledger import merkle
+from ledger import merkle, wirescan
 from ledger.v1 import consensus_pb2 as cpb
 from ledger.v1 import tx_pb2 as txpb
 
@@ -190,14 +190,30 @@ def decode_signed(raw: bytes) -> tuple[bytes, int, bytes]:
     return bytes(sm.body), sm.signer, bytes(sm.signature)
 
 
-def decode_peer(raw: bytes) -> tuple[bytes, tuple[bytes, ...] | None]:
-    """(serialized SignedMessage, batch envelopes or None) of a serialized PeerMessage."""
-    pm = _parse(cpb.PeerMessage, raw)
-    assert isinstance(pm, cpb.PeerMessage)
-    if not pm.HasField("message"):
+def decode_peer(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(SignedMessage, serialized Batch or None) of a serialized PeerMessage, both exactly as
+    received. The batch is not covered by the signature: it stays unparsed until the signature
+    verifies and the signed header says how many envelopes it holds (decode_batch)."""
+    try:
+        fields = wirescan.singular_fields(raw)
+    except wirescan.ScanError as exc:
+        raise WireError(f"not a PeerMessage: {exc}") from exc
+    signed = fields.get(1)
+    if signed is None:
         raise WireError("peer message without a signed message")
-    batch = tuple(bytes(e) for e in pm.batch.envelopes) if pm.HasField("batch") else None
-    return pm.message.SerializeToString(), batch
+    return signed, fields.get(2)
+
+
+def decode_batch(raw: bytes, count: int) -> tuple[bytes, ...]:
+    """The envelopes of a serialized Batch that must hold exactly ``count`` of them (the signed
+    header's tx_count): counting stops past it, so a sender cannot make us build more."""
+    try:
+        envelopes = wirescan.repeated_bytes(raw, 1, count)
+    except wirescan.ScanError as exc:
+        raise WireError(f"not a batch of {count}: {exc}") from exc
+    if len(envelopes) != count:
+        raise WireError(f"batch holds {len(envelopes)} envelopes, the header says {count}")
+    return tuple(envelopes)
 
 
 def decode_header(raw: bytes) -> Header:
