@@ -314,3 +314,23 @@ def test_generator_check_passes_on_the_committed_vectors() -> None:
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     assert gen_vectors.main(["--check"]) == 0
+
+
+def test_protocol_doc_states_the_domains_and_the_worked_examples() -> None:
+    """docs/PROTOCOL.md's tables and examples quote the vectors; a changed value shows here."""
+    doc = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    for d in load("signing.json")["domains"].values():
+        assert f"`{d['ascii']}` ({len(d['ascii'])} bytes)" in doc and d["hex"] in doc
+    case = load("signing.json")["cases"][0]
+    pieces = [d["hex"] for d in load("signing.json")["domains"].values() if d["ascii"].endswith("/tx/v1")]
+    pieces += ["00", f"{len(case['chain_id']):02x}", case["chain_id"].encode().hex(), case["body"]]
+    assert "`" + "` `".join(pieces) + "`" in doc.replace("\n  ", " ")
+    assert "".join(pieces) == case["signing_bytes"]
+    assert "0a20 7408f5...ad48` `10 01` (OK) `20 01` (height 1)\n`28 03` (index 3) `30 01`" in doc
+    assert (
+        load("block.json")["results"][3]["bytes"]
+        == "0a20" + load("receipt.json")["tx_id"] + "1001200128033001"
+    )
+    commit = load("block.json")["commits"][1]["body"]
+    assert commit == "1a2610011a20" + load("block.json")["digest"] + "2001"
+    assert "`10 01` (sequence 1) `1a 20 8cd4...3965` (digest) `20 01` (replica 1)" in doc.replace("\n  ", " ")
