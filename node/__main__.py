@@ -25,7 +25,6 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from ledger.crypto import KeyFileError, SigningKey, load_key
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis
@@ -41,6 +40,7 @@ from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
 from node.receipts import AttestationBackfill
+from node.reflection import enable_reflection
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, grpc_options
@@ -199,13 +199,12 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     api_server.add_generic_rpc_handlers((api.handler(),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, api_server)
-    reflection.enable_server_reflection(
+    enable_reflection(
+        api_server,
         (
             api_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         ),
-        api_server,
     )
     try:
         if replica_server.add_insecure_port(config.replica_listen) == 0:

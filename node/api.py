@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from ledger.crypto import tx_id_of
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.admission import KnownKeys
@@ -212,7 +212,7 @@ class LedgerApi:
         with self.driver.store.read() as r:  # one read transaction for the batch's finality checks
             for envelope in req.envelopes:
                 item = out.items.add()
-                item.tx_id = hashlib.sha256(envelope.body).digest()
+                item.tx_id = tx_id_of(envelope.body)
                 try:
                     if room is not None and len(accepted) >= room:
                         raise _Abort(

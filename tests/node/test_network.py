@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -349,6 +350,38 @@ def test_health_and_reflection_are_served(net: Consortium) -> None:
         )
         names = {s.name for s in responses[0].list_services_response.service}
         assert "ledger.v1.LedgerService" in names and "grpc.health.v1.Health" in names
+
+
+def test_reflection_answers_v1_as_well_as_v1alpha(net: Consortium) -> None:
+    """Tools that speak grpc.reflection.v1 (grpcurl, Postman, grpc-js) get answers, and every
+    service listed resolves to a file descriptor. v1's messages are v1alpha's on the wire
+    (same fields and numbers), so the v1alpha classes encode the v1 requests here."""
+    with grpc.insecure_channel(net.member("BANK-A").api_address) as ch:
+        info = ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        (listed,) = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {s.name for s in listed.list_services_response.service}
+        assert names == {
+            "ledger.v1.LedgerService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        asks = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=n) for n in sorted(names)]
+        for name, answer in zip(sorted(names), info(iter(asks), timeout=5), strict=True):
+            assert answer.WhichOneof("message_response") == "file_descriptor_response", (name, answer)
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in answer.file_descriptor_response.file_descriptor_proto
+            ]
+            assert any(
+                s.name == name.rsplit(".", 1)[1] and f.package == name.rsplit(".", 1)[0]
+                for f in files
+                for s in f.service
+            ), (name, [f.name for f in files])
 
 
 def test_up_twice_says_already_up(net: Consortium) -> None:
