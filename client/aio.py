@@ -36,6 +36,7 @@ from client.policy import (
 from client.sdk import SUBMIT_CHUNK, check_block, check_transaction, settle_receipts
 from client.tx import Transaction, TxBuilder
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_receipt
+from ledger import tls
 from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
@@ -57,8 +58,13 @@ class AsyncLedgerClient:
         timeout_s: float = 10.0,
         call_timeout_s: float = 2.0,
         receipt_wait_s: float = 3.0,
+        insecure: bool = False,
     ) -> None:
         self.genesis = genesis if isinstance(genesis, Genesis) else load_genesis(Path(genesis))
+        # TLS, trusting the CAs genesis lists (ledger/tls.py); plaintext only to debug.
+        self.insecure = insecure
+        if not insecure:
+            tls.all_cas(self.genesis)  # TlsError now, naming the member, if genesis lacks one
         self.endpoints: tuple[str, ...] = tuple(endpoints or [m.api_address for m in self.genesis.members])
         if not self.endpoints:
             raise ValueError("no endpoints")
@@ -78,7 +84,7 @@ class AsyncLedgerClient:
     def _stub(self, endpoint: str) -> Stub:
         stub = self._stubs.get(endpoint)
         if stub is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            channel = tls.aio_channel(self.genesis, endpoint, CHANNEL_OPTIONS, insecure=self.insecure)
             self._channels[endpoint] = channel
             stub = api_pb2_grpc.LedgerServiceStub(channel)
             self._stubs[endpoint] = stub

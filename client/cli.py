@@ -36,6 +36,7 @@ from client.verify import ReceiptError
 from client.wallet import Wallet, WalletError
 from ledger.crypto import SigningKey
 from ledger.genesis import Genesis, GenesisError, load_genesis
+from ledger.tls import TlsError
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # committed, but the ledger's result is not OK (e.g. INSUFFICIENT_FUNDS)
@@ -64,7 +65,10 @@ class Context:
             raise CliError(EXIT_USAGE, f"{exc} (use --dir CONSORTIUM_DIR or --genesis FILE)") from exc
         self.endpoints: list[str] | None = args.node or None
         self.wallet = Wallet(Path(args.wallet) if args.wallet else base / "wallet")
-        self.key_wallets = [self.wallet, Wallet(base / "keys")]
+        # a local consortium keeps each bank's keys in its own folder (scripts/consortium.py)
+        banks = sorted(p for p in (base / "banks").glob("*") if p.is_dir())
+        self.key_wallets = [self.wallet, Wallet(base / "keys"), *(Wallet(p) for p in banks)]
+        self.insecure: bool = args.insecure
         self.timeout_s: float = args.timeout
         self.as_json: bool = args.json
         self._client: LedgerClient | None = None
@@ -77,6 +81,7 @@ class Context:
                 self.endpoints,
                 timeout_s=self.timeout_s,
                 call_timeout_s=min(2.0, self.timeout_s),
+                insecure=self.insecure,
             )
         return self._client
 
@@ -395,7 +400,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.cmd](ctx, args)
     except CliError as exc:
         code, message = exc.code, str(exc)
-    except (AmountError, TxBuildError, WalletError) as exc:
+    except (AmountError, TxBuildError, WalletError, TlsError) as exc:
         code, message = EXIT_USAGE, str(exc)
     except NotFound as exc:
         code, message = EXIT_NOT_FOUND, str(exc)

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wallet", help="wallet directory for client keys (default DIR/wallet)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each command")
     p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    p.add_argument(
+        "--insecure", action="store_true", help="plaintext to the nodes (debugging only; default TLS)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     keys = sub.add_parser("keys", help="create and list signing keys").add_subparsers(

@@ -51,6 +51,7 @@ from client.policy import (
 )
 from client.tx import Transaction, TxBuilder, TxBuildError
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_block, verify_receipt
+from ledger import tls
 from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
@@ -116,6 +117,9 @@ class LedgerClient:
     API addresses (default: every member's api address from genesis). ``timeout_s`` is the
     default deadline of each call; ``call_timeout_s`` bounds a single RPC to one node, and
     ``receipt_wait_s`` how long one node is asked to wait for a receipt before trying another.
+    Every channel is TLS and verifies the node against the CA certificates in genesis: an
+    endpoint genesis lists must present its member's certificate, any other endpoint one of
+    some member's CA (ledger/tls.py). ``insecure=True`` dials plaintext, to debug only.
     """
 
     def __init__(
@@ -126,8 +130,13 @@ class LedgerClient:
         timeout_s: float = 10.0,
         call_timeout_s: float = 2.0,
         receipt_wait_s: float = 3.0,
+        insecure: bool = False,
     ) -> None:
         self.genesis = genesis if isinstance(genesis, Genesis) else load_genesis(Path(genesis))
+        # TLS, trusting the CAs genesis lists (ledger/tls.py); plaintext only to debug.
+        self.insecure = insecure
+        if not insecure:
+            tls.all_cas(self.genesis)  # TlsError now, naming the member, if genesis lacks one
         self.endpoints: tuple[str, ...] = tuple(endpoints or [m.api_address for m in self.genesis.members])
         if not self.endpoints:
             raise ValueError("no endpoints")
@@ -149,7 +158,7 @@ class LedgerClient:
     def _stub(self, endpoint: str) -> api_pb2_grpc.LedgerServiceStub:
         stub = self._stubs.get(endpoint)
         if stub is None:
-            channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            channel = tls.channel(self.genesis, endpoint, CHANNEL_OPTIONS, insecure=self.insecure)
             self._channels[endpoint] = channel
             stub = api_pb2_grpc.LedgerServiceStub(channel)
             self._stubs[endpoint] = stub

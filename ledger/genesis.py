@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.crypto import CHAIN_ID_BYTES_MAX, PUBLIC_KEY_BYTES
+from ledger.pki import CERT_PEM_BYTES_MAX, PkiError, load_ca_cert
 
 GENESIS_BYTES_MAX = 1 << 20
 # Anchored with \Z, not $ ($ also matches before a trailing "\n"); use them with fullmatch.
@@ -53,6 +54,10 @@ class Member:
     replica_port: int
     api_port: int
     assets: tuple[str, ...] = ()
+    # The bank's certificate authority (PEM): its node's TLS certificate must chain to it.
+    # Optional so that an older genesis still loads; a node with TLS on refuses to start
+    # without every member's (ledger/tls.py).
+    ca_cert: bytes | None = None
 
     @property
     def replica_address(self) -> str:
@@ -116,6 +121,8 @@ def _to_jsonable(genesis: Genesis) -> dict[str, Any]:
                 ],
             }
         )
+        if m.ca_cert is not None:
+            members[-1]["ca_cert"] = m.ca_cert.decode()
     return {
         "chain_id": genesis.chain_id,
         "f": genesis.f,
@@ -144,6 +151,19 @@ def _key(obj: dict[str, Any], key: str, where: str) -> bytes:
     if len(raw) != PUBLIC_KEY_BYTES:
         raise GenesisError(f"{where}.{key}: expected {PUBLIC_KEY_BYTES} bytes, got {len(raw)}")
     return raw
+
+
+def _ca_cert(obj: dict[str, Any], member_id: str, where: str) -> bytes | None:
+    if "ca_cert" not in obj:
+        return None
+    text: str = _need(obj, "ca_cert", str, where)
+    if len(text) > CERT_PEM_BYTES_MAX:
+        raise GenesisError(f"{where}.ca_cert: larger than {CERT_PEM_BYTES_MAX} bytes")
+    try:
+        load_ca_cert(text.encode(), member_id)
+    except PkiError as exc:
+        raise GenesisError(f"{where}.ca_cert: {exc}") from exc
+    return text.encode()
 
 
 def parse_genesis(data: Any) -> Genesis:
@@ -199,6 +219,7 @@ def parse_genesis(data: Any) -> Genesis:
                 replica_port=ports[0],
                 api_port=ports[1],
                 assets=tuple(sorted(member_assets)),
+                ca_cert=_ca_cert(rm, member_id, where),
             )
         )
     members.sort(key=lambda m: m.replica)

@@ -28,6 +28,7 @@ from grpc_health.v1._async import HealthServicer
 
 from ledger.crypto import KeyFileError, SigningKey, load_key
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis
+from ledger.tls import bind
 from ledger.v1 import api_pb2
 from node.api import LedgerApi
 from node.app import queries
@@ -41,6 +42,7 @@ from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
 from node.receipts import AttestationBackfill
 from node.reflection import enable_reflection
+from node.security import NodeSecurity, SecurityError, load_security
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, grpc_options
@@ -103,6 +105,10 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     config, genesis, member = loaded.config, loaded.genesis, loaded.member
     limits = config.limits
     log = EventLog(member.member_id, config.log_path)
+    try:
+        security: NodeSecurity = load_security(config, genesis, member, log)
+    except SecurityError as exc:
+        raise StartupError(str(exc), 2) from exc
     lmdb_store = LmdbStore(
         config.data_dir,
         map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes),
@@ -151,7 +157,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             quorum_links.set()
         driver.on_peer_up(peer)
 
-    links = PeerLinks(genesis, member.replica, limits, log, on_peer_up=on_peer_up)
+    links = PeerLinks(genesis, member.replica, limits, log, on_peer_up=on_peer_up, dial=security.dial)
     driver = Driver(
         genesis,
         store,
@@ -172,7 +178,13 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         relay_delay_ms=limits.view_change_timeout_ms // 5,
     )
     backfill = AttestationBackfill(
-        genesis, member.replica, crypto, store, log, reply_bytes_max=limits.peer_message_bytes_max
+        genesis,
+        member.replica,
+        crypto,
+        store,
+        log,
+        reply_bytes_max=limits.peer_message_bytes_max,
+        dial=security.dial,
     )
     api = LedgerApi(
         genesis,
@@ -192,7 +204,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     backoff = limits.peer_backoff_ms_max
     replica_server = grpc.aio.server(options=grpc_options(peer_bytes, peer_bytes, backoff))
     replica_server.add_generic_rpc_handlers(
-        (ReplicaServer(genesis, limits, _Inbound(driver, api), log).handler(),)
+        (ReplicaServer(genesis, limits, _Inbound(driver, api), log, security.peer_auth(log)).handler(),)
     )
     # Client requests are bounded tightly; replies (a whole block) may be as large as a peer's.
     api_server = grpc.aio.server(options=grpc_options(limits.message_bytes_max, peer_bytes, backoff))
@@ -207,9 +219,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         ),
     )
     try:
-        if replica_server.add_insecure_port(config.replica_listen) == 0:
+        if bind(replica_server, config.replica_listen, security.credentials(replica_port=True)) == 0:
             raise StartupError(f"cannot listen on {config.replica_listen} (replica port)", 3)
-        if api_server.add_insecure_port(config.api_listen) == 0:
+        if bind(api_server, config.api_listen, security.credentials(replica_port=False)) == 0:
             raise StartupError(f"cannot listen on {config.api_listen} (api port)", 3)
     except RuntimeError as exc:  # grpc raises this when the address is in use
         raise StartupError(f"cannot listen: {exc}", 3) from exc
@@ -239,6 +251,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         replica=member.replica,
         api=config.api_listen,
         replica_port=config.replica_listen,
+        tls=config.tls,
         last_executed=head.last_executed,
         journal_records=len(journal),
     )

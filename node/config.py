@@ -60,6 +60,12 @@ class NodeConfig:
     replica_listen: str  # host:port for ReplicaService
     log_path: Path | None = None  # JSON event lines; None = stderr
     limits: NodeLimits = NodeLimits()
+    # TLS on both ports (mutual on the replica port) with this certificate, issued by the bank's
+    # CA that genesis lists, and its key. ``tls`` false: plaintext, for debugging only (the node
+    # logs a warning event); the paths are then not needed.
+    tls: bool = True
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -71,7 +77,11 @@ class NodeConfig:
             "replica_listen": self.replica_listen,
             "log_path": None if self.log_path is None else str(self.log_path),
             "limits": asdict(self.limits),
+            "tls": self.tls,
         }
+        for key, value in (("tls_cert_path", self.tls_cert_path), ("tls_key_path", self.tls_key_path)):
+            if value is not None:
+                doc[key] = str(value)
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
@@ -90,7 +100,7 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
     """Validate a decoded config; relative paths are relative to base_dir (the file's folder)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
-    known = set(_REQUIRED_STR) | {"log_path", "limits"}
+    known = set(_REQUIRED_STR) | {"log_path", "limits", "tls", "tls_cert_path", "tls_key_path"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -111,6 +121,21 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         if not isinstance(raw_log, str) or not raw_log:
             raise ConfigError(f"{where}.log_path: a non-empty string or null")
         log_path = path(raw_log)
+
+    tls = data.get("tls", True)
+    if not isinstance(tls, bool):
+        raise ConfigError(f"{where}.tls: true or false, got {tls!r}")
+    tls_paths: dict[str, Path | None] = {}
+    for key in ("tls_cert_path", "tls_key_path"):
+        raw = data.get(key)
+        if raw is None and tls:
+            raise ConfigError(
+                f"{where}.{key}: required while tls is on (the default); "
+                '"tls": false runs plaintext, for debugging only'
+            )
+        if raw is not None and (not isinstance(raw, str) or not raw):
+            raise ConfigError(f"{where}.{key}: a non-empty string")
+        tls_paths[key] = None if raw is None else path(raw)
 
     raw_limits = data.get("limits", {})
     if not isinstance(raw_limits, dict):
@@ -139,6 +164,9 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         replica_listen=_listen(values["replica_listen"], f"{where}.replica_listen"),
         log_path=log_path,
         limits=limits,
+        tls=tls,
+        tls_cert_path=tls_paths["tls_cert_path"],
+        tls_key_path=tls_paths["tls_key_path"],
     )
 
 

@@ -24,6 +24,7 @@ from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
+from node.security import Dial
 from node.storage import blocks
 from node.storage.kv import KVReader, KVStore
 
@@ -205,7 +206,10 @@ class AttestationBackfill:
         store: KVStore,
         log: EventLog,
         reply_bytes_max: int = 128 << 20,
+        *,
+        dial: Dial,  # node/security.py: TLS with the node's certificate, or plaintext
     ) -> None:
+        self._dial = dial
         self.genesis = genesis
         self.reply_bytes_max = reply_bytes_max  # a peer's GetBlock reply: a whole block
         self.own_replica = own_replica
@@ -217,9 +221,9 @@ class AttestationBackfill:
     async def _get_block(self, replica: int, height: int) -> api_pb2.GetBlockResponse | None:
         channel = self._channels.get(replica)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
+            channel = self._dial(
                 self.genesis.members[replica].api_address,
-                options=[("grpc.max_receive_message_length", self.reply_bytes_max)],
+                [("grpc.max_receive_message_length", self.reply_bytes_max)],
             )
             self._channels[replica] = channel
         call = channel.unary_unary(

@@ -27,6 +27,8 @@ from ledger.genesis import Genesis
 from ledger.v1 import consensus_pb2, tx_pb2
 from node.config import NodeLimits
 from node.log import EventLog
+from node.peerauth import PeerAuth
+from node.security import Dial
 
 SERVICE = "ledger.v1.ReplicaService"
 _ACK = consensus_pb2.PeerAck().SerializeToString()
@@ -107,7 +109,15 @@ def check_peer_message(raw: bytes, n: int) -> str | None:
 class ReplicaServer:
     """The ReplicaService servicer, registered with raw-bytes handlers."""
 
-    def __init__(self, genesis: Genesis, limits: NodeLimits, inbound: ReplicaInbound, log: EventLog):
+    def __init__(
+        self,
+        genesis: Genesis,
+        limits: NodeLimits,
+        inbound: ReplicaInbound,
+        log: EventLog,
+        auth: PeerAuth | None = None,  # None: plaintext, anyone may call (config "tls": false)
+    ):
+        self._auth = auth
         self._genesis = genesis
         self._limits = limits
         self._inbound = inbound
@@ -117,6 +127,8 @@ class ReplicaServer:
     async def stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
+        if self._auth is not None:  # before a byte of the stream is read
+            await self._auth.require_member(context)
         source = ("stream", next(self._streams), context.peer())
         bad_frames = 0
         try:
@@ -153,6 +165,8 @@ class ReplicaServer:
         return _ACK
 
     async def forward(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if self._auth is not None:
+            await self._auth.require_member(context)
         try:
             envelopes = wirescan.repeated_bytes(raw, 1, self._limits.submit_batch_max)
         except wirescan.ScanError as exc:
@@ -164,6 +178,8 @@ class ReplicaServer:
         return _ACK
 
     async def fetch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if self._auth is not None:
+            await self._auth.require_member(context)
         try:
             req = consensus_pb2.FetchBlocksRequest.FromString(raw)
         except Exception:
@@ -221,7 +237,10 @@ class PeerLinks:
         limits: NodeLimits,
         log: EventLog,
         on_peer_up: Callable[[int], None] | None = None,
+        *,
+        dial: Dial,  # node/security.py: TLS with the node's certificate, or plaintext
     ) -> None:
+        self._dial = dial
         self._limits = limits
         self._log = log
         self._on_peer_up = on_peer_up
@@ -237,9 +256,9 @@ class PeerLinks:
 
     def start(self) -> None:
         for peer in self.peers.values():
-            peer.channel = grpc.aio.insecure_channel(
+            peer.channel = self._dial(
                 peer.address,
-                options=grpc_options(
+                grpc_options(
                     self._limits.peer_message_bytes_max,
                     self._limits.peer_message_bytes_max,
                     self._limits.peer_backoff_ms_max,

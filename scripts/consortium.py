@@ -2,19 +2,29 @@
 """A local consortium in one command: genesis, keys, one node process per bank on 127.0.0.1.
 
     python scripts/consortium.py up --banks 4      create ./consortium (if new) and start every node
+    python scripts/consortium.py up --insecure     the same, plaintext (debugging only)
     python scripts/consortium.py status            per node: up/down, view, primary, height, root
     python scripts/consortium.py kill BANK-B       SIGKILL one node (kill -9)
     python scripts/consortium.py restart BANK-B    start it again (kills it first if running)
     python scripts/consortium.py down              stop every node it started: SIGTERM, then SIGKILL
     python scripts/consortium.py demo              the lifecycle demo (scripts/demo.py) in --dir
 
+A bank on its own host uses the two steps ``init`` runs for every bank (scripts/members.py):
+
+    python scripts/consortium.py keygen BANK-X --dir D --host H --replica-port P --api-port Q --asset USD.BANK-X:2
+        the bank's CA, node certificate, node and operator keys in D (secrets 0600), and
+        D/BANK-X.public.json, the only file it hands the others
+    python scripts/consortium.py genesis --dir D --chain-id C A.public.json B.public.json ...
+        D/genesis.json from the members' public parts (replicas in the order given)
+
 Every subcommand takes --dir PATH (default ./consortium). The directory layout, which the client
 SDK, demo, chaos and bench scripts rely on:
 
-    genesis.json                       chain id, f, members (keys, ports), assets
-    consortium.json                    manifest: chain id, banks in replica order
-    keys/<BANK>.node.key               the bank node's consensus key (ledger.crypto key file)
-    keys/<BANK>.operator.key           the bank operator's key: signs OpenAccount, Mint, freeze
+    genesis.json                       chain id, f, members (keys, CA certificates, ports), assets
+    consortium.json                    manifest: chain id, banks in replica order, tls
+    banks/<BANK>/                      the bank's own folder, made by `keygen` (scripts/members.py):
+        <BANK>.node.key, <BANK>.operator.key, <BANK>.ca.pem, <BANK>.ca-key.pem,
+        <BANK>.tls.pem, <BANK>.tls-key.pem, <BANK>.public.json
     nodes/<BANK>/config.json           node config (node/config.py)
     nodes/<BANK>/data/                 LMDB environment
     nodes/<BANK>/events.log            JSON event lines of the node
@@ -45,9 +55,11 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from members import BankFiles, assemble_genesis, keygen  # noqa: E402  (scripts/members.py)
 
-from ledger.crypto import SigningKey, save_key  # noqa: E402
-from ledger.genesis import Asset, Genesis, LedgerLimits, Member, load_genesis  # noqa: E402
+from ledger import tls  # noqa: E402
+from ledger.genesis import Genesis, GenesisError, Member, load_genesis  # noqa: E402
+from ledger.pki import PkiError  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 from node.config import NodeConfig, NodeLimits, load_node_config  # noqa: E402
 
@@ -130,6 +142,7 @@ class Consortium:
         self.dir = directory.resolve()
         self.python = python
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._insecure: bool | None = None
 
     # --- layout -------------------------------------------------------------------------
 
@@ -146,11 +159,26 @@ class Consortium:
     def pid_path(self, bank: str) -> Path:
         return self.node_dir(bank) / "node.pid"
 
+    def bank_files(self, bank: str) -> BankFiles:
+        return BankFiles(self.dir / "banks" / bank, bank)
+
     def operator_key_path(self, bank: str) -> Path:
-        return self.dir / "keys" / f"{bank}.operator.key"
+        return self.bank_files(bank).operator_key
 
     def node_key_path(self, bank: str) -> Path:
-        return self.dir / "keys" / f"{bank}.node.key"
+        return self.bank_files(bank).node_key
+
+    @property
+    def insecure(self) -> bool:
+        """The nodes run plaintext (``init --insecure``): clients must dial them so too."""
+        if self._insecure is None:
+            manifest = json.loads((self.dir / "consortium.json").read_text())
+            self._insecure = not manifest.get("tls", True)
+        return self._insecure
+
+    def channel(self, endpoint: str) -> grpc.Channel:
+        """A channel to one of the nodes' ports, TLS unless the consortium runs plaintext."""
+        return tls.channel(self.genesis(), endpoint, insecure=self.insecure)
 
     def exists(self) -> bool:
         return self.genesis_path.exists()
@@ -174,8 +202,16 @@ class Consortium:
 
     # --- init ---------------------------------------------------------------------------
 
-    def init(self, banks: int, chain_id: str | None = None, limits: dict[str, int] | None = None) -> Genesis:
-        """Write genesis, keys and node configs for ``banks`` banks; refuse an existing dir."""
+    def init(
+        self,
+        banks: int,
+        chain_id: str | None = None,
+        limits: dict[str, int] | None = None,
+        insecure: bool = False,
+    ) -> Genesis:
+        """Write genesis, keys and node configs for ``banks`` banks; refuse an existing dir.
+        Each bank's secrets are made in its own folder by the same ``keygen`` a bank on its
+        own host runs, and genesis is assembled from their public parts alone."""
         if banks < 4:
             raise ConsortiumError(f"--banks must be >= 4 (n = 3f+1 with f >= 1), got {banks}")
         if self.exists():
@@ -192,51 +228,42 @@ class Consortium:
         node_limits = NodeLimits(**(per_tps | (limits or {})))
         chain_id = chain_id or f"local-{secrets.token_hex(4)}"
         ports = free_ports(2 * n)
-        members: list[Member] = []
-        assets: list[Asset] = []
+        publics: list[Path] = []
         for i in range(n):
             bank = bank_name(i)
-            node_key, operator_key = SigningKey.generate(), SigningKey.generate()
-            save_key(self.node_key_path(bank), node_key, f"{bank} node")
-            save_key(self.operator_key_path(bank), operator_key, f"{bank} operator")
             ccy, scale = CURRENCIES[i % len(CURRENCIES)]
-            asset = f"{ccy}.{bank}"
-            assets.append(Asset(asset=asset, issuer=bank, scale=scale))
-            members.append(
-                Member(
-                    member_id=bank,
-                    replica=i,
-                    node_key=node_key.public_key,
-                    operator_key=operator_key.public_key,
-                    host=HOST,
-                    replica_port=ports[2 * i],
-                    api_port=ports[2 * i + 1],
-                    assets=(asset,),
+            publics.append(
+                keygen(
+                    self.bank_files(bank), HOST, ports[2 * i], ports[2 * i + 1], [(f"{ccy}.{bank}", scale)]
                 )
             )
-        genesis = Genesis(
-            chain_id=chain_id,
-            f=f,
-            members=tuple(members),
-            assets=tuple(sorted(assets, key=lambda a: a.asset)),
-            limits=LedgerLimits(),
-        )
-        for m in members:
+        genesis = assemble_genesis(chain_id, publics)
+        for m in genesis.members:
+            files = self.bank_files(m.member_id)
             node_dir = self.node_dir(m.member_id)
             (node_dir / "data").mkdir(parents=True, exist_ok=True)
             config = NodeConfig(
                 genesis_path=self.genesis_path,
                 member_id=m.member_id,
-                key_path=self.node_key_path(m.member_id),
+                key_path=files.node_key,
                 data_dir=node_dir / "data",
                 api_listen=m.api_address,
                 replica_listen=m.replica_address,
                 log_path=node_dir / "events.log",
                 limits=node_limits,
+                tls=not insecure,
+                tls_cert_path=files.tls_cert,
+                tls_key_path=files.tls_key,
             )
             self.config_path(m.member_id).write_text(config.to_json())
-        manifest = {"chain_id": chain_id, "banks": [m.member_id for m in members], "f": f}
+        manifest = {
+            "chain_id": chain_id,
+            "banks": [m.member_id for m in genesis.members],
+            "f": f,
+            "tls": not insecure,
+        }
         (self.dir / "consortium.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        self._insecure = insecure
         # genesis last: its presence is what marks the directory as initialized
         self.genesis_path.write_text(genesis.to_json())
         return genesis
@@ -291,7 +318,7 @@ class Consortium:
 
     def health(self, bank: str, timeout_s: float = 1.0) -> bool:
         m = self.member(bank)
-        with grpc.insecure_channel(m.api_address) as channel:
+        with self.channel(m.api_address) as channel:
             try:
                 resp = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=timeout_s
@@ -323,12 +350,16 @@ class Consortium:
         return "(no stderr.log)"
 
     def up(
-        self, banks: int = 4, timeout_s: float = UP_TIMEOUT_S, limits: dict[str, int] | None = None
+        self,
+        banks: int = 4,
+        timeout_s: float = UP_TIMEOUT_S,
+        limits: dict[str, int] | None = None,
+        insecure: bool = False,
     ) -> list[str]:
         """Create the consortium if needed and start every node that is not running.
         Returns the banks started; raises ConsortiumError if all were already running."""
         if not self.exists():
-            self.init(banks, limits=limits)
+            self.init(banks, limits=limits, insecure=insecure)
         all_banks = self.banks()
         to_start = [b for b in all_banks if self.pid(b) is None]
         if not to_start:
@@ -399,7 +430,7 @@ class Consortium:
     # --- queries ------------------------------------------------------------------------
 
     def ledger_channel(self, bank: str) -> grpc.Channel:
-        return grpc.insecure_channel(self.member(bank).api_address)
+        return self.channel(self.member(bank).api_address)
 
     def node_status(self, bank: str, timeout_s: float = 1.0) -> api_pb2.NodeStatus | None:
         with self.ledger_channel(bank) as channel:
@@ -434,7 +465,9 @@ def _print_endpoints(c: Consortium) -> None:
             f"{m.member_id:<10} {m.replica:>7} {pid or '-':>8}  {m.api_address:<21} {m.replica_address:<21} "
             f"{','.join(m.assets)}"
         )
-    print(f"operator keys: {c.dir / 'keys'}/<BANK>.operator.key")
+    print(f"operator keys: {c.dir / 'banks'}/<BANK>/<BANK>.operator.key")
+    if c.insecure:
+        print("plaintext (--insecure): for debugging only")
 
 
 def _print_status(c: Consortium) -> None:
@@ -454,6 +487,34 @@ def _print_status(c: Consortium) -> None:
         )
 
 
+def _bank_step(args: argparse.Namespace) -> int:
+    """``keygen`` (in a bank's own folder) and ``genesis`` (from public parts only)."""
+    try:
+        if args.command == "keygen":
+            assets = []
+            for spec in args.asset:
+                name, sep, scale = spec.rpartition(":")
+                if not sep or not scale.isdigit():
+                    raise ConsortiumError(f"--asset {spec!r}: expected CCY.{args.bank}:SCALE")
+                assets.append((name, int(scale)))
+            public = keygen(
+                BankFiles(args.dir, args.bank), args.host, args.replica_port, args.api_port, assets
+            )
+            print(f"{args.bank}: keys and certificates in {args.dir}; hand the others only {public}")
+        else:
+            path = args.dir / "genesis.json"
+            if path.exists():
+                raise ConsortiumError(f"{path} already exists")
+            genesis = assemble_genesis(args.chain_id or f"chain-{secrets.token_hex(4)}", args.public)
+            args.dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(genesis.to_json())
+            print(f"{path}: chain {genesis.chain_id}, n={genesis.n} f={genesis.f}")
+    except (ConsortiumError, GenesisError, PkiError, OSError) as exc:
+        print(f"consortium: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -465,6 +526,19 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="create (if new) and start every node")
     p_up.add_argument("--banks", type=int, default=4)
     p_up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S)
+    for p in (p_init, p_up):
+        p.add_argument("--insecure", action="store_true", help="plaintext nodes, for debugging only")
+    p_keygen = sub.add_parser(
+        "keygen", help="one bank: its CA, node certificate and keys in --dir, and its public part"
+    )
+    p_keygen.add_argument("bank", help="member id, e.g. BANK-X")
+    p_keygen.add_argument("--host", default=HOST, help="the node's address as peers reach it")
+    p_keygen.add_argument("--replica-port", type=int, required=True)
+    p_keygen.add_argument("--api-port", type=int, required=True)
+    p_keygen.add_argument("--asset", action="append", default=[], help="CCY.BANK-X:SCALE, repeatable")
+    p_genesis = sub.add_parser("genesis", help="--dir/genesis.json from the banks' <BANK>.public.json files")
+    p_genesis.add_argument("--chain-id", default=None)
+    p_genesis.add_argument("public", nargs="+", type=Path, help="public parts, in replica order")
     sub.add_parser("status")
     for name in ("kill", "restart", "start", "stop"):
         sub.add_parser(name).add_argument("bank")
@@ -477,15 +551,17 @@ def main(argv: list[str] | None = None) -> int:
         from demo import run_demo  # scripts/demo.py; imported late, it imports this module
 
         return run_demo(args.dir)
+    if args.command in ("keygen", "genesis"):
+        return _bank_step(args)
     c = Consortium(args.dir)
     try:
         if args.command == "init":
-            c.init(args.banks)
+            c.init(args.banks, insecure=args.insecure)
             _print_endpoints(c)
         elif args.command == "up":
             if c.exists() and args.banks != len(c.banks()):
                 print(f"note: {c.dir} already has {len(c.banks())} banks; --banks {args.banks} ignored")
-            started = c.up(args.banks, timeout_s=args.timeout)
+            started = c.up(args.banks, timeout_s=args.timeout, insecure=args.insecure)
             print(f"started {len(started)} node(s), all healthy")
             _print_endpoints(c)
         elif not c.exists():

@@ -3,7 +3,9 @@
 FakeChain plays the 4 replicas: it turns batches into blocks, signs 2f+1 commits and f+1
 attestations with the members' node keys, and keeps receipts. MiniLedger is a small, obviously
 written ledger (not the node's) so CLI tests see balances move. FakeNode is a LedgerService
-servicer over a shared chain, with knobs for a node that is down, refuses, or lies.
+servicer over a shared chain, with knobs for a node that is down, refuses, or lies. Each bank has
+its own CA in genesis, and ``serve`` runs every fake node over TLS with a bank's certificate,
+as real nodes run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from ledger import merkle
+from ledger import merkle, pki, tls
 from ledger.crypto import DOMAIN_CONSENSUS, DOMAIN_TX, SigningKey, verify
 from ledger.genesis import Genesis, parse_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, consensus_pb2, tx_pb2
@@ -34,10 +36,18 @@ class Bank:
     member_id: str
     node_key: SigningKey
     operator_key: SigningKey
+    ca: pki.Issued  # the bank's certificate authority
+    tls: pki.Issued  # its node's certificate (127.0.0.1), issued by ca
+
+
+def make_bank(member_id: str) -> Bank:
+    ca = pki.make_ca(member_id)
+    node_tls = pki.issue_node_cert(ca, member_id, ("127.0.0.1",))
+    return Bank(member_id, SigningKey.generate(), SigningKey.generate(), ca, node_tls)
 
 
 def make_banks(count: int = 4) -> list[Bank]:
-    return [Bank(f"BANK-{chr(65 + i)}", SigningKey.generate(), SigningKey.generate()) for i in range(count)]
+    return [make_bank(f"BANK-{chr(65 + i)}") for i in range(count)]
 
 
 def make_genesis(banks: Sequence[Bank], chain_id: str = "test-chain") -> Genesis:
@@ -55,6 +65,7 @@ def make_genesis(banks: Sequence[Bank], chain_id: str = "test-chain") -> Genesis
                 "replica_port": 7000 + i,
                 "api_port": 7100 + i,
                 "assets": [{"asset": f"{ccy}.{b.member_id}", "scale": 0 if ccy == "JPY" else 2}],
+                "ca_cert": b.ca.cert_pem.decode(),
             }
         )
     return parse_genesis({"chain_id": chain_id, "f": (len(banks) - 1) // 3, "members": members})
@@ -561,16 +572,24 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
         )
 
 
+def tls_port(server: grpc.Server, bank: Bank, genesis: Genesis) -> int:
+    """Listen on a free 127.0.0.1 port over TLS with the bank's node certificate."""
+    return server.add_secure_port(
+        "127.0.0.1:0", tls.server_credentials(genesis, bank.tls, require_client_auth=False)
+    )
+
+
 @contextmanager
 def serve(nodes: Sequence[FakeNode]) -> Iterator[list[str]]:
-    """Run each fake node on its own 127.0.0.1 port; yield their endpoints; always stop them."""
+    """Run each fake node on its own 127.0.0.1 port, over TLS with the certificate of bank
+    i mod n; yield their endpoints; always stop them."""
     servers: list[grpc.Server] = []
     endpoints: list[str] = []
     try:
-        for node in nodes:
+        for i, node in enumerate(nodes):
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
             api_pb2_grpc.add_LedgerServiceServicer_to_server(node, server)
-            port = server.add_insecure_port("127.0.0.1:0")
+            port = tls_port(server, node.chain.banks[i % len(node.chain.banks)], node.chain.genesis)
             server.start()
             servers.append(server)
             endpoints.append(f"127.0.0.1:{port}")

@@ -25,6 +25,7 @@ from node.pbft import actions as act
 from node.pbft import wire
 from node.pbft.crypto import Ed25519Crypto
 from node.receipts import AttestationBackfill
+from node.security import plaintext_dial
 from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 from node.storage.memory import MemoryStore
@@ -279,7 +280,12 @@ def test_pending_requests_expire_oldest_first_after_their_ttl(monkeypatch: Any) 
 
 def make_api(fx: Factory, driver: Driver, limits: NodeLimits | None = None) -> LedgerApi:
     backfill = AttestationBackfill(
-        fx.genesis, 1, Ed25519Crypto(fx.client("node"), [], fx.chain_id), driver.store, driver.log
+        fx.genesis,
+        1,
+        Ed25519Crypto(fx.client("node"), [], fx.chain_id),
+        driver.store,
+        driver.log,
+        dial=plaintext_dial,  # never dials in these tests
     )
     assert isinstance(driver.ledger, Ledger)
     return LedgerApi(

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client.verify import verify_block, verify_receipt
-from ledger import merkle
+from ledger import merkle, tls
 from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.config import NodeLimits
@@ -182,7 +182,7 @@ def test_submit_stream_answers_each_request_in_order_and_streams_every_receipt(
 
 
 def test_submit_stream_ends_with_invalid_argument_on_a_request_that_does_not_parse(net: Consortium) -> None:
-    with grpc.insecure_channel(net.member("BANK-B").api_address) as ch:
+    with net.channel(net.member("BANK-B").api_address) as ch:
         call = ch.stream_stream("/ledger.v1.LedgerService/SubmitStream", None, None)
         assert rpc_code(lambda: list(call(iter([b"\xff\xfe garbage"]), timeout=10))) == (
             grpc.StatusCode.INVALID_ARGUMENT
@@ -192,7 +192,7 @@ def test_submit_stream_ends_with_invalid_argument_on_a_request_that_does_not_par
 
 
 def _raw_unary(c: Consortium, bank: str, method: str, payload: bytes) -> grpc.StatusCode:
-    with grpc.insecure_channel(c.member(bank).api_address) as ch:
+    with c.channel(c.member(bank).api_address) as ch:
         call = ch.unary_unary(f"/ledger.v1.LedgerService/{method}", None, None)
         return rpc_code(lambda: call(payload, timeout=5))
 
@@ -300,7 +300,10 @@ def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded:
         ),
         _frame(*[_peer_message(1, outsider, genesis.chain_id)] * (FRAME_MESSAGES_MAX + 1)),  # too many
     ]
-    with grpc.insecure_channel(net.member(target).replica_address) as ch:
+    # A member's node gone byzantine (BANK-B's own certificate): an outsider does not get this
+    # far (tests/node/test_tls.py).
+    identity = tls.load_identity(net.bank_files("BANK-B").tls_cert, net.bank_files("BANK-B").tls_key)
+    with tls.channel(genesis, net.member(target).replica_address, identity=identity) as ch:
         stream = ch.stream_unary("/ledger.v1.ReplicaService/Stream", None, None)
         stream(iter(stream_in), timeout=5)
         forward = ch.unary_unary("/ledger.v1.ReplicaService/ForwardTransactions", None, None)
@@ -337,7 +340,7 @@ def test_replica_port_drops_and_counts_non_member_input(net: Consortium, funded:
 
 
 def test_health_and_reflection_are_served(net: Consortium) -> None:
-    with grpc.insecure_channel(net.member("BANK-A").api_address) as ch:
+    with net.channel(net.member("BANK-A").api_address) as ch:
         health = health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="ledger.v1.LedgerService"), timeout=5
         )
@@ -356,7 +359,7 @@ def test_reflection_answers_v1_as_well_as_v1alpha(net: Consortium) -> None:
     """Tools that speak grpc.reflection.v1 (grpcurl, Postman, grpc-js) get answers, and every
     service listed resolves to a file descriptor. v1's messages are v1alpha's on the wire
     (same fields and numbers), so the v1alpha classes encode the v1 requests here."""
-    with grpc.insecure_channel(net.member("BANK-A").api_address) as ch:
+    with net.channel(net.member("BANK-A").api_address) as ch:
         info = ch.stream_stream(
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
