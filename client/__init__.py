@@ -10,7 +10,7 @@ tests/client/test_live.py)::
     from ledger.crypto import load_key
 
     consortium = Path("consortium")
-    bank_a = load_key(consortium / "keys" / "BANK-A.operator.key").key
+    bank_a = load_key(consortium / "banks" / "BANK-A" / "BANK-A.operator.key").key
     wallet = Wallet(consortium / "wallet")
     alice, bob = wallet.create("example-alice").key, wallet.create("example-bob").key
 

@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from client.verify import ReceiptError, VerifiedBlock, verify_block  # noqa: E402
+from ledger import tls  # noqa: E402
 from ledger.genesis import Genesis, load_genesis  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2  # noqa: E402
 from node.app.ledger import Ledger  # noqa: E402
@@ -158,14 +159,18 @@ def replay(
 
 
 def audit(
-    genesis: Genesis, endpoints: Mapping[str, str], acknowledged: Mapping[bytes, int] | None = None
+    genesis: Genesis,
+    endpoints: Mapping[str, str],
+    acknowledged: Mapping[bytes, int] | None = None,
+    insecure: bool = False,
 ) -> AuditReport:
-    """Audit the nodes at endpoints (name -> host:port). acknowledged: tx_id -> result code."""
+    """Audit the nodes at endpoints (name -> host:port). acknowledged: tx_id -> result code.
+    Over TLS, each node verified against genesis, unless ``insecure`` (plaintext nodes)."""
     report = AuditReport(heights={}, audited_height=0)
     chains: dict[str, list[VerifiedBlock]] = {}
     options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
     for name, address in sorted(endpoints.items()):
-        with grpc.insecure_channel(address, options=options) as channel:
+        with tls.channel(genesis, address, options, insecure=insecure) as channel:
             chain = fetch_chain(genesis, api_pb2_grpc.LedgerServiceStub(channel), report, name)
         if chain is None:
             report.unreachable.append(name)
@@ -189,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", type=Path, default=Path("consortium"), help="consortium directory")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    parser.add_argument("--insecure", action="store_true", help="plaintext nodes (debugging only)")
     args = parser.parse_args(argv)
     try:
         genesis = load_genesis(args.dir / "genesis.json")
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     endpoints = {m.member_id: m.api_address for m in genesis.members}
-    report = audit(genesis, endpoints)
+    report = audit(genesis, endpoints, insecure=args.insecure)
     if args.json:
         print(
             json.dumps({**asdict(report), "ok": report.ok, "seconds": round(time.monotonic() - started, 2)})

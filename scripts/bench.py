@@ -58,6 +58,7 @@ from client.models import Committed  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
 from client.tx import LegSpec, TxBuilder  # noqa: E402
 from client.verify import ReceiptError, VerificationCache, verify_receipt  # noqa: E402
+from ledger import tls  # noqa: E402
 from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.genesis import Genesis, load_genesis  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2  # noqa: E402
@@ -80,7 +81,7 @@ def log(msg: str) -> None:
 
 def open_and_fund(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple[str, str, str]]:
     """Open per_bank accounts at each bank, fund each with its bank's asset. (id, asset, seed)."""
-    client = LedgerClient(genesis, timeout_s=60.0)
+    client = LedgerClient(genesis, timeout_s=60.0, insecure=c.insecure)
     operators = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
     accounts: list[tuple[str, str, str]] = []
     # A tag per run, so that a second run attached to the same consortium opens fresh accounts.
@@ -141,6 +142,7 @@ class ClientPlan:
     submit: str = "stream"  # "stream": one SubmitStream; "batch": SubmitBatch + WaitReceiptBatches each
     escrow: float = 0.0  # fraction that are escrow creates
     escrow_expires_at_ms: int = 0  # their expiry (consensus time), after the run
+    insecure: bool = False  # plaintext nodes (--insecure), to compare against TLS
 
 
 def presign(plan: ClientPlan, genesis: Genesis) -> tuple[list[bytes], list[bytes], list[str], float]:
@@ -232,7 +234,7 @@ async def run_client(
         ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
     ]
-    async with grpc.aio.insecure_channel(plan.endpoint, options=options) as channel:
+    async with tls.aio_channel(genesis, plan.endpoint, options, insecure=plan.insecure) as channel:
         stub = api_pb2_grpc.LedgerServiceStub(channel)
 
         async def send(lo: int, hi: int, t_sent: list[float]) -> None:
@@ -441,12 +443,12 @@ def proc_sample(pid: int) -> tuple[float, float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks, anon_kb / 1024
 
 
-def views(genesis: Genesis) -> dict[str, int]:
+def views(genesis: Genesis, insecure: bool) -> dict[str, int]:
     """Each answering node's current view (a view change during the window shows as a change)."""
     out: dict[str, int] = {}
     for m in genesis.members:
         try:
-            with grpc.insecure_channel(m.api_address) as channel:
+            with tls.channel(genesis, m.api_address, insecure=insecure) as channel:
                 status = api_pb2_grpc.LedgerServiceStub(channel).GetStatus(
                     api_pb2.GetStatusRequest(), timeout=2
                 )
@@ -498,6 +500,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
                 multileg=args.multileg,
                 submit=args.submit,
                 escrow=args.escrow,
+                insecure=c.insecure,
                 escrow_expires_at_ms=escrow_expires_at_ms,
             )
             for i in range(k)
@@ -524,13 +527,13 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
             log(f"bench: load started; warm-up {args.warmup:.0f}s, then {args.duration:.0f}s timed")
             time.sleep(max(0.0, window_start - time.time()))
             before = {b: proc_sample(pid) for b, pid in pids.items() if pid}
-            views_before = views(genesis)
+            views_before = views(genesis, c.insecure)
             while time.time() < window_end:
                 time.sleep(min(5.0, max(0.0, window_end - time.time())))
                 if time.time() < window_end:
                     log(f"bench: {window_end - time.time():4.0f}s left in the timed window")
             after = {b: proc_sample(pid) for b, pid in pids.items() if pid}
-            views_after = views(genesis)
+            views_after = views(genesis, c.insecure)
             for proc in procs:
                 proc.join(timeout=120)
         finally:
@@ -557,6 +560,7 @@ def run(args: argparse.Namespace, c: Consortium) -> dict[str, Any]:
     sizes = sorted(batch_sizes.elements())
     out = {
         "banks": genesis.n,
+        "tls": not c.insecure,
         "mode": "open" if args.rate else "closed",
         "submit": args.submit,
         "multileg": args.multileg,
@@ -668,6 +672,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=None, help="write throughput and latency plots (PNG)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="start the consortium plaintext (to measure what TLS costs; with --dir, its own setting holds)",
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if not 0 <= args.multileg <= 1 or not 0 <= args.escrow <= 1:
@@ -681,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="bench-consortium-") as tmp:
                 c = Consortium(Path(tmp))
                 try:
-                    c.up(banks=args.banks)
+                    c.up(banks=args.banks, insecure=args.insecure)
                     out = run(args, c)
                 finally:
                     for line in c.down():

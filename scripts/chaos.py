@@ -72,6 +72,7 @@ def log(msg: str) -> None:
 class ClientPlan:
     index: int
     genesis_path: str
+    insecure: bool  # plaintext nodes (--insecure)
     seed: int
     own: tuple[tuple[str, str], ...]  # (account_id, owner seed hex) this client signs for
     everyone: tuple[str, ...]  # every account id (transfer targets)
@@ -85,7 +86,9 @@ def client_main(plan: ClientPlan, stop: EventType) -> None:
     rng = random.Random(plan.seed)
     keys = {acct: SigningKey(bytes.fromhex(seed)) for acct, seed in plan.own}
     own = sorted(keys)
-    client = LedgerClient(plan.genesis_path, timeout_s=15.0, call_timeout_s=2.0, receipt_wait_s=3.0)
+    client = LedgerClient(
+        plan.genesis_path, timeout_s=15.0, call_timeout_s=2.0, receipt_wait_s=3.0, insecure=plan.insecure
+    )
     escrow_n = 0
     with open(plan.out_path, "w") as out:
 
@@ -341,7 +344,7 @@ FAULTS = ("kill_backup", "kill_primary", "kill_f", "kill_in_view_change", "pause
 
 def setup_accounts(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple[str, str]]:
     """Open per_bank accounts at every bank and mint every asset into each; (id, seed hex)."""
-    client = LedgerClient(genesis, timeout_s=30.0)
+    client = LedgerClient(genesis, timeout_s=30.0, insecure=c.insecure)
     accounts: list[tuple[str, str]] = []
     operators = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
     try:
@@ -389,7 +392,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     stats = Stats()
     started = time.monotonic()
     try:
-        c.up(banks=args.banks)
+        c.up(banks=args.banks, insecure=args.insecure)
         genesis = c.genesis()
         log(f"chaos: {args.banks} banks up in {c.dir}; seed {args.seed}")
         accounts = setup_accounts(c, genesis, args.accounts_per_bank)
@@ -400,6 +403,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             plan = ClientPlan(
                 index=k,
                 genesis_path=str(c.genesis_path),
+                insecure=c.insecure,
                 seed=rng.getrandbits(32),
                 own=tuple(accounts[k :: args.clients]),
                 everyone=everyone,
@@ -441,7 +445,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 counts[row["outcome"]] += 1
                 if row["outcome"] == "committed":
                     acknowledged[bytes.fromhex(row["tx"])] = int(row["code"])
-        report = audit(genesis, {m.member_id: m.api_address for m in genesis.members}, acknowledged)
+        report = audit(
+            genesis, {m.member_id: m.api_address for m in genesis.members}, acknowledged, insecure=c.insecure
+        )
         for problem in report.problems + stats.failures:
             log(f"  ! {problem}")
         rec = stats.recovery_s
@@ -503,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts-per-bank", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a fresh temp dir)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext nodes (debugging only; default TLS)"
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:

@@ -543,14 +543,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("kill", "restart", "start", "stop"):
         sub.add_parser(name).add_argument("bank")
     sub.add_parser("down")
-    sub.add_parser("demo", help="start a consortium in --dir and run the demo (scripts/demo.py)")
+    sub.add_parser(
+        "demo", help="start a consortium in --dir and run the demo (scripts/demo.py)"
+    ).add_argument("--insecure", action="store_true", help="plaintext nodes (debugging only)")
     for p in sub.choices.values():  # --dir also after the subcommand: `consortium.py up --dir X`
         p.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help="consortium directory")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from demo import run_demo  # scripts/demo.py; imported late, it imports this module
 
-        return run_demo(args.dir)
+        return run_demo(args.dir, args.insecure)
     if args.command in ("keygen", "genesis"):
         return _bank_step(args)
     c = Consortium(args.dir)

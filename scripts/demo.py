@@ -43,8 +43,9 @@ class DemoFailed(Exception):
 
 
 class Demo:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, insecure: bool = False) -> None:
         self.consortium = Consortium(directory)
+        self.insecure = insecure  # a new consortium runs plaintext; an existing one keeps its setting
         self.run_id = secrets.token_hex(3)  # account and reference ids unique per run
         self.client: LedgerClient | None = None
         self.supply_before: dict[str, tuple[int, int]] = {}
@@ -75,7 +76,9 @@ class Demo:
         c = self.consortium
         self.step("start a 4-bank consortium (one process per bank)", self._up)
         genesis = c.genesis()
-        self.client = LedgerClient(genesis, timeout_s=20.0, call_timeout_s=2.0, receipt_wait_s=3.0)
+        self.client = LedgerClient(
+            genesis, timeout_s=20.0, call_timeout_s=2.0, receipt_wait_s=3.0, insecure=c.insecure
+        )
         # A directory can be reused: judge this run by how much the supply moved during it.
         self.supply_before = {
             s.asset: (s.minted_minor, s.redeemed_minor) for s in self.client.supply().assets
@@ -170,12 +173,15 @@ class Demo:
         self.step("balances and supply, identical on every node", lambda: self._check_state(expected))
 
     def _up(self) -> str:
-        started = self.consortium.up(4)
-        return ", ".join(
+        started = self.consortium.up(4, insecure=self.insecure)
+        nodes = ", ".join(
             f"{m.member_id}@{m.api_address}"
             for m in self.consortium.genesis().members
             if m.member_id in started
         )
+        if self.consortium.insecure:
+            return f"{nodes} (PLAINTEXT, --insecure: debugging only)"
+        return f"{nodes} (TLS; mutual TLS between nodes, each bank its own CA in genesis)"
 
     def _statuses(self) -> list[NodeStatusInfo]:
         assert self.client is not None
@@ -213,7 +219,7 @@ class Demo:
         supply = self.client.supply()
         print_supply(supply, as_json=False)
         for endpoint in self.client.endpoints:  # every node, one at a time: they must agree
-            with LedgerClient(genesis, [endpoint], timeout_s=5.0) as one:
+            with LedgerClient(genesis, [endpoint], timeout_s=5.0, insecure=self.consortium.insecure) as one:
                 for account_id, balances in expected.items():
                     acc = one.account(account_id)
                     got = {a: acc.balance(a).available_minor for a in balances}
@@ -238,9 +244,9 @@ class Demo:
         return self.consortium.down()
 
 
-def run_demo(directory: Path) -> int:
+def run_demo(directory: Path, insecure: bool = False) -> int:
     """Run the whole demo in ``directory``; stop every node it started; 0 on success."""
-    demo = Demo(Path(directory))
+    demo = Demo(Path(directory), insecure)
     failed: str | None = None
     try:
         demo.run()
@@ -264,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dir", type=Path, default=Path("consortium-demo"), help="consortium directory")
-    return run_demo(parser.parse_args(argv).dir)
+    parser.add_argument("--insecure", action="store_true", help="plaintext nodes (debugging only)")
+    args = parser.parse_args(argv)
+    return run_demo(args.dir, args.insecure)
 
 
 if __name__ == "__main__":

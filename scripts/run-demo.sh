@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up .venv if needed, then start a local 4-bank consortium (separate processes,
 # real gRPC on 127.0.0.1), walk through the tokenized-deposit lifecycle including a node crash and
-# its catch-up, print balances and supply, and stop every process it started.
+# its catch-up, print balances and supply, and stop every process it started. Every port is TLS
+# (mutual between nodes, each bank its own CA listed in genesis); `--insecure` runs plaintext.
 # Extra arguments go to `scripts/consortium.py demo` (see --help there).
 set -euo pipefail
 cd "$(dirname "$0")/.."

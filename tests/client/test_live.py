@@ -25,7 +25,9 @@ from client.cli import run
 from client.models import Committed, NotFound, Rejected
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction
+from ledger import tls
 from ledger.crypto import SigningKey, load_key
+from ledger.genesis import Genesis
 from ledger.v1 import api_pb2_grpc
 from tests.client.fakes import closed_port, forge_certificate
 
@@ -270,8 +272,8 @@ def test_a_rival_banks_signature_on_a_mint_does_not_block_the_genuine_one(
 class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
     """Forwards to a real node, but forges the commit certificate of every receipt it serves."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, genesis: Genesis, target: str) -> None:
+        self.channel = tls.channel(genesis, target)
         self.stub = api_pb2_grpc.LedgerServiceStub(self.channel)
         self.receipts_served = 0
 
@@ -321,10 +323,15 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
 
 def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -> None:
     genesis = consortium.genesis()
-    proxy = LyingProxy(genesis.members[0].api_address)
+    proxy = LyingProxy(genesis, genesis.members[0].api_address)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     api_pb2_grpc.add_LedgerServiceServicer_to_server(proxy, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    # BANK-A's node gone bad: it serves with its own certificate, which the client accepts.
+    files = consortium.bank_files("BANK-A")
+    identity = tls.load_identity(files.tls_cert, files.tls_key)
+    port = server.add_secure_port(
+        "127.0.0.1:0", tls.server_credentials(genesis, identity, require_client_auth=False)
+    )
     server.start()
     try:
         endpoints = [f"127.0.0.1:{port}", genesis.members[1].api_address]
