@@ -30,10 +30,6 @@ class SecurityError(Exception):
     """TLS cannot be set up from this config and genesis; the message says why."""
 
 
-def plaintext_dial(endpoint: str, options: tls.ChannelOptions) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(endpoint, options=list(options))
-
-
 @dataclass(frozen=True)
 class NodeSecurity:
     genesis: Genesis

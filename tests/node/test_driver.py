@@ -25,7 +25,7 @@ from node.pbft import actions as act
 from node.pbft import wire
 from node.pbft.crypto import Ed25519Crypto
 from node.receipts import AttestationBackfill
-from node.security import plaintext_dial
+from node.security import NodeSecurity
 from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 from node.storage.memory import MemoryStore
@@ -285,7 +285,7 @@ def make_api(fx: Factory, driver: Driver, limits: NodeLimits | None = None) -> L
         Ed25519Crypto(fx.client("node"), [], fx.chain_id),
         driver.store,
         driver.log,
-        dial=plaintext_dial,  # never dials in these tests
+        dial=NodeSecurity(fx.genesis, None).dial,  # never dials in these tests
     )
     assert isinstance(driver.ledger, Ledger)
     return LedgerApi(

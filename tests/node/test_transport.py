@@ -7,7 +7,7 @@ import asyncio
 from ledger.v1 import consensus_pb2
 from node.config import NodeLimits
 from node.log import EventLog
-from node.security import plaintext_dial
+from node.security import NodeSecurity
 from node.transport import FRAME_MESSAGES_MAX, FRAME_OVERHEAD_BYTES, PeerLinks
 from tests.app.factory import Factory
 
@@ -18,7 +18,13 @@ def test_frames_stop_at_the_message_cap_and_unsendable_messages_are_dropped() ->
     log = EventLog("BANK-A")
 
     async def scenario() -> list[int]:
-        links = PeerLinks(fx.genesis, 0, NodeLimits(peer_message_bytes_max=limit), log, dial=plaintext_dial)
+        links = PeerLinks(
+            fx.genesis,
+            0,
+            NodeLimits(peer_message_bytes_max=limit),
+            log,
+            dial=NodeSecurity(fx.genesis, None).dial,
+        )
         links.send(1, b"x" * (limit - FRAME_OVERHEAD_BYTES + 1))  # could never fit in a frame
         links.send(1, b"y" * (limit - FRAME_OVERHEAD_BYTES))  # fits, alone
         for i in range(FRAME_MESSAGES_MAX + 5):
@@ -42,7 +48,11 @@ def test_no_frame_passes_a_small_peer_message_limit() -> None:
 
     async def scenario() -> list[bytes]:
         links = PeerLinks(
-            fx.genesis, 0, NodeLimits(peer_message_bytes_max=limit), EventLog("BANK-A"), dial=plaintext_dial
+            fx.genesis,
+            0,
+            NodeLimits(peer_message_bytes_max=limit),
+            EventLog("BANK-A"),
+            dial=NodeSecurity(fx.genesis, None).dial,
         )
         for message in sent:
             links.send(2, message)
