@@ -414,3 +414,37 @@ def test_key_and_certificate_mismatch_is_refused(net: Net, tmp_path: Path) -> No
     (tmp_path / "b-key.pem").write_bytes(b.tls.key_pem)
     with pytest.raises(tls.TlsError, match="not the private key of the certificate"):
         tls.load_identity(tmp_path / "a.pem", tmp_path / "b-key.pem")
+
+
+def test_keygen_and_genesis_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from consortium import main
+
+    publics = []
+    for i, bank in enumerate(["BANK-W", "BANK-X", "BANK-Y", "BANK-Z"]):
+        folder = tmp_path / bank
+        argv = [
+            "keygen",
+            bank,
+            "--dir",
+            str(folder),
+            "--host",
+            "node.example",
+            "--replica-port",
+            str(7000 + i),
+        ]
+        assert main([*argv, "--api-port", str(7100 + i), "--asset", f"EUR.{bank}:2"]) == 0
+        assert f"hand the others only {folder / f'{bank}.public.json'}" in capsys.readouterr().out
+        publics.append(str(folder / f"{bank}.public.json"))
+    assert (
+        main(
+            ["keygen", "BANK-W", "--dir", str(tmp_path / "BANK-W"), "--replica-port", "1", "--api-port", "2"]
+        )
+        == 1
+    )
+    assert "already exists" in capsys.readouterr().err
+    assert main(["genesis", "--dir", str(tmp_path / "g"), "--chain-id", "chain-w", *publics]) == 0
+    genesis = parse_genesis(json.loads((tmp_path / "g" / "genesis.json").read_text()))
+    assert genesis.chain_id == "chain-w" and genesis.assets[0].asset == "EUR.BANK-W"
+    assert all(m.ca_cert is not None and m.host == "node.example" for m in genesis.members)
+    assert main(["genesis", "--dir", str(tmp_path / "g"), *publics]) == 1  # never overwrites
+    assert "already exists" in capsys.readouterr().err

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         ("closed", ["--clients", "1", "--expect-tps", "3000"], "stream"),
         ("open", ["--clients", "1", "--rate", "300", "--escrow", "0.2"], "batch"),
+        ("closed", ["--clients", "1", "--expect-tps", "3000", "--insecure"], "stream"),  # TLS's cost
     ],
 )
 def test_bench_runs_briefly_and_prints_one_json_object(mode: str, load: list[str], submit: str) -> None:
@@ -43,6 +44,7 @@ def test_bench_runs_briefly_and_prints_one_json_object(mode: str, load: list[str
     ):
         assert key in out, key
     assert out["banks"] == 4 and out["mode"] == mode and out["submit"] == submit and out["duration_s"] == 3
+    assert out["tls"] is ("--insecure" not in load)
     assert out["committed_tps"] > 0, "nothing committed during the window"
     assert out["p50_ms"] <= out["p99_ms"] <= out["p999_ms"]
     assert out["receipt_failures"] == 0
