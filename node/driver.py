@@ -48,6 +48,7 @@ CLIENTS = "clients"  # transactions admitted by the API (already bounded by pend
 # A peer connection whose messages the replica rejected this many times is logged (and again at
 # each power of ten); its share of the loop was bounded all along by the fair queue.
 REJECTED_LOG_AT = 100
+REJECTED_SOURCES_MAX = 1_000  # sources whose rejections are remembered (the most recent)
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
@@ -211,6 +212,7 @@ class Driver:
 
     async def stop(self) -> None:
         self._stopped = True
+        self._room.set()  # peer streams waiting for room see that the node stops
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for task in [*self._tasks, *self._background]:
@@ -443,15 +445,17 @@ class Driver:
                 except Exception as exc:  # a replica bug: log it loudly and stop the node
                     self.log.event("replica_crash", error=repr(exc))
                     raise
-                if replica.rejected != rejected and source is not INTERNAL:
+                if replica.rejected != rejected and source not in (INTERNAL, CLIENTS):
                     self._rejected(source)
                 self._apply(actions)
             self._flush()
             self._flush_relay()
 
     def _rejected(self, source: Hashable) -> None:
-        count = self.rejected_by_source.get(source, 0) + 1
-        self.rejected_by_source[source] = count
+        count = self.rejected_by_source.pop(source, 0) + 1
+        self.rejected_by_source[source] = count  # most recent last
+        while len(self.rejected_by_source) > REJECTED_SOURCES_MAX:
+            del self.rejected_by_source[next(iter(self.rejected_by_source))]
         if count >= REJECTED_LOG_AT and str(count).rstrip("0") == "1":  # 100, 1000, 10000, ...
             self.log.event("peer_source_rejected", source=str(source), rejected=count)
 
