@@ -45,6 +45,7 @@ from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, grpc_options
 
+DISK_WATCH_S = 1.0  # how often health follows the disk budget
 PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
 
 
@@ -186,6 +187,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         backfill,
         checks,
         space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
+        space=lmdb_store.space,
     )
 
     peer_bytes = limits.peer_message_bytes_max
@@ -228,10 +230,27 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def serving_when_connected() -> None:
+        """SERVING once a quorum is reachable; then LedgerService follows the disk budget: NOT_SERVING
+        (no new work; reads still answered) while the store is within its reserve."""
         await quorum_links.wait()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.SERVING)
         log.event("serving", peers_up=links.up_count())
+        taking_work: bool | None = None
+        while True:
+            full = lmdb_store.space_left(limits.disk_reserve_bytes)
+            if (full is None) != taking_work:
+                first, taking_work = taking_work is None, full is None
+                await health.set(
+                    "ledger.v1.LedgerService",
+                    health_pb2.HealthCheckResponse.SERVING
+                    if taking_work
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
+                if not taking_work:
+                    log.event("disk_budget_reached", reason=full, **lmdb_store.space())
+                elif not first:
+                    log.event("taking_work", **lmdb_store.space())
+            await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
     serving = asyncio.ensure_future(serving_when_connected())
     log.event(

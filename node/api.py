@@ -108,6 +108,7 @@ class LedgerApi:
         backfill: AttestationBackfill,
         checks: CheckCache,
         space_left: Callable[[], str | None] = lambda: None,
+        space: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.genesis = genesis
         self.member_id = member_id
@@ -121,8 +122,10 @@ class LedgerApi:
         self.backfill = backfill
         self.checks = checks
         self.known_keys = KnownKeys(genesis)
-        # Why the store cannot take new work now (near its disk budget), or None.
+        # Why the store cannot take new work now (near its disk budget), or None; and its
+        # figures for GetStatus.
         self.space_left = space_left
+        self.space = space
 
     # --- submit -------------------------------------------------------------------------
 
@@ -463,6 +466,8 @@ class LedgerApi:
         for name, value in rs.items():
             if name.startswith("replica_"):
                 out.counters[name] = value
+        for name, value in self.space().items():
+            out.counters[name] = value
         for name, value in (
             ("executed_blocks", self.driver.stats.executed_blocks),
             ("executed_txs", self.driver.stats.executed_txs),

@@ -206,6 +206,15 @@ class LmdbStore:
         finally:
             self._local.writing = False
 
+    def space(self) -> dict[str, int]:
+        """Bytes used, mapped, allowed (the budget) and free on the filesystem, as last read."""
+        return {
+            "disk_used_bytes": self.used_bytes,
+            "disk_map_bytes": self.map_size_bytes,
+            "disk_budget_bytes": self.budget_bytes,
+            "disk_free_bytes": self.disk_free_bytes,
+        }
+
     def space_left(self, reserve_bytes: int) -> str | None:
         """Why new work should be refused now (within ``reserve_bytes`` of the budget, or of a
         full filesystem), or None. What was already ordered still fits in the reserve."""
