@@ -36,6 +36,7 @@ from node.app.validate import CheckCache
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.driver import Driver
 from node.log import EventLog
+from node.metrics import NodeMetrics, NodeSources
 from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
@@ -189,6 +190,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
         space=lmdb_store.space,
     )
+    metrics = start_metrics(config, genesis, driver, replica, links, lmdb_store, log)
 
     peer_bytes = limits.peer_message_bytes_max
     backoff = limits.peer_backoff_ms_max
@@ -277,6 +279,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await driver.stop()
     await links.close()
     await backfill.close()
+    if metrics is not None:
+        metrics.close()
     store.close()
     log.event("node_stopped", exit_code=exit_code, last_executed=driver.head.last_executed)
     log.close()
@@ -296,6 +300,42 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def start_metrics(
+    config: NodeConfig,
+    genesis: Genesis,
+    driver: Driver,
+    replica: Replica,
+    links: PeerLinks,
+    store: LmdbStore,
+    log: EventLog,
+) -> NodeMetrics | None:
+    """Prometheus metrics on config.metrics_listen (node/metrics.py), or None when not set."""
+    if config.metrics_listen is None:
+        return None
+    metrics = NodeMetrics(
+        NodeSources(
+            height=lambda: driver.head.last_executed,
+            replica=replica_status(replica),
+            blocks=lambda: driver.stats.executed_blocks,
+            results=lambda: dict(driver.stats.results_by_code),
+            peers_up=links.up_count,
+            peers=genesis.n - 1,
+            pending=lambda: len(driver.pending),
+            queue=driver.queue_depths,
+            store=store.space,
+            counters=lambda: dict(log.counters),
+        )
+    )
+    try:
+        metrics.serve(config.metrics_listen)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.metrics_listen} (metrics port): {exc}", 3) from exc
+    driver.observe_commit_latency_s = metrics.commit_latency.observe
+    store.on_commit_s = metrics.store_commit.observe
+    log.event("metrics_serving", listen=config.metrics_listen)
+    return metrics
 
 
 def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:

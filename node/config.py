@@ -60,6 +60,7 @@ class NodeConfig:
     replica_listen: str  # host:port for ReplicaService
     log_path: Path | None = None  # JSON event lines; None = stderr
     limits: NodeLimits = NodeLimits()
+    metrics_listen: str | None = None  # host:port for Prometheus metrics (/metrics); None = off
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -70,6 +71,7 @@ class NodeConfig:
             "api_listen": self.api_listen,
             "replica_listen": self.replica_listen,
             "log_path": None if self.log_path is None else str(self.log_path),
+            "metrics_listen": self.metrics_listen,
             "limits": asdict(self.limits),
         }
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
@@ -90,7 +92,7 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
     """Validate a decoded config; relative paths are relative to base_dir (the file's folder)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
-    known = set(_REQUIRED_STR) | {"log_path", "limits"}
+    known = set(_REQUIRED_STR) | {"log_path", "limits", "metrics_listen"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -111,6 +113,12 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         if not isinstance(raw_log, str) or not raw_log:
             raise ConfigError(f"{where}.log_path: a non-empty string or null")
         log_path = path(raw_log)
+
+    metrics_listen = data.get("metrics_listen")
+    if metrics_listen is not None:
+        if not isinstance(metrics_listen, str):
+            raise ConfigError(f"{where}.metrics_listen: host:port or null")
+        _listen(metrics_listen, f"{where}.metrics_listen")
 
     raw_limits = data.get("limits", {})
     if not isinstance(raw_limits, dict):
@@ -139,6 +147,7 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         replica_listen=_listen(values["replica_listen"], f"{where}.replica_listen"),
         log_path=log_path,
         limits=limits,
+        metrics_listen=metrics_listen,
     )
 
 

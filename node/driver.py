@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -80,6 +80,10 @@ def _receipt_heights(r: KVReader, tx_ids: Sequence[bytes]) -> dict[bytes, int | 
             ok = attested[found.height] = bool(blocks.get_attestations(r, found.height))
         out[tx_id] = found.height if ok else None
     return out
+
+
+def _ignore(_: float) -> None:
+    return None
 
 
 class ReplicaLike(Protocol):
@@ -138,6 +142,7 @@ class DriverStats:
     events: int = 0
     persist_txns: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    results_by_code: Counter[str] = field(default_factory=Counter)  # result code name -> txs
 
 
 Event = Callable[[], list[act.Action]]
@@ -199,6 +204,8 @@ class Driver:
         self._last_executed_ms: float | None = None  # monotonic; the first block is logged
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
         self.own_replica = own_replica
+        # Seconds from a block's proposal (its primary's timestamp) to its execution here.
+        self.observe_commit_latency_s: Callable[[float], None] = _ignore
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -544,6 +551,8 @@ class Driver:
             del self._executed_tx_ids[next(iter(self._executed_tx_ids))]
         self.stats.executed_blocks += 1
         self.stats.executed_txs += len(tx_ids)
+        self.stats.results_by_code.update(out.codes)
+        self.observe_commit_latency_s(time.time() - header.timestamp_ms / 1000)
         for tx_id in tx_ids:
             self.pending.pop(tx_id, None)
         # Logged every 100 heights and for large blocks, and for the first block after a quiet

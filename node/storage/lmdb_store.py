@@ -132,6 +132,7 @@ class LmdbStore:
         self._local = threading.local()
         self._closed = False
         self._readers = 0  # read transactions open now (the map can only be resized without)
+        self.on_commit_s: Callable[[float], None] | None = None  # told each write commit's seconds
         self._full_message = (
             f"{self.path}: LMDB map is full and at its budget of {self.budget_bytes} bytes "
             "(disk_budget_bytes); the transaction was aborted; raise the disk budget"
@@ -194,10 +195,13 @@ class LmdbStore:
             except BaseException:
                 txn.abort()
                 raise
+            started = time.perf_counter()
             try:
                 txn.commit()
             except lmdb.MapFullError as exc:
                 raise StoreFullError(self._full_message) from exc
+            if self.on_commit_s is not None:
+                self.on_commit_s(time.perf_counter() - started)
             self.used_bytes = self._used()
             now = time.monotonic()
             if now - self._disk_checked >= DISK_FREE_CHECK_S:
