@@ -214,6 +214,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await api_server.start()
     links.start()
     driver.start()
+    # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
+    backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested, driver.wake_waiters)
     tune_gc()
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -52,6 +52,8 @@ class LedgerServiceStub:
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]
     GetAccount: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]
     GetBlock: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]
+    GetBlocks: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlocksRequest, _api_pb2.GetBlocksResponse]
+    """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
     GetSupply: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]
 
@@ -79,6 +81,8 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     GetTransaction: _aio.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]  # type: ignore[assignment]
     GetAccount: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]  # type: ignore[assignment]
     GetBlock: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]  # type: ignore[assignment]
+    GetBlocks: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlocksRequest, _api_pb2.GetBlocksResponse]  # type: ignore[assignment]
+    """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
     GetSupply: _aio.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]  # type: ignore[assignment]
 
@@ -157,6 +161,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.GetBlockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.GetBlockResponse, _abc.Awaitable[_api_pb2.GetBlockResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetBlocks(
+        self,
+        request: _api_pb2.GetBlocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.GetBlocksResponse, _abc.Awaitable[_api_pb2.GetBlocksResponse]]:
+        """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
 
     @_abc_1.abstractmethod
     def GetSupply(
