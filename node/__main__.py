@@ -39,6 +39,7 @@ from node.log import EventLog
 from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
+from node.ports import port_holders
 from node.receipts import AttestationBackfill
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
@@ -197,13 +198,19 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         ),
         api_server,
     )
-    try:
-        if replica_server.add_insecure_port(config.replica_listen) == 0:
-            raise StartupError(f"cannot listen on {config.replica_listen} (replica port)", 3)
-        if api_server.add_insecure_port(config.api_listen) == 0:
-            raise StartupError(f"cannot listen on {config.api_listen} (api port)", 3)
-    except RuntimeError as exc:  # grpc raises this when the address is in use
-        raise StartupError(f"cannot listen: {exc}", 3) from exc
+    for server, address, what in (
+        (replica_server, config.replica_listen, "replica port"),
+        (api_server, config.api_listen, "api port"),
+    ):
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises this when the address is in use
+            bound = 0
+        if bound == 0:
+            port = int(address.rsplit(":", 1)[1])
+            raise StartupError(
+                f"cannot listen on {address} ({what} {port}); held by: {port_holders(port)}", 3
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
