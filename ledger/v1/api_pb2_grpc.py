@@ -146,13 +146,16 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTransaction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND when not executed here; with include_pending, a transaction this node holds but
+        has not executed is OK with status TX_STATUS_PENDING (see GetTransactionRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The account as of `height`; min_height asks for a reading no older than that.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
