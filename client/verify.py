@@ -25,7 +25,8 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError
 
 from ledger import merkle
-from ledger.crypto import DOMAIN_CONSENSUS, verify
+from ledger.block import batch_hash, digest_of
+from ledger.crypto import DOMAIN_CONSENSUS, tx_id_of, verify
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 
@@ -177,7 +178,7 @@ def verify_certificate(
     header = _parse(tx_pb2.BlockHeader, header_bytes, "malformed")
     if header.chain_id != genesis.chain_id:
         raise ReceiptError("wrong_chain", f"block is of chain {header.chain_id!r}, not {genesis.chain_id!r}")
-    digest = hashlib.sha256(header_bytes).digest()
+    digest = digest_of(header_bytes)
     commits = certificate.commits
     if len(commits) > 2 * genesis.n:
         raise ReceiptError("malformed", f"certificate has {len(commits)} commits for n={genesis.n}")
@@ -330,15 +331,6 @@ def verify_receipt(
     )
 
 
-def batch_hash(envelopes: Sequence[bytes]) -> bytes:
-    """SHA-256 over the envelopes, each prefixed by its 4-byte big-endian length."""
-    h = hashlib.sha256()
-    for env in envelopes:
-        h.update(len(env).to_bytes(4, "big"))
-        h.update(env)
-    return h.digest()
-
-
 def verify_block(genesis: Genesis, response: api_pb2.GetBlockResponse) -> VerifiedBlock:
     """Verify a served block: certificate, batch against header, results against attestations."""
     cb = response.block
@@ -348,7 +340,7 @@ def verify_block(genesis: Genesis, response: api_pb2.GetBlockResponse) -> Verifi
     if len(envelopes) != header.tx_count:
         raise ReceiptError("bad_batch", f"{len(envelopes)} envelopes, header says {header.tx_count}")
     try:
-        tx_ids = tuple(hashlib.sha256(tx_pb2.Envelope.FromString(e).body).digest() for e in envelopes)
+        tx_ids = tuple(tx_id_of(tx_pb2.Envelope.FromString(e).body) for e in envelopes)
     except DecodeError as exc:
         raise ReceiptError("bad_batch", "an envelope of the batch does not parse") from exc
     if merkle.root(tx_ids) != header.tx_root:

@@ -1,8 +1,10 @@
 """Ed25519 keys and domain-separated signing of bytes.
 
-A signature always covers ``domain || len(chain_id) || chain_id || body`` where ``body`` is the
-exact byte string that travels on the wire. Verifiers check the bytes they received and never
-re-serialize an object to verify it, so a client in any language can sign.
+A signature always covers ``domain || 0x00 || len(chain_id) || chain_id || body``: the domain's
+ASCII bytes, one zero byte, the length of the UTF-8 chain id as one byte (at most 64), the chain
+id, then ``body``, the exact byte string that travels on the wire (docs/PROTOCOL.md). Verifiers
+check the bytes they received and never re-serialize an object to verify it, so a client in any
+language can sign.
 """
 
 from __future__ import annotations

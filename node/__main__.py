@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,6 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from ledger.crypto import KeyFileError, SigningKey, load_key
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis
@@ -41,6 +41,7 @@ from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
 from node.ports import port_holders
 from node.receipts import AttestationBackfill
+from node.reflection import enable_reflection
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, grpc_options
@@ -86,11 +87,14 @@ class _Inbound:
         self._driver = driver
         self._api = api
 
-    def on_peer_message(self, raw: bytes) -> None:
-        self._driver.on_peer_message(raw)
+    async def on_peer_messages(self, source: Hashable, messages: Sequence[bytes]) -> bool:
+        return await self._driver.on_peer_messages(source, messages)
 
-    def on_forward(self, envelopes: list[bytes]) -> None:
-        self._api.admit_forwarded(envelopes)
+    def on_forward(self, source: Hashable, envelopes: list[bytes]) -> None:
+        self._driver.on_forward(source, envelopes, self._api.admit_forwarded)
+
+    def closed(self, source: Hashable) -> None:
+        self._driver.forget_source(source)
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
         return self._driver.fetch_blocks(from_height, max_blocks)
@@ -100,7 +104,12 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     config, genesis, member = loaded.config, loaded.genesis, loaded.member
     limits = config.limits
     log = EventLog(member.member_id, config.log_path)
-    lmdb_store = LmdbStore(config.data_dir, map_size_bytes=limits.lmdb_map_size_bytes, sync=True)
+    lmdb_store = LmdbStore(
+        config.data_dir,
+        map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes),
+        budget_bytes=limits.disk_budget_bytes,
+        sync=True,
+    )
     store = blocks.ScopedReads(lmdb_store)
     # Admission and execution share it: each envelope parsed and verified once.
     checks = CheckCache(genesis, entries_max=2 * limits.pending_requests_max)
@@ -177,6 +186,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         log,
         backfill,
         checks,
+        space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
     )
 
     peer_bytes = limits.peer_message_bytes_max
@@ -190,13 +200,12 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     api_server.add_generic_rpc_handlers((api.handler(),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, api_server)
-    reflection.enable_server_reflection(
+    enable_reflection(
+        api_server,
         (
             api_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         ),
-        api_server,
     )
     for server, address, what in (
         (replica_server, config.replica_listen, "replica port"),

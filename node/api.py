@@ -7,21 +7,24 @@ message instead of gRPC's generic deserialization failure. Status codes (the SDK
                        too many envelopes/ids in one call, bad tx_id/height/account id format
   FAILED_PRECONDITION  wrong chain id; GetAccount/GetSupply: the node is below the request's
                        min_height and did not reach it within MIN_HEIGHT_WAIT_S
-  UNAUTHENTICATED      a signature does not verify (or none at all); whether every *required*
-                       signer signed depends on state, so execution decides that: the
-                       receipt then carries result code MISSING_SIGNATURE
+  UNAUTHENTICATED      no signature at all, one that does not verify, or no signer is a key
+                       the ledger knows (node/admission.py); whether every *required* signer
+                       signed depends on state, so execution decides that: the receipt then
+                       carries result code MISSING_SIGNATURE, not recorded
   NOT_FOUND            unknown transaction, account or block. GetTransaction: also a transaction
                        this node holds but has not executed (pending), unless the request sets
                        include_pending: then it answers OK with status TX_STATUS_PENDING and
                        no receipt. Older clients, which do not set it, see what they always saw.
-  RESOURCE_EXHAUSTED   past pending_requests_max (retry later); also gRPC's own answer to a
-                       message over message_bytes_max
+  RESOURCE_EXHAUSTED   past pending_requests_max (retry later), or the node is near its disk
+                       budget (limits.disk_budget_bytes, disk_reserve_bytes); also gRPC's own
+                       answer to a message over message_bytes_max
   DEADLINE_EXCEEDED    WaitReceipt: not committed and attested within the timeout
 Reads of current state (GetAccount, GetSupply) carry the height they were read at, in the same
 read transaction as the state. GetBlocks serves a range of blocks, each as GetBlock does, bounded
 in count and bytes; its reply names the next height to ask for and the node's last height.
 Unknown accounts in a transfer are a stateful outcome: the transaction commits with result code
-UNKNOWN_ACCOUNT in its receipt (only execution knows the state in its sequence position).
+UNKNOWN_ACCOUNT in its receipt (only execution knows the state in its sequence position); it is
+recorded as final only when the accounts that must sign exist (node/app/rules.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -37,8 +39,10 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from ledger.crypto import tx_id_of
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node.admission import KnownKeys
 from node.app.codec import envelope_tx_id
 from node.app.ledger import Ledger
 from node.app.tx import Code, InvalidTransaction
@@ -118,6 +122,7 @@ class LedgerApi:
         log: EventLog,
         backfill: AttestationBackfill,
         checks: CheckCache,
+        space_left: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.genesis = genesis
         self.member_id = member_id
@@ -130,14 +135,24 @@ class LedgerApi:
         self._proofs = ProofCache()
         self.backfill = backfill
         self.checks = checks
+        self.known_keys = KnownKeys(genesis)
+        # Why the store cannot take new work now (near its disk budget), or None.
+        self.space_left = space_left
         self.min_height_wait_s = MIN_HEIGHT_WAIT_S
 
     # --- submit -------------------------------------------------------------------------
 
     def _admit(self, r: KVReader, raw: bytes) -> bytes:
         """Admit one serialized envelope (r: a read transaction for the finality check)."""
+        full = self.space_left()
+        if full is not None:
+            self.log.count("rejected_disk_budget")
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node is near its disk budget ({full}); it executes what was ordered but takes no new work",
+            )
         try:
-            checked = self.checks.check(raw)
+            checked = self.checks.check(raw, self.known_keys.predicate(r))
         except InvalidTransaction as exc:
             self.log.count(f"rejected_{exc.code.name}")
             raise _Abort(status_of(exc.code), str(exc)) from exc
@@ -150,10 +165,13 @@ class LedgerApi:
                 f"node has {self.limits.pending_requests_max} pending transactions (pending_requests_max); retry later",
             )
         self.checks.keep(checked)
+        self.known_keys.admitted(checked)
         return checked.tx_id
 
-    def admit_forwarded(self, envelopes: list[bytes]) -> None:
-        """Envelopes a peer relayed to us: the same stateless checks as a client's, but a
+    def admit_forwarded(self, envelopes: list[bytes]) -> list[tuple[bytes, bytes]]:
+        """(tx_id, envelope) of the envelopes a peer relayed that pass admission. The driver
+        calls it in the relaying connection's turn (Driver.on_forward). The same checks as a
+        client's, but a
         failure is a peer's bad input: dropped and counted, never answered. Ones already
         final here are dropped too: after a restart the replica no longer remembers what it
         executed, and would hold them as pending forever (and time out into a view change).
@@ -162,25 +180,28 @@ class LedgerApi:
         pre-prepare did. Other bytes under a held tx_id still go on: a stranger's copy with
         some signatures stripped must not keep the genuine one from every replica."""
         held = self.driver.replica.pending
+        envelopes = [e for e in map(_canonical_envelope, envelopes) if e is not None]
         ids = [envelope_tx_id(raw) for raw in envelopes]
+        checked: list[tuple[bytes, bytes]] = []
         with self.driver.store.read() as r:
             final = {tx_id for tx_id in ids if tx_id not in held and _is_final(r, tx_id)}
-        checked: list[tuple[bytes, bytes]] = []
-        for raw, tx_id in zip(envelopes, ids, strict=True):
-            if held.get(tx_id) == raw:
-                self.log.count("peer_forward_already_pending")
-                continue
-            if tx_id in final:
-                self.log.count("peer_forward_already_final")
-                continue
-            try:
-                tx = self.checks.check(raw)
-            except InvalidTransaction:
-                self.log.count("peer_forward_invalid")
-                continue
-            self.checks.keep(tx)
-            checked.append((tx.tx_id, raw))
-        self.driver.on_forward(checked)
+            known = self.known_keys.predicate(r)
+            for raw, tx_id in zip(envelopes, ids, strict=True):
+                if held.get(tx_id) == raw:
+                    self.log.count("peer_forward_already_pending")
+                    continue
+                if tx_id in final:
+                    self.log.count("peer_forward_already_final")
+                    continue
+                try:
+                    tx = self.checks.check(raw, known)
+                except InvalidTransaction:
+                    self.log.count("peer_forward_invalid")
+                    continue
+                self.checks.keep(tx)
+                self.known_keys.admitted(tx)
+                checked.append((tx.tx_id, raw))
+        return checked
 
     async def submit(self, raw: bytes) -> bytes:
         req = _parse(api_pb2.SubmitRequest, raw)
@@ -207,7 +228,7 @@ class LedgerApi:
         with self.driver.store.read() as r:  # one read transaction for the batch's finality checks
             for envelope in req.envelopes:
                 item = out.items.add()
-                item.tx_id = hashlib.sha256(envelope.body).digest()
+                item.tx_id = tx_id_of(envelope.body)
                 try:
                     if room is not None and len(accepted) >= room:
                         raise _Abort(
@@ -589,6 +610,15 @@ class LedgerApi:
 
 def _raw(data: bytes) -> bytes:
     return data
+
+
+def _canonical_envelope(raw: bytes) -> bytes | None:
+    """A relayed envelope as a client's is admitted: re-encoded once (field order, unknown
+    fields), so two encodings of one copy are one request. None when it does not parse."""
+    try:
+        return tx_pb2.Envelope.FromString(raw).SerializeToString()
+    except Exception:  # DecodeError and friends: a peer's garbage
+        return None
 
 
 def submitted_reply(response: bytes) -> bytes:

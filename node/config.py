@@ -43,7 +43,11 @@ class NodeLimits:
     fetch_blocks_max: int = 64  # blocks per FetchBlocks response
     peer_queue_max: int = 10_000  # outbound messages queued per peer before dropping
     peer_backoff_ms_max: int = 2_000  # reconnect backoff ceiling
-    lmdb_map_size_bytes: int = 1 << 30
+    lmdb_map_size_bytes: int = 1 << 30  # the map to start with; it grows up to disk_budget_bytes
+    disk_budget_bytes: int = 64 << 30  # the most the store may use
+    # New client transactions are refused (RESOURCE_EXHAUSTED) within this of the budget or of a
+    # full filesystem; what was already ordered still executes into it.
+    disk_reserve_bytes: int = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < (1 << 63):
             raise ConfigError(f"{where}.limits.{key}: a positive integer, got {value!r}")
         limits = replace(limits, **{key: value})
+    if limits.disk_reserve_bytes >= limits.disk_budget_bytes:
+        raise ConfigError(f"{where}.limits: disk_reserve_bytes must be less than disk_budget_bytes")
     if limits.checkpoint_interval * 2 > limits.log_window or limits.log_window % limits.checkpoint_interval:
         raise ConfigError(
             f"{where}.limits: log_window must be a multiple of checkpoint_interval, at least 2x"

@@ -27,18 +27,27 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ledger.genesis import Genesis
+from node.fairqueue import FairQueue
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
 from node.storage import blocks
 from node.storage.kv import KVReader, KVStore, KVWriter
 
-EVENT_QUEUE_MAX = 50_000
+# The event queue, per source (node/fairqueue.py): the ticker, the clients, each peer connection.
+SOURCE_EVENTS_MAX = 50_000
+SOURCE_EVENT_BYTES_MAX = 32 << 20
+EVENT_BYTES_MAX = 256 << 20  # all sources together (an empty source may still put one)
+INTERNAL = "internal"  # ticks, link-ups, fetched blocks
+CLIENTS = "clients"  # transactions admitted by the API (already bounded by pending_requests_max)
+# A peer connection whose messages the replica rejected this many times is logged (and again at
+# each power of ten); its share of the loop was bounded all along by the fair queue.
+REJECTED_LOG_AT = 100
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
@@ -79,6 +88,11 @@ class ReplicaLike(Protocol):
     @property
     def pending(self) -> Mapping[bytes, bytes]:
         """tx_id -> envelope of the requests it holds until they execute."""
+        ...
+
+    @property
+    def rejected(self) -> int:
+        """How many inputs it has rejected so far (bad signatures, garbage, wrong views...)."""
         ...
 
     def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]: ...
@@ -160,7 +174,12 @@ class Driver:
         self.genesis_root = genesis_root
         with store.read() as r:
             self.head = blocks.read_head(r, genesis_root)
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_QUEUE_MAX)
+        self._events: FairQueue[tuple[Hashable, Event]] = FairQueue(
+            SOURCE_EVENTS_MAX, SOURCE_EVENT_BYTES_MAX, EVENT_BYTES_MAX
+        )
+        self._wake = asyncio.Event()  # set when an event is queued
+        self._room = asyncio.Event()  # set when the loop took events (sources may have room)
+        self.rejected_by_source: dict[Hashable, int] = {}
         self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self._fetching = False
         self._fetch_rounds = 0
@@ -206,18 +225,34 @@ class Driver:
 
     # --- events in ----------------------------------------------------------------------
 
-    def _enqueue(self, event: Event, counter: str) -> bool:
+    def _enqueue(self, event: Event, counter: str, source: Hashable = INTERNAL, size: int = 0) -> bool:
         if self._stopped:
             return False
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if not self._events.put(source, (source, event), size):
             self.log.count(counter)
             return False
+        self._wake.set()
         return True
 
-    def on_peer_message(self, raw: bytes) -> None:
-        self._enqueue(lambda: self.replica.on_message(raw), "events_dropped_full")
+    async def on_peer_messages(self, source: Hashable, messages: Sequence[bytes]) -> bool:
+        """Messages from one peer connection (``source``), in order. Waits while that source's
+        queue is full: the stream stops reading and gRPC's flow control holds its sender back,
+        at no cost to the other sources. False when the connection should be closed: the node
+        is stopping, or the replica rejected too many of its messages."""
+        for raw in messages:
+            while not self._events.has_room(source, len(raw)):
+                if self._stopped:
+                    return False
+                self._room.clear()
+                await self._room.wait()
+            self._enqueue(
+                functools.partial(self.replica.on_message, raw), "events_dropped_full", source, len(raw)
+            )
+        return not self._stopped
+
+    def queue_depths(self) -> dict[str, int]:
+        """Events and bytes waiting in the loop's queue, for status and metrics."""
+        return {"events_queued": len(self._events), "event_bytes_queued": self._events.total_bytes}
 
     def on_peer_up(self, replica: int) -> None:
         """The transport's link to a peer (re)connected: the replica re-sends it its votes."""
@@ -232,13 +267,25 @@ class Driver:
                 return False
             self.pending[tx_id] = _Pending(time.monotonic() * 1000)
         return self._enqueue(
-            functools.partial(self._client_request, tx_id, envelope), "requests_dropped_full"
+            functools.partial(self._client_request, tx_id, envelope),
+            "requests_dropped_full",
+            CLIENTS,
+            len(envelope),
         )
 
-    def on_forward(self, checked: list[tuple[bytes, bytes]]) -> None:
-        """Envelopes relayed by a peer, already stateless-checked by the caller."""
-        if checked:
-            self._enqueue(functools.partial(self._relayed_requests, checked), "forwards_dropped_full")
+    def on_forward(
+        self,
+        source: Hashable,
+        envelopes: list[bytes],
+        admit: Callable[[list[bytes]], list[tuple[bytes, bytes]]],
+    ) -> None:
+        """Envelopes relayed by a peer connection (``source``). ``admit`` (the API's admission
+        checks: signatures included) runs in the loop, in the source's turn, so a peer that
+        floods relays spends its own share of the loop, not everyone's."""
+        if envelopes:
+            size = sum(len(e) for e in envelopes)
+            event = functools.partial(self._relayed_requests, envelopes, admit)
+            self._enqueue(event, "forwards_dropped_full", source, size)
 
     # Request relay. A request known to one replica only cannot start a view change when the
     # primary is dead or silent (joining one takes f+1 timed-out replicas), so the node that
@@ -273,9 +320,11 @@ class Driver:
         self._relay_later.append((time.monotonic() * 1000, first, tx_id, envelope))
         return rest
 
-    def _relayed_requests(self, checked: list[tuple[bytes, bytes]]) -> list[act.Action]:
+    def _relayed_requests(
+        self, envelopes: list[bytes], admit: Callable[[list[bytes]], list[tuple[bytes, bytes]]]
+    ) -> list[act.Action]:
         actions: list[act.Action] = []
-        for tx_id, envelope in checked:
+        for tx_id, envelope in admit(envelopes):
             actions += self.replica.on_request(tx_id, envelope)
         return [a for a in actions if not isinstance(a, act.ForwardRequests)]
 
@@ -398,20 +447,37 @@ class Driver:
             self.log.count("pending_expired", len(stale))
 
     async def _consume(self) -> None:
+        replica = self.replica
         while True:
-            group = [await self._queue.get()]
-            while len(group) < GROUP_EVENTS_MAX and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            for event in group:
+            group = self._events.take(GROUP_EVENTS_MAX)
+            if not group:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._room.set()
+            for source, event in group:
                 self.stats.events += 1
+                rejected = replica.rejected
                 try:
                     actions = event()
                 except Exception as exc:  # a replica bug: log it loudly and stop the node
                     self.log.event("replica_crash", error=repr(exc))
                     raise
+                if replica.rejected != rejected and source is not INTERNAL:
+                    self._rejected(source)
                 self._apply(actions)
             self._flush()
             self._flush_relay()
+
+    def _rejected(self, source: Hashable) -> None:
+        count = self.rejected_by_source.get(source, 0) + 1
+        self.rejected_by_source[source] = count
+        if count >= REJECTED_LOG_AT and str(count).rstrip("0") == "1":  # 100, 1000, 10000, ...
+            self.log.event("peer_source_rejected", source=str(source), rejected=count)
+
+    def forget_source(self, source: Hashable) -> None:
+        """A peer connection closed: its rejection count goes (its queued events still run)."""
+        self.rejected_by_source.pop(source, None)
 
     def run(self, actions: list[act.Action]) -> None:
         """Run actions strictly in order, then persist what they recorded and send what they

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import grpc
 import grpc.aio
 
 from ledger import merkle
+from ledger.crypto import tx_id_of
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.log import EventLog
@@ -112,7 +112,7 @@ class ProofCache:
         assert raw_block is not None, f"tx index points at missing block {height}"
         block = consensus_pb2.CertifiedBlock.FromString(raw_block)
         results = blocks.get_results(r, height)
-        tx_ids = [hashlib.sha256(tx_pb2.Envelope.FromString(e).body).digest() for e in block.batch.envelopes]
+        tx_ids = [tx_id_of(tx_pb2.Envelope.FromString(e).body) for e in block.batch.envelopes]
         view = _BlockView(
             tx_ids=tx_ids,
             results=results,

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
+from ledger import wirescan
 from ledger.genesis import Genesis
 from ledger.v1 import consensus_pb2, tx_pb2
 from node.config import NodeLimits
@@ -36,6 +38,9 @@ FRAME_BYTES_SOFT_MAX = 1 << 20
 # ... and at this many messages. A frame with more is not a member's and is dropped whole, unread:
 # one frame's checks stay a few milliseconds of the event loop, whatever a sender packs in it.
 FRAME_MESSAGES_MAX = 1024
+# A stream that sends this many frames that are not PeerFrames (or hold too many messages) is
+# closed: a member's transport never does.
+BAD_FRAMES_MAX = 16
 # What framing adds to one message (field tag and length); a message that cannot fit in a frame
 # under peer_message_bytes_max with it is dropped at send, since no peer could take it.
 FRAME_OVERHEAD_BYTES = 16
@@ -63,11 +68,16 @@ def _identity(raw: bytes) -> bytes:
 
 
 class ReplicaInbound(Protocol):
-    """What the transport hands to the driver. All three are called on the event loop."""
+    """What the transport hands to the driver, on the event loop. ``source`` names one inbound
+    connection (a stream, or the peer address of relays): the driver's queue is fair per source."""
 
-    def on_peer_message(self, raw: bytes) -> None: ...
+    async def on_peer_messages(self, source: Hashable, messages: Sequence[bytes]) -> bool:
+        """Queue them, waiting while the source's queue is full; False: close the connection."""
+        ...
 
-    def on_forward(self, envelopes: list[bytes]) -> None: ...
+    def on_forward(self, source: Hashable, envelopes: list[bytes]) -> None: ...
+
+    def closed(self, source: Hashable) -> None: ...
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
         """Certified blocks from from_height on (at most max_blocks), and our last height."""
@@ -75,16 +85,21 @@ class ReplicaInbound(Protocol):
 
 
 def check_peer_message(raw: bytes, n: int) -> str | None:
-    """Why raw cannot be a member's PeerMessage (a counter name), or None if it may be."""
+    """Why raw cannot be a member's PeerMessage (a counter name), or None if it may be. Only
+    the signed part is parsed: the batch beside it is not covered by the signature, and is
+    parsed by the replica only once the signature verified (verify before decode)."""
     try:
-        msg = consensus_pb2.PeerMessage.FromString(raw)
-    except Exception:  # protobuf raises DecodeError and others on garbage
+        signed_raw = wirescan.singular_fields(raw).get(1)
+        if signed_raw is None:
+            return "peer_garbage"
+        signed = consensus_pb2.SignedMessage.FromString(signed_raw)
+    except Exception:  # ScanError, protobuf's DecodeError and others on garbage
         return "peer_garbage"
-    if not msg.HasField("message") or not msg.message.body:
+    if not signed.body:
         return "peer_garbage"
-    if msg.message.signer >= n:
+    if signed.signer >= n:
         return "peer_non_member"
-    if len(msg.message.signature) != 64:
+    if len(signed.signature) != 64:
         return "peer_bad_signature"
     return None
 
@@ -97,43 +112,55 @@ class ReplicaServer:
         self._limits = limits
         self._inbound = inbound
         self._log = log
+        self._streams = itertools.count()
 
     async def stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
+        source = ("stream", next(self._streams), context.peer())
+        bad_frames = 0
         try:
             async for frame in requests:
                 try:
-                    messages = consensus_pb2.PeerFrame.FromString(frame).messages
-                except Exception:  # protobuf raises DecodeError and others on garbage
-                    self._log.count("peer_garbage")
+                    # Counted before anything is built: a frame packed with millions of tiny
+                    # entries costs us FRAME_MESSAGES_MAX steps, not millions of objects.
+                    messages = wirescan.repeated_bytes(frame, 1, FRAME_MESSAGES_MAX)
+                except wirescan.ScanError as exc:
+                    self._log.count(
+                        "peer_frame_too_many" if isinstance(exc, wirescan.TooManyError) else "peer_garbage"
+                    )
+                    bad_frames += 1
+                    if bad_frames >= BAD_FRAMES_MAX:
+                        self._log.event("peer_stream_closed", source=str(source), bad_frames=bad_frames)
+                        break
                     continue
-                if len(messages) > FRAME_MESSAGES_MAX:
-                    self._log.count("peer_frame_too_many")
-                    continue
+                passed: list[bytes] = []
                 for raw in messages:
                     reason = check_peer_message(raw, self._genesis.n)
                     if reason is not None:
                         self._log.count(reason)
                         continue
-                    self._log.count("peer_messages_in")
-                    self._inbound.on_peer_message(raw)
+                    passed.append(raw)
+                self._log.count("peer_messages_in", len(passed))
+                if not await self._inbound.on_peer_messages(source, passed):
+                    break
         except asyncio.CancelledError:
             raise
         except Exception:  # a peer's stream broke (oversized message, reset): its loss only
             self._log.count("peer_stream_errors")
+        finally:
+            self._inbound.closed(source)
         return _ACK
 
     async def forward(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         try:
-            msg = consensus_pb2.Forward.FromString(raw)
-        except Exception:
-            self._log.count("peer_garbage")
+            envelopes = wirescan.repeated_bytes(raw, 1, self._limits.submit_batch_max)
+        except wirescan.ScanError as exc:
+            self._log.count(
+                "peer_forward_too_many" if isinstance(exc, wirescan.TooManyError) else "peer_garbage"
+            )
             return _ACK
-        if len(msg.envelopes) > self._limits.submit_batch_max:
-            self._log.count("peer_forward_too_many")
-            return _ACK
-        self._inbound.on_forward([e.SerializeToString() for e in msg.envelopes])
+        self._inbound.on_forward(("forward", context.peer()), envelopes)
         return _ACK
 
     async def fetch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

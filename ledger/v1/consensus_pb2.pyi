@@ -3,7 +3,9 @@
 isort:skip_file
 Node-to-node protocol: simplified PBFT (Castro and Liskov) among the member banks.
 Every consensus message travels as a SignedMessage: body = serialized ConsensusMessage,
-signature over domain_tag || chain_id || body (ledger.crypto). Verify the received bytes.
+signature (Ed25519, the signer's node_key) over
+  "consortium-ledger/consensus/v1" || 0x00 || len(chain_id) as 1 byte || chain_id || body
+(ledger.crypto, docs/PROTOCOL.md). Verify the received bytes; never re-serialize.
 """
 
 from collections import abc as _abc
@@ -109,7 +111,7 @@ class PrePrepare(_message.Message):
     view: _builtins.int
     sequence: _builtins.int
     digest: _builtins.bytes
-    """SHA-256(header)"""
+    """SHA-256(header), over the header bytes as carried here"""
     header: _builtins.bytes
     """serialized BlockHeader"""
     def __init__(
@@ -358,6 +360,7 @@ class Attestation(_message.Message):
     results_root: _builtins.bytes
     """Merkle root over the serialized TxResults of the block, in order"""
     state_root: _builtins.bytes
+    """(canonical encoding: docs/PROTOCOL.md, section 5)"""
     replica: _builtins.int
     def __init__(
         self,

@@ -3,7 +3,9 @@
 isort:skip_file
 Node-to-node protocol: simplified PBFT (Castro and Liskov) among the member banks.
 Every consensus message travels as a SignedMessage: body = serialized ConsensusMessage,
-signature over domain_tag || chain_id || body (ledger.crypto). Verify the received bytes.
+signature (Ed25519, the signer's node_key) over
+  "consortium-ledger/consensus/v1" || 0x00 || len(chain_id) as 1 byte || chain_id || body
+(ledger.crypto, docs/PROTOCOL.md). Verify the received bytes; never re-serialize.
 """
 
 from collections import abc as _abc

@@ -3,9 +3,10 @@
 isort:skip_file
 Transactions, results and blocks of the Consortium Ledger.
 
-Signing rule (see docs/ARCHITECTURE.md): a client serializes a TxBody once, signs
-domain_tag || chain_id || body_bytes with Ed25519, and sends the exact body bytes in an
-Envelope. Verifiers check the bytes they received and never re-serialize.
+Signing rule (docs/PROTOCOL.md, section 1): a client serializes a TxBody once, signs
+  "consortium-ledger/tx/v1" || 0x00 || len(chain_id) as 1 byte || chain_id (UTF-8) || body_bytes
+with Ed25519, and sends the exact body bytes in an Envelope. Verifiers check the bytes they
+received and never re-serialize.
 """
 
 from collections import abc as _abc
@@ -466,6 +467,10 @@ Global___EscrowVoid: _TypeAlias = EscrowVoid  # noqa: Y015
 
 @_typing.final
 class TxResult(_message.Message):
+    """Serialized canonically (fields in number order, defaults left out), a TxResult is a leaf of
+    the block's results_root (docs/PROTOCOL.md, section 5).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TX_ID_FIELD_NUMBER: _builtins.int
@@ -524,9 +529,11 @@ class BlockHeader(_message.Message):
     """primary's proposal; consensus time is max(previous, this)"""
     tx_count: _builtins.int
     tx_root: _builtins.bytes
-    """Merkle root (ledger.merkle) over the tx_ids of the batch"""
+    """Merkle root (ledger.merkle) over the batch's tx_ids, in order"""
     batch_hash: _builtins.bytes
-    """SHA-256 over the full envelopes, in order"""
+    """SHA-256 over the serialized envelopes in order, each prefixed by its length as 4 bytes
+    big-endian: SHA-256(len(e0) || e0 || len(e1) || e1 || ...).
+    """
     def __init__(
         self,
         *,

@@ -3,9 +3,10 @@
 isort:skip_file
 Transactions, results and blocks of the Consortium Ledger.
 
-Signing rule (see docs/ARCHITECTURE.md): a client serializes a TxBody once, signs
-domain_tag || chain_id || body_bytes with Ed25519, and sends the exact body bytes in an
-Envelope. Verifiers check the bytes they received and never re-serialize.
+Signing rule (docs/PROTOCOL.md, section 1): a client serializes a TxBody once, signs
+  "consortium-ledger/tx/v1" || 0x00 || len(chain_id) as 1 byte || chain_id (UTF-8) || body_bytes
+with Ed25519, and sends the exact body bytes in an Envelope. Verifiers check the bytes they
+received and never re-serialize.
 """
 
 from collections import abc as _abc

@@ -105,7 +105,8 @@ def supply(r: st.Reader, genesis: Genesis) -> tuple[SupplyView, ...]:
 def check_invariants(r: KVReader, genesis: Genesis) -> list[str]:
     """Every violation found (empty when the state is sound). Per asset: balances + held ==
     minted - redeemed <= amount_max; held per account == its pending escrows; no amount above amount_max;
-    the expiry index lists exactly the pending escrows."""
+    the expiry index lists exactly the pending escrows; the owner key index counts exactly each
+    key's accounts that are not frozen."""
     violations: list[str] = []
     amount_max = genesis.limits.amount_max
     known = {a.asset for a in genesis.assets}
@@ -138,6 +139,15 @@ def check_invariants(r: KVReader, genesis: Genesis) -> list[str]:
                 violations.append(f"pending escrow {esc.escrow_id} missing from the expiry index")
     if dict(pending_by_key) != held_by_key:
         violations.append(f"held amounts {held_by_key} differ from pending escrows {dict(pending_by_key)}")
+    active: dict[bytes, int] = defaultdict(int)
+    for key, _ in _scan(r, st.ACCOUNT):
+        acct = st.get_account(r, key[len(st.ACCOUNT) :].decode())
+        assert acct is not None
+        if not acct.frozen:
+            active[acct.owner_key] += 1
+    counted = {key[len(st.KEY_ACCOUNTS) :]: st.read_u64(value) for key, value in _scan(r, st.KEY_ACCOUNTS)}
+    if counted != dict(active):
+        violations.append("the owner key index (s/k/) differs from the accounts that are not frozen")
     indexed = {st.expiry_of_key(key)[1] for key, _ in _scan(r, st.EXPIRY)}
     if indexed != pending_ids:
         violations.append(

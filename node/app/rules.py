@@ -3,10 +3,15 @@
 Handlers write through a per-transaction overlay; the caller applies it only when the outcome is
 OK, so a handler may fail half-way (a later leg of a transfer) without undoing anything.
 
-Order inside every handler: find who must sign (an unknown account/escrow/asset here is a
-recorded result), check they signed (MISSING_SIGNATURE, NOT_ISSUER and NOT_ACCOUNT_BANK are
-*not* recorded: a third party could otherwise strip or swap signatures on a genuine body and
-burn its tx_id), then the body's limits, then the state.
+Order inside every handler: find who must sign, check they signed, then the body's limits,
+then the state. Only an *authorized* transaction (every signer it requires exists and signed)
+records its result under the tx_id, so every recorded result is signed by keys the ledger
+knows (a bank can freeze their accounts). Not recorded:
+- MISSING_SIGNATURE, NOT_ISSUER and NOT_ACCOUNT_BANK: a third party could otherwise strip or
+  swap signatures on a genuine body and burn its tx_id;
+- an outcome decided before anyone who could authorize it is known (NOT_MEMBER, UNKNOWN_ASSET
+  of a mint, UNKNOWN_ACCOUNT of an account that must sign or whose bank must, UNKNOWN_ESCROW):
+  anyone without a key could otherwise have such results stored as final, for ever.
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ def _debit(w: st.Writer, account_id: str, asset: str, amount: int) -> bool:
 def open_account(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: OpenAccount) -> Outcome:
     member = genesis.member(op.member_id)
     if member is None:
-        return _fail(Code.NOT_MEMBER, f"{op.member_id} is not a member")
+        return _unauthorized(Code.NOT_MEMBER, f"{op.member_id} is not a member")
     if member.operator_key not in tx.signers:
         return _operator_outcome(genesis, tx.signers, Code.MISSING_SIGNATURE, op.member_id)
     if (problem := _body(genesis, tx)) is not None:
@@ -99,13 +104,14 @@ def open_account(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: OpenAccount)
     if st.get_account(w, op.account_id) is not None:
         return _fail(Code.ACCOUNT_EXISTS, f"account {op.account_id} exists")
     st.put_account(w, st.AccountRecord(op.account_id, op.member_id, op.owner_key, frozen=False))
+    st.count_active_account(w, op.owner_key, +1)
     return OK
 
 
 def set_frozen(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: SetAccountFrozen) -> Outcome:
     acct = st.get_account(w, op.account_id)
     if acct is None:
-        return _fail(Code.UNKNOWN_ACCOUNT, f"no account {op.account_id}")
+        return _unauthorized(Code.UNKNOWN_ACCOUNT, f"no account {op.account_id}")
     bank = genesis.member(acct.member_id)
     assert bank is not None, f"account {acct.account_id} belongs to unknown member {acct.member_id}"
     if bank.operator_key not in tx.signers:
@@ -113,13 +119,15 @@ def set_frozen(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: SetAccountFroz
     if (problem := _body(genesis, tx)) is not None:
         return problem
     st.put_account(w, st.AccountRecord(acct.account_id, acct.member_id, acct.owner_key, frozen=op.frozen))
+    if acct.frozen != op.frozen:
+        st.count_active_account(w, acct.owner_key, -1 if op.frozen else +1)
     return OK
 
 
 def mint(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Mint) -> Outcome:
     asset = genesis.asset(op.asset)
     if asset is None:
-        return _fail(Code.UNKNOWN_ASSET, f"no asset {op.asset}")
+        return _unauthorized(Code.UNKNOWN_ASSET, f"no asset {op.asset}")
     issuer = genesis.member(asset.issuer)
     assert issuer is not None, f"asset {asset.asset} has unknown issuer"
     if issuer.operator_key not in tx.signers:
@@ -155,7 +163,7 @@ def transfer(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Transfer) -> Out
     for leg in op.legs:
         acct = payers.get(leg.from_account) or st.get_account(w, leg.from_account)
         if acct is None:
-            return _fail(Code.UNKNOWN_ACCOUNT, f"no account {leg.from_account}")
+            return _unauthorized(Code.UNKNOWN_ACCOUNT, f"no account {leg.from_account}")
         payers[leg.from_account] = acct
     if (missing := _missing_owner(tx.signers, payers.values())) is not None:
         return missing
@@ -181,7 +189,7 @@ def transfer(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Transfer) -> Out
 def redeem(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Redeem) -> Outcome:
     acct = st.get_account(w, op.account_id)
     if acct is None:
-        return _fail(Code.UNKNOWN_ACCOUNT, f"no account {op.account_id}")
+        return _unauthorized(Code.UNKNOWN_ACCOUNT, f"no account {op.account_id}")
     if (missing := _missing_owner(tx.signers, [acct])) is not None:
         return missing
     if (problem := _body(genesis, tx)) is not None:
@@ -208,7 +216,7 @@ def redeem(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: Redeem) -> Outcome
 def escrow_create(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: EscrowCreate, now_ms: int) -> Outcome:
     payer = st.get_account(w, op.from_account)
     if payer is None:
-        return _fail(Code.UNKNOWN_ACCOUNT, f"no account {op.from_account}")
+        return _unauthorized(Code.UNKNOWN_ACCOUNT, f"no account {op.from_account}")
     if (missing := _missing_owner(tx.signers, [payer])) is not None:
         return missing
     if (problem := _body(genesis, tx)) is not None:
@@ -276,7 +284,7 @@ def _close(w: st.Writer, esc: st.EscrowRecord, status: int) -> None:
 def escrow_post(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: EscrowPost) -> Outcome:
     esc = st.get_escrow(w, op.escrow_id)
     if esc is None:
-        return _fail(Code.UNKNOWN_ESCROW, f"no escrow {op.escrow_id}")
+        return _unauthorized(Code.UNKNOWN_ESCROW, f"no escrow {op.escrow_id}")
     payer = st.get_account(w, esc.from_account)
     payee = st.get_account(w, esc.to_account)
     assert payer is not None and payee is not None, f"escrow {esc.escrow_id} names unknown accounts"
@@ -305,7 +313,7 @@ def escrow_post(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: EscrowPost) -
 def escrow_void(genesis: Genesis, w: st.Writer, tx: CheckedTx, op: EscrowVoid) -> Outcome:
     esc = st.get_escrow(w, op.escrow_id)
     if esc is None:
-        return _fail(Code.UNKNOWN_ESCROW, f"no escrow {op.escrow_id}")
+        return _unauthorized(Code.UNKNOWN_ESCROW, f"no escrow {op.escrow_id}")
     payer = st.get_account(w, esc.from_account)
     payee = st.get_account(w, esc.to_account)
     assert payer is not None and payee is not None, f"escrow {esc.escrow_id} names unknown accounts"

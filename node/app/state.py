@@ -11,6 +11,8 @@ Keys (ids are validated to exclude b"\\x00" and b"/", so the separators are unam
   s/p/<issuer>\\x00<account>\\x00<payout_ref>  used payout reference of one redeeming
                                  account -> tx_id (one holder cannot consume another's ref)
   s/t/<tx_id>                    serialized TxResult of the first authorized execution
+  s/k/<owner_key:32>             how many accounts the key owns that are not frozen (absent
+                                 = 0): the keys admission knows (node/admission.py)
   s/_/height, s/_/time, s/_/root last executed height, consensus time, state root
 Values: unsigned/signed 64-bit (supply counters: unsigned 128-bit) big-endian integers and length-prefixed UTF-8 strings; never
 JSON, never floats, so every node writes the same bytes.
@@ -32,6 +34,7 @@ SUPPLY = b"s/q/"
 DEPOSIT_REF = b"s/d/"
 PAYOUT_REF = b"s/p/"
 RESULT = b"s/t/"
+KEY_ACCOUNTS = b"s/k/"
 META_HEIGHT = b"s/_/height"
 META_TIME = b"s/_/time"
 META_ROOT = b"s/_/root"
@@ -165,6 +168,19 @@ def put_account(w: Writer, acct: AccountRecord) -> None:
     assert len(acct.owner_key) == 32
     value = bytes([_VERSION]) + _str(acct.member_id) + acct.owner_key + (b"\x01" if acct.frozen else b"\x00")
     w.put(ACCOUNT + acct.account_id.encode(), value)
+
+
+def active_accounts_of_key(r: Reader, owner_key: bytes) -> int:
+    """How many accounts ``owner_key`` owns that are not frozen."""
+    return get_amount(r, KEY_ACCOUNTS + owner_key)
+
+
+def count_active_account(w: Writer, owner_key: bytes, delta: int) -> None:
+    """An account of ``owner_key`` was opened or unfrozen (+1), or frozen (-1)."""
+    key = KEY_ACCOUNTS + owner_key
+    count = get_amount(w, key) + delta
+    assert count >= 0, "an owner key's active account count went below zero"
+    put_amount(w, key, count)
 
 
 def get_amount(r: Reader, key: bytes) -> int:

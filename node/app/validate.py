@@ -139,10 +139,19 @@ def _check_formats(genesis: Genesis, body: TxBody) -> None:
         raise AssertionError(f"unknown op {op!r}")
 
 
-def decode_and_verify(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_verify) -> CheckedTx:
+# Whether the ledger knows a public key (admission only: node/admission.py). Asked before any
+# signature is verified, so an envelope signed by strangers costs no Ed25519 check.
+KnownKey = Callable[[bytes], bool]
+
+
+def decode_and_verify(
+    genesis: Genesis, raw: bytes, verify: Verifier = ed25519_verify, known_key: KnownKey | None = None
+) -> CheckedTx:
     """Parse, check formats and verify every signature. Raises InvalidTransaction with
-    LIMIT_EXCEEDED (envelope too large, too many signatures), MALFORMED, WRONG_CHAIN or
-    BAD_SIGNATURE: the failures that execution does not record under the tx_id."""
+    LIMIT_EXCEEDED (envelope too large, too many signatures), MALFORMED, WRONG_CHAIN,
+    MISSING_SIGNATURE (no signature at all) or BAD_SIGNATURE: the failures that execution does
+    not record under the tx_id. With ``known_key`` (admission), also MISSING_SIGNATURE when no
+    signer is a key it knows."""
     limits = genesis.limits
     if type(raw) is not bytes:  # exact bytes, the common case, need neither check nor copy
         if not isinstance(raw, bytes | bytearray | memoryview):
@@ -168,10 +177,19 @@ def decode_and_verify(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_v
             f"nonce must be {limits.nonce_bytes_min}..{limits.nonce_bytes_max} bytes, got {len(body.nonce)}"
         )
     _check_formats(genesis, body)
+    if not signatures:
+        # Refused at admission (UNAUTHENTICATED) and never recorded: nobody vouches for it.
+        raise InvalidTransaction(Code.MISSING_SIGNATURE, "the envelope has no signature")
     if len(signatures) > limits.signatures_max:
         raise InvalidTransaction(
             Code.LIMIT_EXCEEDED,
             f"{len(signatures)} signatures, more than signatures_max={limits.signatures_max}",
+        )
+    if known_key is not None and not any(known_key(public_key) for public_key, _ in signatures):
+        raise InvalidTransaction(
+            Code.MISSING_SIGNATURE,
+            "signed by no key the ledger knows (a member's operator key, or the owner key of an "
+            "account that is not frozen)",
         )
     signers: set[bytes] = set()
     for i, (public_key, signature) in enumerate(signatures):
@@ -221,11 +239,14 @@ class CheckCache:
     def kept_bytes(self) -> int:
         return self._bytes
 
-    def check(self, raw: bytes) -> CheckedTx:
-        """check_envelope(raw), the API's admission check (answered from what is kept when it
-        can be). Raises InvalidTransaction."""
+    def check(self, raw: bytes, known_key: KnownKey | None = None) -> CheckedTx:
+        """check_envelope(raw, known_key=...), the admission check (answered from what is kept
+        when it can be: a kept transaction passed it when it was admitted). Raises
+        InvalidTransaction."""
         checked = self._kept.get(raw) if isinstance(raw, bytes) else None
-        return checked if checked is not None else check_envelope(self.genesis, raw, self.verify)
+        if checked is not None:
+            return checked
+        return check_envelope(self.genesis, raw, self.verify, known_key)
 
     def keep(self, checked: CheckedTx) -> None:
         """Remember ``checked`` for its execution (the node has taken the transaction)."""
@@ -279,9 +300,11 @@ def body_problem(genesis: Genesis, body: TxBody) -> InvalidTransaction | None:
     return None
 
 
-def check_envelope(genesis: Genesis, raw: bytes, verify: Verifier = ed25519_verify) -> CheckedTx:
-    """The API's stateless admission check: CheckedTx, or InvalidTransaction(code, message)."""
-    checked = decode_and_verify(genesis, raw, verify)
+def check_envelope(
+    genesis: Genesis, raw: bytes, verify: Verifier = ed25519_verify, known_key: KnownKey | None = None
+) -> CheckedTx:
+    """The API's admission check: CheckedTx, or InvalidTransaction(code, message)."""
+    checked = decode_and_verify(genesis, raw, verify, known_key)
     problem = body_problem(genesis, checked.body)
     if problem is not None:
         raise problem

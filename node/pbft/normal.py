@@ -46,6 +46,7 @@ class ReplicaCore:
         self.crypto = crypto
         self.verifier = Verifier(config, crypto)
         self.counters: Counter[str] = Counter()  # rejected inputs and notable events, by kind
+        self.rejected = 0  # inputs rejected, all kinds (the driver charges them to their source)
         self._out: list[Action] = []
 
         self.view = 0
@@ -426,3 +427,4 @@ class ReplicaCore:
 
     def _reject(self, kind: str) -> None:
         self.counters[kind] += 1
+        self.rejected += 1

@@ -205,7 +205,7 @@ class Replica(ViewChanging):
             return False  # _accept_pre_prepare rejects and counts it as bad_batch
         return header.timestamp_ms > self.now_ms + self.cfg.timestamp_skew_ms_max
 
-    def _dispatch(self, s: Signed, batch: tuple[bytes, ...] | None) -> None:
+    def _dispatch(self, s: Signed, batch: bytes | None) -> None:
         m: Body = s.msg
         if isinstance(m, PrePrepare):
             if batch is None:
@@ -217,7 +217,9 @@ class Replica(ViewChanging):
             elif self._from_the_future(m):
                 self._reject("future_timestamp")
             else:
-                self._accept_pre_prepare(s, batch)
+                envelopes = self._batch_of(m, batch)
+                if envelopes is not None:
+                    self._accept_pre_prepare(s, envelopes)
         elif isinstance(m, Prepare | Commit):
             self._on_vote(s, m)
         elif isinstance(m, Checkpoint):
@@ -228,6 +230,15 @@ class Replica(ViewChanging):
             self._on_new_view(s, m)
         else:
             self._on_attestation(s)
+
+    def _batch_of(self, m: PrePrepare, batch: bytes) -> tuple[bytes, ...] | None:
+        """The envelopes of a signed pre-prepare's batch, parsed only now, and only as many as
+        its signed header counts (so memory stays within about twice the message's size)."""
+        try:
+            return wire.decode_batch(batch, wire.decode_header(m.header).tx_count)
+        except wire.WireError:
+            self._reject("bad_batch")
+            return None
 
     def _why_bad(self, signed_raw: bytes) -> str:
         try:
@@ -253,9 +264,12 @@ class Replica(ViewChanging):
         for seq, peer in r.pre_prepares.items():
             if seq <= self.stable_seq:
                 continue
-            signed_raw, batch = wire.decode_peer(peer)
+            signed_raw, batch_raw = wire.decode_peer(peer)
             s = self.verifier.signed(signed_raw)
-            assert s is not None and batch is not None, "corrupt pre-prepare record"
+            assert s is not None and isinstance(s.msg, PrePrepare) and batch_raw is not None, (
+                "corrupt pre-prepare record"
+            )
+            batch = wire.decode_batch(batch_raw, wire.decode_header(s.msg.header).tx_count)
             slot = self._slot(seq)
             slot.pre_prepare, slot.pre_prepare_peer = s, peer
             slot.envelopes, slot.tx_ids = batch, wire.tx_ids_of(batch)

@@ -1,6 +1,7 @@
 """The one place node/pbft touches protobuf: PeerMessage / SignedMessage / ConsensusMessage bytes
 <-> frozen dataclasses, block headers and batches. Signatures are checked on the received body
-bytes; nothing is re-serialized to verify."""
+bytes; nothing is re-serialized to verify. ``batch_hash`` and ``digest_of`` are ledger.block's,
+re-exported: clients compute the same bytes with the same functions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from ledger import merkle
+from ledger import merkle, wirescan
+from ledger.block import batch_hash as batch_hash
+from ledger.block import digest_of as digest_of
+from ledger.crypto import tx_id_of
 from ledger.v1 import consensus_pb2 as cpb
 from ledger.v1 import tx_pb2 as txpb
 
@@ -190,14 +194,30 @@ def decode_signed(raw: bytes) -> tuple[bytes, int, bytes]:
     return bytes(sm.body), sm.signer, bytes(sm.signature)
 
 
-def decode_peer(raw: bytes) -> tuple[bytes, tuple[bytes, ...] | None]:
-    """(serialized SignedMessage, batch envelopes or None) of a serialized PeerMessage."""
-    pm = _parse(cpb.PeerMessage, raw)
-    assert isinstance(pm, cpb.PeerMessage)
-    if not pm.HasField("message"):
+def decode_peer(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(SignedMessage, serialized Batch or None) of a serialized PeerMessage, both exactly as
+    received. The batch is not covered by the signature: it stays unparsed until the signature
+    verifies and the signed header says how many envelopes it holds (decode_batch)."""
+    try:
+        fields = wirescan.singular_fields(raw)
+    except wirescan.ScanError as exc:
+        raise WireError(f"not a PeerMessage: {exc}") from exc
+    signed = fields.get(1)
+    if signed is None:
         raise WireError("peer message without a signed message")
-    batch = tuple(bytes(e) for e in pm.batch.envelopes) if pm.HasField("batch") else None
-    return pm.message.SerializeToString(), batch
+    return signed, fields.get(2)
+
+
+def decode_batch(raw: bytes, count: int) -> tuple[bytes, ...]:
+    """The envelopes of a serialized Batch that must hold exactly ``count`` of them (the signed
+    header's tx_count): counting stops past it, so a sender cannot make us build more."""
+    try:
+        envelopes = wirescan.repeated_bytes(raw, 1, count)
+    except wirescan.ScanError as exc:
+        raise WireError(f"not a batch of {count}: {exc}") from exc
+    if len(envelopes) != count:
+        raise WireError(f"batch holds {len(envelopes)} envelopes, the header says {count}")
+    return tuple(envelopes)
 
 
 def decode_header(raw: bytes) -> Header:
@@ -212,7 +232,7 @@ def canonical_envelope(raw: bytes) -> tuple[bytes, bytes]:
     unknown fields) a single request, so they cannot both be proposed."""
     env = _parse(txpb.Envelope, raw)
     assert isinstance(env, txpb.Envelope)
-    return hashlib.sha256(env.body).digest(), env.SerializeToString()
+    return tx_id_of(env.body), env.SerializeToString()
 
 
 def request_key(canonical: bytes) -> bytes:
@@ -345,21 +365,13 @@ def decode_cert(raw: bytes) -> PreparedCert:
 # --- blocks --------------------------------------------------------------------------------
 
 
-def batch_hash(envelopes: Sequence[bytes]) -> bytes:
-    h = hashlib.sha256()
-    for e in envelopes:
-        h.update(len(e).to_bytes(4, "big"))
-        h.update(e)
-    return h.digest()
-
-
 def tx_ids_of(envelopes: Sequence[bytes]) -> tuple[bytes, ...]:
-    """SHA-256 of each envelope's body (WireError if one does not parse)."""
+    """Each envelope's tx_id (WireError if one does not parse)."""
     ids = []
     for raw in envelopes:
         env = _parse(txpb.Envelope, raw)
         assert isinstance(env, txpb.Envelope)
-        ids.append(hashlib.sha256(env.body).digest())
+        ids.append(tx_id_of(env.body))
     return tuple(ids)
 
 
@@ -386,10 +398,6 @@ def null_header(chain_id: str, height: int) -> bytes:
     """The gap filler a new view proposes: no transactions, timestamp 0 (consensus time is
     max(previous, 0), so it never moves the clock)."""
     return build_header(chain_id, height, 0, ())
-
-
-def digest_of(header: bytes) -> bytes:
-    return hashlib.sha256(header).digest()
 
 
 def header_matches(

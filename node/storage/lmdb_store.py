@@ -7,7 +7,9 @@ surface as our own clear StoreFullError rather than a bare lmdb exception mid-ba
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +25,14 @@ DB_NAME = b"main"
 
 
 class StoreFullError(Exception):
-    """The LMDB map is full: the write transaction was aborted, nothing was written.
-    Raise map_size_bytes (node config) and restart the node."""
+    """The LMDB map is full and may not grow (the disk budget): the write transaction was
+    aborted, nothing was written. Raise disk_budget_bytes (node config) and restart the node."""
+
+
+# The map grows (doubling, capped by the budget) whenever less than this is left before a write
+# transaction: far more than one block and its journal records need.
+WRITE_HEADROOM_BYTES = 64 << 20
+DISK_FREE_CHECK_S = 1.0  # how often the filesystem's free space is read (statvfs)
 
 
 class StoreError(Exception):
@@ -91,11 +99,20 @@ class LmdbStore:
     """
 
     def __init__(
-        self, path: Path, map_size_bytes: int = 1 << 30, max_dbs: int = 4, sync: bool = True
+        self,
+        path: Path,
+        map_size_bytes: int = 1 << 30,
+        max_dbs: int = 4,
+        sync: bool = True,
+        budget_bytes: int | None = None,
+        headroom_bytes: int = WRITE_HEADROOM_BYTES,
     ) -> None:
         if map_size_bytes <= 0 or max_dbs <= 0:
             raise ValueError("map_size_bytes and max_dbs must be positive")
         self.path = Path(path)
+        # The map starts at map_size_bytes and grows up to budget_bytes (default: no growth).
+        self.budget_bytes = max(budget_bytes or map_size_bytes, map_size_bytes)
+        self.headroom_bytes = headroom_bytes
         self.map_size_bytes = map_size_bytes
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -114,10 +131,37 @@ class LmdbStore:
             raise StoreError(f"{self.path}: cannot open LMDB environment: {exc}") from exc
         self._local = threading.local()
         self._closed = False
+        self._readers = 0  # read transactions open now (the map can only be resized without)
         self._full_message = (
-            f"{self.path}: LMDB map is full (map_size_bytes={map_size_bytes}); "
-            "the transaction was aborted; raise map_size_bytes"
+            f"{self.path}: LMDB map is full and at its budget of {self.budget_bytes} bytes "
+            "(disk_budget_bytes); the transaction was aborted; raise the disk budget"
         )
+        # The map may be larger than asked already (it grew before a restart): LMDB keeps it.
+        self.map_size_bytes = int(self._env.info()["map_size"])
+        self.used_bytes = self._used()
+        self.disk_free_bytes = self._disk_free()
+        self._disk_checked = time.monotonic()
+        self._grow()
+
+    def _used(self) -> int:
+        """Bytes of the map in use: its highest page (free pages inside are reused first)."""
+        return (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
+
+    def _disk_free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def _grow(self) -> None:
+        """Grow the map before it gets tight, up to the budget. Only with no transaction open
+        in this process (LMDB's rule for mdb_env_set_mapsize); else at the next write."""
+        if self._readers or self.used_bytes + self.headroom_bytes <= self.map_size_bytes:
+            return
+        target = min(
+            max(2 * self.map_size_bytes, self.used_bytes + 2 * self.headroom_bytes), self.budget_bytes
+        )
+        if target > self.map_size_bytes:
+            self._env.set_mapsize(target)
+            self.map_size_bytes = target
 
     def _check_open(self) -> None:
         if self._closed:
@@ -127,9 +171,11 @@ class LmdbStore:
     def read(self) -> Iterator[_Reader]:
         self._check_open()
         txn = self._env.begin(db=self._db, write=False, buffers=False)
+        self._readers += 1
         try:
             yield _Reader(txn)
         finally:
+            self._readers -= 1
             txn.abort()
 
     @contextmanager
@@ -141,6 +187,7 @@ class LmdbStore:
             raise StoreError(f"{self.path}: a write transaction is already open in this thread")
         self._local.writing = True
         try:
+            self._grow()
             txn = self._env.begin(db=self._db, write=True, buffers=False)
             try:
                 yield _Writer(txn, self._full_message)
@@ -151,8 +198,22 @@ class LmdbStore:
                 txn.commit()
             except lmdb.MapFullError as exc:
                 raise StoreFullError(self._full_message) from exc
+            self.used_bytes = self._used()
+            now = time.monotonic()
+            if now - self._disk_checked >= DISK_FREE_CHECK_S:
+                self._disk_checked = now
+                self.disk_free_bytes = self._disk_free()
         finally:
             self._local.writing = False
+
+    def space_left(self, reserve_bytes: int) -> str | None:
+        """Why new work should be refused now (within ``reserve_bytes`` of the budget, or of a
+        full filesystem), or None. What was already ordered still fits in the reserve."""
+        if self.used_bytes + reserve_bytes >= self.budget_bytes:
+            return f"the store uses {self.used_bytes} of its {self.budget_bytes}-byte budget"
+        if self.disk_free_bytes < reserve_bytes:
+            return f"the disk has {self.disk_free_bytes} bytes free"
+        return None
 
     def close(self) -> None:
         if not self._closed:

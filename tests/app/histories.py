@@ -117,6 +117,30 @@ class Model:
         self.refs: set[tuple[str, ...]] = set()
         self.outstanding: dict[str, int] = defaultdict(int)  # minted - redeemed
 
+    def records(self, envelope: bytes, code: Code) -> bool:
+        """Whether the ledger must record this result under the tx_id (the rule of
+        node/app/rules.py, from the model's own state before the transaction): never for the
+        unauthorized codes, nor when nobody who could authorize it exists (an unknown member,
+        asset of a mint, account that must sign, or escrow)."""
+        if code in UNRECORDED or code == Code.UNKNOWN_ESCROW:
+            return False
+        body = tx_pb2.TxBody.FromString(tx_pb2.Envelope.FromString(envelope).body)
+        kind = body.WhichOneof("op")
+        must_exist: list[str] = []
+        if kind == "open_account":
+            return body.open_account.member_id in self.fx.operators
+        if kind == "mint":
+            return code != Code.UNKNOWN_ASSET
+        if kind == "set_frozen":
+            must_exist = [body.set_frozen.account_id]
+        elif kind == "transfer":
+            must_exist = [g.from_account for g in body.transfer.legs]
+        elif kind == "redeem":
+            must_exist = [body.redeem.account_id]
+        elif kind == "escrow_create":
+            must_exist = [body.escrow_create.from_account]
+        return all(a in self.accounts for a in must_exist)
+
     def expire(self, escrow_ids: tuple[str, ...], now_ms: int) -> None:
         due = sorted(e for e, p in self.pending.items() if p[4] <= now_ms)
         assert list(escrow_ids) == due, f"expired {escrow_ids}, expected {due}"

@@ -78,7 +78,10 @@ def test_open_account(w: World) -> None:
 def test_open_account_bad_inputs(w: World) -> None:
     fx = w.fx
     assert w.code(fx.open_account("BANK-A", "alice", w.keys["mallory"])) == Code.ACCOUNT_EXISTS
-    assert w.code(fx.open_account("BANK-Z", "z1", w.keys["mallory"])) == Code.NOT_MEMBER
+    # No member BANK-Z, so no operator signs: the factory adds no signature at all.
+    assert w.code(fx.open_account("BANK-Z", "z1", w.keys["mallory"])) == Code.MISSING_SIGNATURE
+    signed = fx.open_account("BANK-Z", "z1", w.keys["mallory"], signers=[fx.operators["BANK-A"]])
+    assert w.code(signed) == Code.NOT_MEMBER
     other_bank = [fx.operators["BANK-B"]]
     assert (
         w.code(fx.open_account("BANK-A", "x1", w.keys["mallory"], signers=other_bank))
@@ -458,3 +461,56 @@ def test_details_never_hold_repr_of_client_text(w: World) -> None:
     assert "\\xe9" in results[0].detail
     assert "..." in results[1].detail  # 120 characters of client text, shown bounded
     assert "\\U0001f600" in results[3].detail
+
+
+# --- who can have a result recorded (issue 16: no keyless writes) ---------------------------------
+
+
+def test_an_envelope_without_any_signature_is_refused_and_never_recorded(w: World) -> None:
+    env = w.fx.transfer([("alice", "bob", USD_A, 1)], signers=[])
+    result = w.chain.one(env)
+    assert result.code == Code.MISSING_SIGNATURE and not result.final
+    with w.store.read() as r:
+        assert w.chain.ledger.tx_result(r, result.tx_id) is None
+
+
+def test_keyless_spam_of_unknown_accounts_is_answered_but_never_recorded(w: World) -> None:
+    stranger = w.fx.client("stranger")
+    spam = [w.fx.transfer([(f"ghost-{i}", "bob", USD_A, 1)], signers=[stranger]) for i in range(20)] + [
+        w.fx.redeem("ghost", USD_A, 1, signers=[stranger]),
+        w.fx.escrow_create("e-ghost", "ghost", "bob", USD_A, 1, 10_000, signers=[stranger]),
+        w.fx.escrow_post("no-such-escrow", 1, payer="alice", signers=[stranger]),
+        w.fx.escrow_void("no-such-escrow", "alice", signers=[stranger]),
+        w.fx.set_frozen("BANK-A", "ghost", True, signers=[stranger]),
+        w.fx.mint("XYZ.BANK-A", "alice", 1, "d-x", signers=[stranger]),
+    ]
+    before = state_dump(w.store)
+    results = [w.chain.one(env) for env in spam]
+    assert {r.code for r in results} == {Code.UNKNOWN_ACCOUNT, Code.UNKNOWN_ESCROW, Code.UNKNOWN_ASSET}
+    assert not any(r.final for r in results)
+    assert state_dump(w.store) == before, "a keyless transaction left something in the state"
+
+
+def test_a_recorded_failure_is_signed_by_a_key_the_ledger_knows(w: World) -> None:
+    # The payee is unknown, but alice, who must sign, exists and signed: recorded, attributable.
+    result = w.chain.one(w.fx.transfer([("alice", "ghost", USD_A, 1)]))
+    assert result.code == Code.UNKNOWN_ACCOUNT and result.final
+
+
+def test_the_owner_key_index_counts_the_accounts_that_are_not_frozen(w: World) -> None:
+    alice = w.keys["alice"].public_key
+
+    def count() -> int:
+        with w.store.read() as r:
+            return st.active_accounts_of_key(r, alice)
+
+    assert count() == 1
+    assert w.code(w.fx.open_account("BANK-B", "alice-2", w.keys["alice"])) == Code.OK
+    assert count() == 2
+    assert w.code(w.fx.set_frozen("BANK-A", "alice", True)) == Code.OK
+    assert w.code(w.fx.set_frozen("BANK-A", "alice", True)) == Code.OK  # already frozen: no change
+    assert count() == 1
+    assert w.code(w.fx.set_frozen("BANK-B", "alice-2", True)) == Code.OK
+    assert count() == 0
+    assert w.code(w.fx.set_frozen("BANK-A", "alice", False)) == Code.OK
+    assert count() == 1

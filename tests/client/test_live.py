@@ -230,19 +230,17 @@ def test_the_nodes_refuse_bad_envelopes_definitely(consortium: Consortium, clien
 def test_a_copy_signed_by_a_stranger_does_not_block_the_genuine_one(
     consortium: Consortium, client: LedgerClient
 ) -> None:
-    owner, stranger = SigningKey.generate(), SigningKey.generate()
+    owner, stranger, keyless = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
     b = client.tx
-    _ok(
-        client.submit(
-            b.open_account("BANK-A", "sdk-victim", owner.public_key).signed_by(_op(consortium, "BANK-A"))
-        )
-    )
-    _ok(
-        client.submit(
-            b.mint("USD.BANK-A", "sdk-victim", 100, "sdk-victim-dep").signed_by(_op(consortium, "BANK-A"))
-        )
-    )
+    bank_a = _op(consortium, "BANK-A")
+    _ok(client.submit(b.open_account("BANK-A", "sdk-victim", owner.public_key).signed_by(bank_a)))
+    # The stranger is a client of the ledger (its key is known), so its copy gets admitted.
+    _ok(client.submit(b.open_account("BANK-A", "sdk-stranger", stranger.public_key).signed_by(bank_a)))
+    _ok(client.submit(b.mint("USD.BANK-A", "sdk-victim", 100, "sdk-victim-dep").signed_by(bank_a)))
     pay = b.redeem("sdk-victim", "USD.BANK-A", 40, "sdk-victim-pay")
+    # A copy signed by a key the ledger does not know is refused at admission.
+    refused = client.submit(pay.signed_by(keyless), timeout_s=3.0)
+    assert isinstance(refused, Rejected) and "no key the ledger knows" in refused.detail, refused
     # The stranger's copy has the same body (same tx id) and a valid signature of the wrong key.
     forged = client.submit(pay.signed_by(stranger), timeout_s=3.0)
     assert not isinstance(forged, Committed), forged

@@ -93,6 +93,7 @@ class ScriptedReplica:
         self.script: list[list[act.Action]] = []
         self.after_executed: list[act.Action] = []
         self.primary = 0  # the driver under test is replica 1
+        self.rejected = 0
 
     def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
         self.pending[tx_id] = envelope
@@ -173,8 +174,7 @@ def test_queued_events_share_one_journal_commit_before_any_of_their_sends() -> N
                 three_sent.set()
 
         transport.on_send = on_send
-        for _ in range(3):
-            driver.on_peer_message(b"msg")
+        assert await driver.on_peer_messages("peer", [b"msg"] * 3)
         driver.start()
         await asyncio.wait_for(three_sent.wait(), timeout=5)
         await driver.stop()
@@ -292,18 +292,16 @@ def test_relayed_copies_skip_the_signature_check_only_when_held_byte_for_byte_or
     fx = Factory()
     driver, replica, _ = make(fx)
     api = make_api(fx, driver)
-    relayed: list[list[tuple[bytes, bytes]]] = []
-    driver.on_forward = relayed.append  # type: ignore[assignment,method-assign]
     alice, bob = fx.client("alice"), fx.client("bob")
     genuine = fx.open_account("BANK-A", "alice", alice)
     stripped = fx.sign(decode_envelope(genuine).body, [alice])  # same tx_id, no operator signature
     executed = fx.open_account("BANK-A", "bob", bob)
     driver.run([_block(fx, 1, [executed])])
     replica.pending[fx.tx_id(genuine)] = stripped  # a stranger's copy got here first
-    api.admit_forwarded([stripped, genuine, executed])
+    relayed = api.admit_forwarded([stripped, genuine, executed])
     # The genuine copy still reaches the replica (which keeps it as a variant); the exact copy
     # of what it holds and the executed transaction are dropped unchecked.
-    assert relayed == [[(fx.tx_id(genuine), genuine)]]
+    assert relayed == [(fx.tx_id(genuine), genuine)]
     assert driver.log.counters["peer_forward_already_pending"] == 1
     assert driver.log.counters["peer_forward_already_final"] == 1
 
@@ -626,3 +624,33 @@ def test_the_first_block_after_a_quiet_spell_is_logged_with_the_gap(
     executed = [(e["height"], e["after_ms"]) for e in logged if e["event"] == "executed"]
     assert executed[0] == (1, None), "the first block after start is logged"
     assert executed[1:] == [(3, 700)], "a block 200 ms after the last is not; one 700 ms after is"
+
+
+def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_another() -> None:
+    # Issue 16: one FIFO queue for every source let 4 streams of forged votes starve the
+    # honest peers (8 of 9 canary transfers failed). Each source now has its own bounded queue.
+    from node.driver import SOURCE_EVENTS_MAX
+
+    driver, replica, _ = make(Factory())
+    seen: list[bytes] = []
+
+    def on_message(raw: bytes) -> list[act.Action]:
+        seen.append(raw)
+        return []
+
+    replica.on_message = on_message  # type: ignore[assignment,method-assign]
+
+    async def scenario() -> None:
+        flood = asyncio.ensure_future(driver.on_peer_messages("flood", [b"f"] * (SOURCE_EVENTS_MAX + 500)))
+        while driver._events.depth("flood")[0] < SOURCE_EVENTS_MAX:
+            await asyncio.sleep(0)
+        assert not flood.done()  # its queue is full: it waits (backpressure), nothing dropped
+        assert await driver.on_peer_messages("honest", [b"h"])
+        driver.start()
+        await asyncio.wait_for(flood, timeout=30)
+        await driver.stop()
+
+    asyncio.run(scenario())
+    assert seen.index(b"h") <= 1  # served in the first round, not after 50,000 forged votes
+    assert seen.count(b"f") == SOURCE_EVENTS_MAX + 500
+    assert driver.log.counters["events_dropped_full"] == 0

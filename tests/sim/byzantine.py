@@ -21,7 +21,10 @@ def _decode(peer: bytes) -> tuple[wire.Body, tuple[bytes, ...] | None] | None:
     try:
         signed, batch = wire.decode_peer(peer)
         body, _, _ = wire.decode_signed(signed)
-        return wire.decode_body(body), batch
+        msg = wire.decode_body(body)
+        if isinstance(msg, PrePrepare) and batch is not None:
+            return msg, wire.decode_batch(batch, wire.decode_header(msg.header).tx_count)
+        return msg, None
     except wire.WireError:
         return None
 

@@ -150,7 +150,7 @@ def test_lmdb_full_map_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> No
     try:
         with s.write() as w:
             w.put(b"keep", b"v")
-        with pytest.raises(StoreFullError, match="map_size_bytes"), s.write() as w:
+        with pytest.raises(StoreFullError, match="budget"), s.write() as w:
             for i in range(10_000):
                 w.put(b"fill/%06d" % i, b"x" * 200)
         assert dump(s) == [(b"keep", b"v")]
@@ -343,3 +343,38 @@ def test_both_stores_refuse_empty_and_oversized_keys_on_every_access(store: KVSt
         with store.read() as r, pytest.raises(InvalidKeyError, match="key"):
             r.get(bad)
     assert dump(store) == []
+
+
+def test_lmdb_map_grows_up_to_its_budget_and_says_when_it_is_near(tmp_path: Path) -> None:
+    kib = 1024
+    path = tmp_path / "growing"
+    s = LmdbStore(path, map_size_bytes=256 * kib, budget_bytes=4096 * kib, headroom_bytes=512 * kib)
+    try:
+        assert s.space_left(reserve_bytes=512 * kib) is None
+        for t in range(25):  # ~1.9 MB of pages in all: seven times the first map
+            with s.write() as w:
+                for i in range(50):
+                    w.put(b"fill/%03d/%03d" % (t, i), b"x" * 1200)
+            with s.read() as r:  # readers between writes are fine: they are closed again
+                assert r.get(b"fill/%03d/000" % t) is not None
+        assert 256 * kib < s.map_size_bytes <= 4096 * kib
+        assert s.used_bytes > 1024 * kib
+        assert s.space_left(reserve_bytes=4096 * kib - s.used_bytes - 4 * kib) is None
+        reason = s.space_left(reserve_bytes=4096 * kib - s.used_bytes)
+        assert reason is not None and "budget" in reason
+        # Past the budget: a clear error, the transaction aborted, what was there intact.
+        with pytest.raises(StoreFullError, match="budget"), s.write() as w:
+            for i in range(2000):
+                w.put(b"over/%05d" % i, b"y" * 2000)
+        assert len(dump(s)) == 25 * 50
+    finally:
+        s.close()
+    # Restart with the same config: the store opens, reads, and takes a small write.
+    again = LmdbStore(path, map_size_bytes=256 * kib, budget_bytes=4096 * kib, headroom_bytes=512 * kib)
+    try:
+        assert again.map_size_bytes > 256 * kib  # the grown map, not the configured start
+        with again.write() as w:
+            w.put(b"after-restart", b"ok")
+        assert len(dump(again)) == 25 * 50 + 1
+    finally:
+        again.close()
