@@ -40,6 +40,7 @@ from node.metrics import NodeMetrics, NodeSources
 from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
+from node.ports import port_holders
 from node.receipts import AttestationBackfill
 from node.reflection import enable_reflection
 from node.storage import blocks
@@ -210,13 +211,19 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ),
     )
-    try:
-        if replica_server.add_insecure_port(config.replica_listen) == 0:
-            raise StartupError(f"cannot listen on {config.replica_listen} (replica port)", 3)
-        if api_server.add_insecure_port(config.api_listen) == 0:
-            raise StartupError(f"cannot listen on {config.api_listen} (api port)", 3)
-    except RuntimeError as exc:  # grpc raises this when the address is in use
-        raise StartupError(f"cannot listen: {exc}", 3) from exc
+    for server, address, what in (
+        (replica_server, config.replica_listen, "replica port"),
+        (api_server, config.api_listen, "api port"),
+    ):
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises this when the address is in use
+            bound = 0
+        if bound == 0:
+            port = int(address.rsplit(":", 1)[1])
+            raise StartupError(
+                f"cannot listen on {address} ({what} {port}); held by: {port_holders(port)}", 3
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -227,6 +234,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await api_server.start()
     links.start()
     driver.start()
+    # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
+    backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested, driver.wake_waiters)
     tune_gc()
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)

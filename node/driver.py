@@ -54,6 +54,7 @@ REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for t
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
 EXECUTED_QUIET_LOG_MS = 500  # a block executed this long after the previous one is logged
+HEIGHT_WAITERS_MAX = 10_000  # reads waiting for a min_height (wait_height); past it, no wait
 # A client's transaction goes to the primary at once; its copies for the other peers wait
 # relay_delay_ms (the node passes a fifth of its view-change timeout; this is the default),
 # and go only if it is still pending here by then (see _client_request).
@@ -203,6 +204,7 @@ class Driver:
         self._executed_tx_ids: dict[int, tuple[bytes, ...]] = {}
         self._last_executed_ms: float | None = None  # monotonic; the first block is logged
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
+        self._height_waiters: dict[asyncio.Future[None], int] = {}  # see wait_height
         self.own_replica = own_replica
         # Seconds from a block's proposal (its primary's timestamp) to its execution here.
         self.observe_commit_latency_s: Callable[[float], None] = _ignore
@@ -403,6 +405,24 @@ class Driver:
                 if not waiting:
                     del self._waiters[tx_id]
 
+    async def wait_height(self, height: int, timeout_s: float) -> bool:
+        """True once this node has executed ``height`` (at once if it has), False if it has not
+        within timeout_s (or HEIGHT_WAITERS_MAX reads are waiting already)."""
+        if self.head.last_executed >= height:
+            return True
+        if len(self._height_waiters) >= HEIGHT_WAITERS_MAX:
+            self.log.count("height_waits_full")
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._height_waiters[fut] = height
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._height_waiters.pop(fut, None)
+
     def unlikely_to_be_attested(self, height: int) -> bool:
         """An executed block whose Attested will probably never come here: it was replayed from
         a peer's certified copy (catch-up), or it is well behind the head."""
@@ -553,6 +573,9 @@ class Driver:
         self.stats.executed_txs += len(tx_ids)
         self.stats.results_by_code.update(out.codes)
         self.observe_commit_latency_s(time.time() - header.timestamp_ms / 1000)
+        for fut, height in self._height_waiters.items():
+            if height <= action.sequence and not fut.done():
+                fut.set_result(None)
         for tx_id in tx_ids:
             self.pending.pop(tx_id, None)
         # Logged every 100 heights and for large blocks, and for the first block after a quiet

@@ -21,6 +21,12 @@ SDK, demo, chaos and bench scripts rely on:
     nodes/<BANK>/stderr.log            anything else the process printed
     nodes/<BANK>/node.pid              pid of the running process (removed when stopped)
 
+Node ports are a block of consecutive ports chosen at random outside the kernel's ephemeral
+range (/proc/sys/net/ipv4/ip_local_port_range), each free when chosen, so no outgoing connection
+on the machine can be holding a stopped node's port when it restarts. If something else still
+holds it, the node's error names the port and the holder (pid, command, socket state), and `up`
+reports that node and leaves the others running (exit status 1).
+
 Import ``Consortium`` from here to drive the same thing from tests and scripts.
 """
 
@@ -30,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -83,18 +90,58 @@ def bank_name(i: int) -> str:
     return f"BANK-{letters}"
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1, held open together so none repeats."""
-    socks: list[socket.socket] = []
+# Node ports come from outside the kernel's ephemeral range (the local ports it gives outgoing
+# connections): inside it, any connection on the machine could hold a stopped node's port, and
+# its restart would fail with "Address already in use". Below PORT_MIN are well-known services.
+PORT_MIN = 10_000
+PORT_MAX = 65_535
+EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
+EPHEMERAL_DEFAULT = (32_768, 60_999)  # Linux's default, when the file cannot be read
+PORT_BLOCK_TRIES = 100
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_PATH) -> tuple[int, int]:
+    """(low, high) of the kernel's ephemeral port range, inclusive."""
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low, high = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return EPHEMERAL_DEFAULT
+    return low, high
+
+
+def _binds(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, ephemeral: tuple[int, int] | None = None) -> list[int]:
+    """A block of ``count`` consecutive TCP ports on 127.0.0.1 outside the ephemeral range,
+    each free when chosen. The block starts at random in the larger room, below the range or
+    above it: consortiums set up in parallel (tests) rarely pick the same one, and one that is
+    taken is passed over."""
+    low, high = ephemeral or ephemeral_range()
+    rooms = [
+        (start, end) for start, end in ((PORT_MIN, low - 1), (high + 1, PORT_MAX)) if end - start + 1 >= count
+    ]
+    if not rooms:
+        raise ConsortiumError(
+            f"no room for {count} ports outside the ephemeral range {low}-{high} ({EPHEMERAL_RANGE_PATH}) "
+            f"within {PORT_MIN}-{PORT_MAX}"
+        )
+    start, end = max(rooms, key=lambda room: room[1] - room[0])
+    rng = random.SystemRandom()
+    for _ in range(PORT_BLOCK_TRIES):
+        first = rng.randint(start, end - count + 1)
+        block = list(range(first, first + count))
+        if all(_binds(port) for port in block):
+            return block
+    raise ConsortiumError(
+        f"no {count} free consecutive ports outside {low}-{high} after {PORT_BLOCK_TRIES} tries"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -302,19 +349,30 @@ class Consortium:
 
     def wait_healthy(self, banks: list[str], timeout_s: float = UP_TIMEOUT_S) -> None:
         """Return when every bank answers SERVING; raise if one exits or the bound passes."""
+        failed = self._wait_started(banks, timeout_s)
+        if failed:
+            raise ConsortiumError("\n".join(failed.values()))
+
+    def _wait_started(self, banks: list[str], timeout_s: float) -> dict[str, str]:
+        """Wait until each bank answers SERVING or exits, at most timeout_s; the ones that
+        did not come up, with why (a node that exits says why on stderr: its tail is quoted)."""
         deadline = time.monotonic() + timeout_s
         waiting = list(banks)
+        failed: dict[str, str] = {}
         while waiting:
             for bank in list(waiting):
                 if self.pid(bank) is None:
-                    tail = self._stderr_tail(bank)
-                    raise ConsortiumError(f"{bank} exited during start-up:\n{tail}")
-                if self.health(bank, timeout_s=0.5):
+                    failed[bank] = f"{bank} exited during start-up:\n{self._stderr_tail(bank)}"
+                    waiting.remove(bank)
+                elif self.health(bank, timeout_s=0.5):
                     waiting.remove(bank)
             if waiting and time.monotonic() > deadline:
-                raise ConsortiumError(f"not healthy after {timeout_s:.0f}s: {', '.join(waiting)}")
+                for bank in waiting:
+                    failed[bank] = f"{bank} not healthy after {timeout_s:.0f}s"
+                break
             if waiting:
                 time.sleep(0.05)  # polling a remote health endpoint: there is no event to await
+        return failed
 
     def _stderr_tail(self, bank: str, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -326,7 +384,9 @@ class Consortium:
         self, banks: int = 4, timeout_s: float = UP_TIMEOUT_S, limits: dict[str, int] | None = None
     ) -> list[str]:
         """Create the consortium if needed and start every node that is not running.
-        Returns the banks started; raises ConsortiumError if all were already running."""
+        Returns the banks started; raises ConsortiumError if all were already running, or if
+        a node does not come up (it cannot listen, say): that error names each one and why,
+        and the others are left running (restart the failed one, or stop all with down)."""
         if not self.exists():
             self.init(banks, limits=limits)
         all_banks = self.banks()
@@ -336,10 +396,18 @@ class Consortium:
         try:
             for bank in to_start:
                 self.start(bank)
-            self.wait_healthy(to_start, timeout_s)
-        except BaseException:
-            self.down()
+            failed = self._wait_started(to_start, timeout_s)
+        except BaseException:  # interrupted (^C, SIGTERM): stop what this call started
+            for bank in to_start:
+                if self.pid(bank) is not None:
+                    self.stop(bank)
             raise
+        if failed:
+            running = [b for b in all_banks if self.pid(b) is not None]
+            raise ConsortiumError(
+                "\n".join(failed.values())
+                + f"\n{len(failed)} node(s) did not come up; left running: {', '.join(running) or 'none'}"
+            )
         return to_start
 
     def kill(self, bank: str) -> int:

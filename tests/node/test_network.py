@@ -389,3 +389,39 @@ def test_up_twice_says_already_up(net: Consortium) -> None:
 
     with pytest.raises(ConsortiumError, match="already up"):
         Consortium(net.dir).up(4)
+
+
+def test_a_port_taken_by_a_connection_fails_only_its_node_and_the_error_names_port_and_holder(
+    net: Consortium,
+) -> None:
+    import os
+    import socket
+    import struct
+
+    from consortium import ConsortiumError
+
+    victim = "BANK-D"
+    port = net.member(victim).api_port
+    others = {b: net.pid(b) for b in BANKS if b != victim}
+    net.kill(victim)
+    # The thief: an outgoing connection that happens to have the stopped node's port as its
+    # local port (what the kernel did when node ports were in its ephemeral range).
+    thief = socket.socket()
+    try:
+        thief.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # no TIME_WAIT
+        thief.bind(("127.0.0.1", port))
+        a = net.member("BANK-A")
+        thief.connect((a.host, a.api_port))
+        with pytest.raises(ConsortiumError) as failed:
+            net.up(4)
+        message = str(failed.value)
+        assert f"{victim} exited during start-up" in message, message
+        assert f"api port {port}" in message and f"pid {os.getpid()} (" in message, message
+        assert "ESTABLISHED" in message and f"left running: {', '.join(others)}" in message, message
+        assert {b: net.pid(b) for b in others} == others, "up stopped the nodes that were running"
+        with pytest.raises(ConsortiumError, match=f"api port {port}"):
+            net.restart(victim)
+    finally:
+        thief.close()
+    assert net.up(4) == [victim]
+    wait_converged(net, BANKS, 0)
