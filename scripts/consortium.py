@@ -238,7 +238,7 @@ class Consortium:
         per_tps = {"batch_delay_per_tps_us": NodeLimits().batch_delay_per_tps_us * n // 4}
         node_limits = NodeLimits(**(per_tps | (limits or {})))
         chain_id = chain_id or f"local-{secrets.token_hex(4)}"
-        ports = free_ports(2 * n)
+        ports = free_ports(3 * n)  # replica and API ports in genesis, then the metrics ports
         members: list[Member] = []
         assets: list[Asset] = []
         for i in range(n):
@@ -280,6 +280,7 @@ class Consortium:
                 replica_listen=m.replica_address,
                 log_path=node_dir / "events.log",
                 limits=node_limits,
+                metrics_listen=f"{HOST}:{ports[2 * n + m.replica]}",
             )
             self.config_path(m.member_id).write_text(config.to_json())
         manifest = {"chain_id": chain_id, "banks": [m.member_id for m in members], "f": f}
@@ -478,6 +479,39 @@ class Consortium:
             except grpc.RpcError:
                 return None
 
+    def metrics_url(self, bank: str) -> str | None:
+        """Where the node serves Prometheus metrics (its config's metrics_listen), or None."""
+        listen = self.node_config(bank).metrics_listen
+        return None if listen is None else f"http://{listen}/metrics"
+
+    def node_config(self, bank: str) -> NodeConfig:
+        return load_node_config(self.config_path(bank))
+
+    def status_records(self) -> list[dict[str, object]]:
+        """`status --json`: per node, what an operator or a script checks (null when down)."""
+        out: list[dict[str, object]] = []
+        for info in self.status():
+            st = info.status
+            out.append(
+                {
+                    "bank": info.bank,
+                    "pid": info.pid,
+                    "up": st is not None,
+                    "api_address": info.api_address,
+                    "metrics_url": self.metrics_url(info.bank),
+                    "view": None if st is None else st.view,
+                    "primary": None if st is None else st.primary,
+                    "in_view_change": None if st is None else st.in_view_change,
+                    "height": None if st is None else st.last_executed,
+                    "state_root": None if st is None else st.state_root.hex(),
+                    "stable_checkpoint": None if st is None else st.stable_checkpoint,
+                    "disk_bytes": None if st is None else st.counters["disk_used_bytes"],
+                    "disk_budget_bytes": None if st is None else st.counters["disk_budget_bytes"],
+                    "peers_up": None if st is None else sum(p.up for p in st.peers),
+                }
+            )
+        return out
+
     def status(self) -> list[NodeInfo]:
         out = []
         for m in self.genesis().members:
@@ -508,7 +542,7 @@ def _print_endpoints(c: Consortium) -> None:
 def _print_status(c: Consortium) -> None:
     print(
         f"{'bank':<10} {'pid':>8} {'state':<5} {'view':>5} {'primary':>7} {'height':>7} {'stable':>7} "
-        f"{'peers':>5}  state root"
+        f"{'peers':>5}  {'state root':<16}  metrics"
     )
     for info in c.status():
         st = info.status
@@ -518,7 +552,8 @@ def _print_status(c: Consortium) -> None:
             continue
         print(
             f"{info.bank:<10} {info.pid or '-':>8} {'up':<5} {st.view:>5} {st.primary:>7} {st.last_executed:>7} "
-            f"{st.stable_checkpoint:>7} {sum(p.up for p in st.peers):>3}/{len(st.peers)}  {st.state_root.hex()[:16]}"
+            f"{st.stable_checkpoint:>7} {sum(p.up for p in st.peers):>3}/{len(st.peers)}  {st.state_root.hex()[:16]}  "
+            f"{c.metrics_url(info.bank) or '-'}"
         )
 
 
@@ -533,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="create (if new) and start every node")
     p_up.add_argument("--banks", type=int, default=4)
     p_up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S)
-    sub.add_parser("status")
+    p_status = sub.add_parser("status", help="each node's view, height, state root, disk and metrics URL")
+    p_status.add_argument("--json", action="store_true", help="one JSON object per node, a line each")
     for name in ("kill", "restart", "start", "stop"):
         sub.add_parser(name).add_argument("bank")
     sub.add_parser("down")
@@ -558,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
             _print_endpoints(c)
         elif not c.exists():
             raise ConsortiumError(f"no consortium in {c.dir} (run: consortium.py --dir {args.dir} up)")
+        elif args.command == "status" and args.json:
+            for record in c.status_records():
+                print(json.dumps(record, sort_keys=True))
         elif args.command == "status":
             _print_status(c)
         elif args.command == "kill":
