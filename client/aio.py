@@ -18,9 +18,11 @@ import grpc.aio
 from client.models import (
     AccountInfo,
     BalanceInfo,
+    BlockRange,
     Committed,
     NodeStatusInfo,
     Outcome,
+    PendingHere,
     Supply,
     TransactionInfo,
 )
@@ -33,7 +35,14 @@ from client.policy import (
     Unresponsive,
     rotated,
 )
-from client.sdk import SUBMIT_CHUNK, check_block, check_transaction, settle_receipts
+from client.sdk import (
+    BLOCKS_PER_CALL,
+    SUBMIT_CHUNK,
+    check_block,
+    check_blocks,
+    check_transaction,
+    settle_receipts,
+)
 from client.tx import Transaction, TxBuilder
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_receipt
 from ledger import tls
@@ -128,6 +137,9 @@ class AsyncLedgerClient:
             except ReceiptError as exc:
                 self._unresponsive.answered(endpoint)
                 state.did_not_verify(endpoint, exc)
+            except PendingHere:
+                self._unresponsive.answered(endpoint)
+                state.pending_at(endpoint)
             except grpc.RpcError as exc:
                 self._unresponsive.failed(endpoint, exc)
                 state.rpc_failed(endpoint, exc)
@@ -281,23 +293,30 @@ class AsyncLedgerClient:
         return settled
 
     async def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
-        """A committed transaction with its verified receipt (NotFound if no node has it)."""
+        """A committed transaction with its verified receipt (see LedgerClient.transaction)."""
 
         async def call(stub: Stub, t: float) -> TransactionInfo:
-            resp = await stub.GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id), timeout=t)
+            req = api_pb2.GetTransactionRequest(tx_id=tx_id, include_pending=True)
+            resp = await stub.GetTransaction(req, timeout=t)
             return check_transaction(self.genesis, tx_id, resp)
 
         endpoint, info = await self._query("transaction", call, timeout_s)
         return TransactionInfo(Committed(tx_id, info.committed.receipt, endpoint), info.transaction)
 
     async def account(
-        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+        self,
+        account_id: str,
+        *,
+        confirmations: int = 1,
+        min_height: int = 0,
+        timeout_s: float | None = None,
     ) -> AccountInfo:
-        """An account and its balances; with ``confirmations`` = f+1, only an answer that f+1
-        nodes gave alike (see LedgerClient.account). NotFound for an unknown account."""
+        """An account and its balances as of ``AccountInfo.height``; with ``confirmations`` =
+        f+1, only an answer that f+1 nodes gave alike; ``min_height``: a reading no older
+        (see LedgerClient.account). NotFound for an unknown account."""
 
         async def call(stub: Stub, t: float) -> AccountInfo:
-            req = api_pb2.GetAccountRequest(account_id=account_id)
+            req = api_pb2.GetAccountRequest(account_id=account_id, min_height=min_height)
             return AccountInfo.from_proto(await stub.GetAccount(req, timeout=t))
 
         what = f"account {account_id!r}"
@@ -306,10 +325,17 @@ class AsyncLedgerClient:
         return await self._agreed(what, call, confirmations, timeout_s)
 
     async def balances(
-        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+        self,
+        account_id: str,
+        *,
+        confirmations: int = 1,
+        min_height: int = 0,
+        timeout_s: float | None = None,
     ) -> dict[str, BalanceInfo]:
         """The account's balances by asset."""
-        acc = await self.account(account_id, confirmations=confirmations, timeout_s=timeout_s)
+        acc = await self.account(
+            account_id, confirmations=confirmations, min_height=min_height, timeout_s=timeout_s
+        )
         return {b.asset: b for b in acc.balances}
 
     async def _agreed(
@@ -351,11 +377,23 @@ class AsyncLedgerClient:
 
         return (await self._query(f"block {height}", call, timeout_s))[1]
 
-    async def supply(self, *, timeout_s: float | None = None) -> Supply:
-        """Per-asset minted, redeemed and outstanding amounts (node-local read)."""
+    async def blocks(
+        self, from_height: int, max_blocks: int = BLOCKS_PER_CALL, *, timeout_s: float | None = None
+    ) -> BlockRange:
+        """Consecutive verified blocks from ``from_height`` (see LedgerClient.blocks)."""
+
+        async def call(stub: Stub, t: float) -> BlockRange:
+            req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks)
+            return check_blocks(self.genesis, from_height, await stub.GetBlocks(req, timeout=t))
+
+        return (await self._query(f"blocks from {from_height}", call, timeout_s))[1]
+
+    async def supply(self, *, min_height: int = 0, timeout_s: float | None = None) -> Supply:
+        """Per-asset minted, redeemed and outstanding amounts as of ``Supply.height``
+        (node-local read); ``min_height`` as in ``account``."""
 
         async def call(stub: Stub, t: float) -> api_pb2.GetSupplyResponse:
-            return await stub.GetSupply(api_pb2.GetSupplyRequest(), timeout=t)
+            return await stub.GetSupply(api_pb2.GetSupplyRequest(min_height=min_height), timeout=t)
 
         return Supply.from_proto((await self._query("supply", call, timeout_s))[1])
 

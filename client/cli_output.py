@@ -108,6 +108,7 @@ def account_doc(acc: AccountInfo, genesis: Genesis) -> dict[str, Any]:
         "member_id": acc.member_id,
         "owner_key": acc.owner_key.hex(),
         "frozen": acc.frozen,
+        "height": acc.height,  # the node's last executed block when it read the account
         "balances": [
             {
                 "asset": b.asset,

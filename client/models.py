@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from client.tx import Transaction
-from client.verify import VerifiedReceipt
+from client.verify import VerifiedBlock, VerifiedReceipt
 from ledger.v1 import api_pb2, tx_pb2
 
 
@@ -15,6 +15,15 @@ class LedgerError(Exception):
 
 class NotFound(LedgerError):
     """No node that answered knows the account, transaction or block."""
+
+
+class Pending(NotFound):
+    """No node that answered has executed the transaction, and at least one holds it (admitted,
+    not executed yet). A NotFound, so code that only knows NotFound behaves as before."""
+
+
+class PendingHere(LedgerError):
+    """One node's answer: it holds the transaction, not executed yet (the SDK asks the next)."""
 
 
 class Unreachable(LedgerError):
@@ -122,13 +131,16 @@ class BalanceInfo:
 
 @dataclass(frozen=True)
 class AccountInfo:
-    """An account as one node reports it (node-local read: not certified)."""
+    """An account as one node reports it (node-local read: not certified), as of ``height``
+    (the node's last executed block when it read it; 0 from a node that predates heights).
+    Two readings compare equal when the account is, whatever their heights."""
 
     account_id: str
     member_id: str
     owner_key: bytes
     frozen: bool
     balances: tuple[BalanceInfo, ...]
+    height: int = field(default=0, compare=False)
 
     def balance(self, asset: str) -> BalanceInfo:
         for b in self.balances:
@@ -144,6 +156,7 @@ class AccountInfo:
             owner_key=bytes(a.owner_key),
             frozen=a.frozen,
             balances=tuple(BalanceInfo(b.asset, b.available, b.held) for b in a.balances),
+            height=a.height,
         )
 
 
@@ -172,6 +185,16 @@ class Supply:
                 SupplyInfo(a.asset, a.issuer, a.scale, a.minted, a.redeemed, a.outstanding) for a in s.assets
             ),
         )
+
+
+@dataclass(frozen=True)
+class BlockRange:
+    """Consecutive verified blocks from one node (GetBlocks), and where to go on: ask from
+    ``next_height``; the node had executed up to ``last_height`` when it answered."""
+
+    blocks: tuple[VerifiedBlock, ...]
+    next_height: int
+    last_height: int
 
 
 @dataclass(frozen=True)

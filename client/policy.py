@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 import grpc
 import grpc.aio
 
-from client.models import Committed, Indefinite, NotFound, Rejected, Unreachable, Unverified
+from client.models import Committed, Indefinite, NotFound, Pending, Rejected, Unreachable, Unverified
 from client.verify import ReceiptError
 
 # The node's stateless checks refused the envelope itself: deterministic at every honest node.
@@ -230,7 +230,11 @@ class QueryState:
         self.what = what
         self.errors: list[str] = []
         self.not_found = 0
+        self.pending: list[str] = []  # nodes that hold it, not executed yet
         self.unverified = 0
+
+    def pending_at(self, endpoint: str) -> None:
+        self.pending.append(endpoint)
 
     def rpc_failed(self, endpoint: str, exc: grpc.RpcError) -> None:
         if status_code(exc) == grpc.StatusCode.NOT_FOUND:
@@ -244,6 +248,8 @@ class QueryState:
     def final_error(self) -> Exception:
         # Nodes that answer NOT_FOUND are believed over silence (it is unverifiable either
         # way); an answer that failed verification is reported as such.
+        if self.pending:
+            return Pending(f"{self.what}: pending (admitted, not executed yet) at {', '.join(self.pending)}")
         if self.not_found:
             return NotFound(f"{self.what}: not found ({'; '.join(self.errors[-2:])})")
         if self.unverified:

@@ -31,10 +31,12 @@ import grpc
 from client.models import (
     AccountInfo,
     BalanceInfo,
+    BlockRange,
     Committed,
     NodeStatusInfo,
     NotFound,
     Outcome,
+    PendingHere,
     Supply,
     TransactionInfo,
     Unreachable,
@@ -57,12 +59,16 @@ from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
 T = TypeVar("T")
 SUBMIT_CHUNK = 100  # envelopes per SubmitBatch; nodes cap it (submit_batch_max, default 1000)
+BLOCKS_PER_CALL = 512  # GetBlocks: what nodes serve at most per reply
 
 
 def check_transaction(
     genesis: Genesis, tx_id: bytes, resp: api_pb2.GetTransactionResponse
 ) -> TransactionInfo:
-    """Verify a GetTransaction answer: the receipt, and that the envelope hashes to tx_id."""
+    """Verify a GetTransaction answer: the receipt, and that the envelope hashes to tx_id.
+    PendingHere when the node holds it unexecuted (status PENDING, no receipt)."""
+    if resp.status == api_pb2.TX_STATUS_PENDING:
+        raise PendingHere(f"{tx_id.hex()} is pending")
     verified = verify_receipt(genesis, resp.receipt, tx_id)
     transaction = None
     if resp.HasField("envelope"):
@@ -84,6 +90,18 @@ def check_block(genesis: Genesis, height: int, resp: api_pb2.GetBlockResponse) -
     if verified.block.header.height != height:
         raise ReceiptError("other_block", f"asked for block {height}, got {verified.block.header.height}")
     return verified
+
+
+def check_blocks(genesis: Genesis, from_height: int, resp: api_pb2.GetBlocksResponse) -> BlockRange:
+    """Verify a GetBlocks answer: every block, and that they are from_height, from_height+1, ..."""
+    verified = tuple(
+        check_block(genesis, height, block) for height, block in enumerate(resp.blocks, start=from_height)
+    )
+    if resp.next_height != from_height + len(verified):
+        raise ReceiptError(
+            "other_block", f"{len(verified)} blocks from {from_height} but next_height {resp.next_height}"
+        )
+    return BlockRange(verified, resp.next_height, resp.last_height)
 
 
 def settle_receipts(
@@ -204,6 +222,9 @@ class LedgerClient:
             except ReceiptError as exc:
                 self._unresponsive.answered(endpoint)
                 state.did_not_verify(endpoint, exc)
+            except PendingHere:
+                self._unresponsive.answered(endpoint)
+                state.pending_at(endpoint)
             except grpc.RpcError as exc:
                 self._unresponsive.failed(endpoint, exc)
                 state.rpc_failed(endpoint, exc)
@@ -370,28 +391,39 @@ class LedgerClient:
     # --- queries --------------------------------------------------------------------------
 
     def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
-        """A committed transaction with its verified receipt (NotFound if no node has it)."""
+        """A committed transaction with its verified receipt. NotFound if no node has it;
+        Pending (a NotFound) if none has executed it and one holds it, not executed yet."""
 
         def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> TransactionInfo:
-            resp = stub.GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id), timeout=t)
+            req = api_pb2.GetTransactionRequest(tx_id=tx_id, include_pending=True)
+            resp = stub.GetTransaction(req, timeout=t)
             return check_transaction(self.genesis, tx_id, resp)
 
         endpoint, info = self._query("transaction", call, timeout_s)
         return TransactionInfo(Committed(tx_id, info.committed.receipt, endpoint), info.transaction)
 
     def account(
-        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+        self,
+        account_id: str,
+        *,
+        confirmations: int = 1,
+        min_height: int = 0,
+        timeout_s: float | None = None,
     ) -> AccountInfo:
-        """An account and its balances. NotFound for an unknown account.
+        """An account and its balances, as of ``AccountInfo.height``. NotFound for an unknown
+        account.
 
         Current state carries no certificate, so one node's answer is only that node's word.
         With ``confirmations`` = f+1, the answer is returned only once f+1 nodes gave the same
         one (one of them is honest); nodes at different heights may need a moment to agree.
+        ``min_height``: a reading no older than that height (a node below it waits a little for
+        it, then refuses, and the next node is asked): read your own writes by passing the
+        height of your transaction's receipt.
         """
         what = f"account {account_id!r}"
 
         def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> AccountInfo:
-            req = api_pb2.GetAccountRequest(account_id=account_id)
+            req = api_pb2.GetAccountRequest(account_id=account_id, min_height=min_height)
             return AccountInfo.from_proto(stub.GetAccount(req, timeout=t))
 
         if confirmations <= 1:
@@ -399,10 +431,17 @@ class LedgerClient:
         return self._agreed(what, call, confirmations, timeout_s)
 
     def balances(
-        self, account_id: str, *, confirmations: int = 1, timeout_s: float | None = None
+        self,
+        account_id: str,
+        *,
+        confirmations: int = 1,
+        min_height: int = 0,
+        timeout_s: float | None = None,
     ) -> dict[str, BalanceInfo]:
-        """The account's balances by asset (see ``account`` for ``confirmations``)."""
-        acc = self.account(account_id, confirmations=confirmations, timeout_s=timeout_s)
+        """The account's balances by asset (see ``account`` for the options)."""
+        acc = self.account(
+            account_id, confirmations=confirmations, min_height=min_height, timeout_s=timeout_s
+        )
         return {b.asset: b for b in acc.balances}
 
     def _agreed(
@@ -444,11 +483,24 @@ class LedgerClient:
 
         return self._query(f"block {height}", call, timeout_s)[1]
 
-    def supply(self, *, timeout_s: float | None = None) -> Supply:
-        """Per-asset minted, redeemed and outstanding amounts (node-local read)."""
-        _, resp = self._query(
-            "supply", lambda stub, t: stub.GetSupply(api_pb2.GetSupplyRequest(), timeout=t), timeout_s
-        )
+    def blocks(
+        self, from_height: int, max_blocks: int = BLOCKS_PER_CALL, *, timeout_s: float | None = None
+    ) -> BlockRange:
+        """Up to ``max_blocks`` consecutive certified blocks from ``from_height``, each verified
+        against the genesis keys, from one node (GetBlocks: it may send fewer, to stay under
+        its reply size; go on from ``next_height``). Empty past the node's head."""
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> BlockRange:
+            req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks)
+            return check_blocks(self.genesis, from_height, stub.GetBlocks(req, timeout=t))
+
+        return self._query(f"blocks from {from_height}", call, timeout_s)[1]
+
+    def supply(self, *, min_height: int = 0, timeout_s: float | None = None) -> Supply:
+        """Per-asset minted, redeemed and outstanding amounts as of ``Supply.height`` (node-local
+        read); ``min_height`` as in ``account``."""
+        req = api_pb2.GetSupplyRequest(min_height=min_height)
+        _, resp = self._query("supply", lambda stub, t: stub.GetSupply(req, timeout=t), timeout_s)
         return Supply.from_proto(resp)
 
     def status(self, endpoint: str | None = None, *, timeout_s: float | None = None) -> NodeStatusInfo:

@@ -37,9 +37,11 @@ from node.app.validate import CheckCache
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.driver import Driver
 from node.log import EventLog
+from node.metrics import NodeMetrics, NodeSources
 from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
+from node.ports import port_holders
 from node.receipts import AttestationBackfill
 from node.reflection import enable_reflection
 from node.security import NodeSecurity, SecurityError, load_security
@@ -47,6 +49,7 @@ from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, grpc_options
 
+DISK_WATCH_S = 1.0  # how often health follows the disk budget
 PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
 
 
@@ -198,7 +201,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         backfill,
         checks,
         space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
+        space=lmdb_store.space,
     )
+    metrics = start_metrics(config, genesis, driver, replica, links, lmdb_store, log)
 
     peer_bytes = limits.peer_message_bytes_max
     backoff = limits.peer_backoff_ms_max
@@ -218,13 +223,19 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ),
     )
-    try:
-        if bind(replica_server, config.replica_listen, security.credentials(replica_port=True)) == 0:
-            raise StartupError(f"cannot listen on {config.replica_listen} (replica port)", 3)
-        if bind(api_server, config.api_listen, security.credentials(replica_port=False)) == 0:
-            raise StartupError(f"cannot listen on {config.api_listen} (api port)", 3)
-    except RuntimeError as exc:  # grpc raises this when the address is in use
-        raise StartupError(f"cannot listen: {exc}", 3) from exc
+    for server, address, what, credentials in (
+        (replica_server, config.replica_listen, "replica port", security.credentials(replica_port=True)),
+        (api_server, config.api_listen, "api port", security.credentials(replica_port=False)),
+    ):
+        try:
+            bound = bind(server, address, credentials)
+        except RuntimeError:  # grpc raises this when the address is in use
+            bound = 0
+        if bound == 0:
+            port = int(address.rsplit(":", 1)[1])
+            raise StartupError(
+                f"cannot listen on {address} ({what} {port}); held by: {port_holders(port)}", 3
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -235,15 +246,34 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await api_server.start()
     links.start()
     driver.start()
+    # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
+    backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested, driver.wake_waiters)
     tune_gc()
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def serving_when_connected() -> None:
+        """SERVING once a quorum is reachable; then LedgerService follows the disk budget: NOT_SERVING
+        (no new work; reads still answered) while the store is within its reserve."""
         await quorum_links.wait()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.SERVING)
         log.event("serving", peers_up=links.up_count())
+        taking_work: bool | None = None
+        while True:
+            full = lmdb_store.space_left(limits.disk_reserve_bytes)
+            if (full is None) != taking_work:
+                first, taking_work = taking_work is None, full is None
+                await health.set(
+                    "ledger.v1.LedgerService",
+                    health_pb2.HealthCheckResponse.SERVING
+                    if taking_work
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
+                if not taking_work:
+                    log.event("disk_budget_reached", reason=full, **lmdb_store.space())
+                elif not first:
+                    log.event("taking_work", **lmdb_store.space())
+            await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
     serving = asyncio.ensure_future(serving_when_connected())
     log.event(
@@ -271,6 +301,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     await driver.stop()
     await links.close()
     await backfill.close()
+    if metrics is not None:
+        metrics.close()
     store.close()
     log.event("node_stopped", exit_code=exit_code, last_executed=driver.head.last_executed)
     log.close()
@@ -290,6 +322,42 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def start_metrics(
+    config: NodeConfig,
+    genesis: Genesis,
+    driver: Driver,
+    replica: Replica,
+    links: PeerLinks,
+    store: LmdbStore,
+    log: EventLog,
+) -> NodeMetrics | None:
+    """Prometheus metrics on config.metrics_listen (node/metrics.py), or None when not set."""
+    if config.metrics_listen is None:
+        return None
+    metrics = NodeMetrics(
+        NodeSources(
+            height=lambda: driver.head.last_executed,
+            replica=replica_status(replica),
+            blocks=lambda: driver.stats.executed_blocks,
+            results=lambda: dict(driver.stats.results_by_code),
+            peers_up=links.up_count,
+            peers=genesis.n - 1,
+            pending=lambda: len(driver.pending),
+            queue=driver.queue_depths,
+            store=store.space,
+            counters=lambda: dict(log.counters),
+        )
+    )
+    try:
+        metrics.serve(config.metrics_listen)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.metrics_listen} (metrics port): {exc}", 3) from exc
+    driver.observe_commit_latency_s = metrics.commit_latency.observe
+    store.on_commit_s = metrics.store_commit.observe
+    log.event("metrics_serving", listen=config.metrics_listen)
+    return metrics
 
 
 def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:

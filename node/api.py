@@ -5,16 +5,23 @@ message instead of gRPC's generic deserialization failure. Status codes (the SDK
 
   INVALID_ARGUMENT     not parseable, malformed field, amount out of range, limit exceeded,
                        too many envelopes/ids in one call, bad tx_id/height/account id format
-  FAILED_PRECONDITION  wrong chain id
+  FAILED_PRECONDITION  wrong chain id; GetAccount/GetSupply: the node is below the request's
+                       min_height and did not reach it within MIN_HEIGHT_WAIT_S
   UNAUTHENTICATED      no signature at all, one that does not verify, or no signer is a key
                        the ledger knows (node/admission.py); whether every *required* signer
                        signed depends on state, so execution decides that: the receipt then
                        carries result code MISSING_SIGNATURE, not recorded
-  NOT_FOUND            unknown transaction, account or block
+  NOT_FOUND            unknown transaction, account or block. GetTransaction: also a transaction
+                       this node holds but has not executed (pending), unless the request sets
+                       include_pending: then it answers OK with status TX_STATUS_PENDING and
+                       no receipt. Older clients, which do not set it, see what they always saw.
   RESOURCE_EXHAUSTED   past pending_requests_max (retry later), or the node is near its disk
                        budget (limits.disk_budget_bytes, disk_reserve_bytes); also gRPC's own
                        answer to a message over message_bytes_max
   DEADLINE_EXCEEDED    WaitReceipt: not committed and attested within the timeout
+Reads of current state (GetAccount, GetSupply) carry the height they were read at, in the same
+read transaction as the state. GetBlocks serves a range of blocks, each as GetBlock does, bounded
+in count and bytes; its reply names the next height to ask for and the node's last height.
 Unknown accounts in a transfer are a stateful outcome: the transaction commits with result code
 UNKNOWN_ACCOUNT in its receipt (only execution knows the state in its sequence position); it is
 recorded as final only when the accounts that must sign exist (node/app/rules.py).
@@ -47,8 +54,10 @@ from node.receipts import (
     AttestationBackfill,
     ProofCache,
     ReceiptReader,
+    block_reply,
     build_receipt,
     field_bytes,
+    field_varint,
     receipt_batches,
 )
 from node.storage import blocks
@@ -80,6 +89,12 @@ class _Abort(Exception):
 # A ReceiptBatch message stays under this (clients' default receive limit is 4 MiB).
 RECEIPT_BATCH_BYTES_MAX = 2 << 20
 STREAM_ANSWERS_MAX = 16  # SubmitStream: answers held for a client that is not reading
+# GetBlocks: blocks per reply, and its size (as a ReceiptBatch's: under clients' default 4 MiB).
+BLOCKS_PER_REPLY_MAX = 512
+BLOCKS_REPLY_BYTES_MAX = 2 << 20
+GET_BLOCKS_BLOCKS, GET_BLOCKS_NEXT_HEIGHT, GET_BLOCKS_LAST_HEIGHT = 1, 2, 3  # GetBlocksResponse
+# A read with min_height waits this long at most for the node to reach it.
+MIN_HEIGHT_WAIT_S = 3.0
 
 
 def _is_final(r: KVReader, tx_id: bytes) -> bool:
@@ -108,6 +123,7 @@ class LedgerApi:
         backfill: AttestationBackfill,
         checks: CheckCache,
         space_left: Callable[[], str | None] = lambda: None,
+        space: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.genesis = genesis
         self.member_id = member_id
@@ -121,8 +137,11 @@ class LedgerApi:
         self.backfill = backfill
         self.checks = checks
         self.known_keys = KnownKeys(genesis)
-        # Why the store cannot take new work now (near its disk budget), or None.
+        # Why the store cannot take new work now (near its disk budget), or None; and its
+        # figures for GetStatus.
         self.space_left = space_left
+        self.space = space
+        self.min_height_wait_s = MIN_HEIGHT_WAIT_S
 
     # --- submit -------------------------------------------------------------------------
 
@@ -361,6 +380,11 @@ class LedgerApi:
 
     # --- queries ------------------------------------------------------------------------
 
+    def _holds(self, tx_id: bytes) -> bool:
+        """This node holds tx_id unexecuted: admitted here (until pending_ttl_ms), or held by
+        its replica (from a client or a peer's relay) until it executes."""
+        return tx_id in self.driver.pending or tx_id in self.driver.replica.pending
+
     async def get_transaction(self, raw: bytes) -> bytes:
         req = _parse(api_pb2.GetTransactionRequest, raw)
         tx_id = self._tx_id(req.tx_id)
@@ -375,16 +399,39 @@ class LedgerApi:
         with self.driver.store.read() as r:
             receipt = build_receipt(r, self._proofs, tx_id, require_attested=False)
             if receipt is None:
-                raise _Abort(grpc.StatusCode.NOT_FOUND, f"transaction {tx_id.hex()} is not committed here")
+                if not self._holds(tx_id):
+                    raise _Abort(
+                        grpc.StatusCode.NOT_FOUND, f"transaction {tx_id.hex()} is not committed here"
+                    )
+                if req.include_pending:
+                    return api_pb2.GetTransactionResponse(
+                        status=api_pb2.TX_STATUS_PENDING
+                    ).SerializeToString()
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"transaction {tx_id.hex()} is not committed here (pending: admitted, not executed yet)",
+                )
             found = blocks.find_tx(r, tx_id)
             assert found is not None
             block_raw = blocks.get_block(r, found.height)
         assert block_raw is not None
         block = consensus_pb2.CertifiedBlock.FromString(block_raw)
         out = api_pb2.GetTransactionResponse(
-            receipt=receipt, envelope=tx_pb2.Envelope.FromString(block.batch.envelopes[found.index])
+            receipt=receipt,
+            envelope=tx_pb2.Envelope.FromString(block.batch.envelopes[found.index]),
+            status=api_pb2.TX_STATUS_COMMITTED,
         )
         return out.SerializeToString()
+
+    async def _reach(self, min_height: int) -> None:
+        """Return once this node has executed min_height, waiting at most MIN_HEIGHT_WAIT_S
+        (a read asking for a state no older than that height)."""
+        if min_height and not await self.driver.wait_height(min_height, self.min_height_wait_s):
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node is at height {self.driver.head.last_executed} < min_height {min_height} "
+                f"(waited {self.min_height_wait_s:g}s)",
+            )
 
     async def get_account(self, raw: bytes) -> bytes:
         req = _parse(api_pb2.GetAccountRequest, raw)
@@ -394,12 +441,18 @@ class LedgerApi:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"account_id must be 1..{self.genesis.limits.id_bytes_max} bytes",
             )
-        with self.driver.store.read() as r:
+        await self._reach(req.min_height)
+        with self.driver.store.read() as r:  # the account and its height: one snapshot
             acct = self.ledger.account(r, account_id)
+            height = self.ledger.last_height(r)
         if acct is None:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no account {account_id!r}")
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no account {account_id!r} at height {height}")
         out = api_pb2.Account(
-            account_id=acct.account_id, member_id=acct.member_id, owner_key=acct.owner_key, frozen=acct.frozen
+            account_id=acct.account_id,
+            member_id=acct.member_id,
+            owner_key=acct.owner_key,
+            frozen=acct.frozen,
+            height=height,
         )
         for b in acct.balances:
             out.balances.add(asset=b.asset, available=b.available, held=b.held)
@@ -408,18 +461,42 @@ class LedgerApi:
     async def get_block(self, raw: bytes) -> bytes:
         req = _parse(api_pb2.GetBlockRequest, raw)
         with self.driver.store.read() as r:
-            block_raw = blocks.get_block(r, req.height)
-            if block_raw is None:
-                raise _Abort(grpc.StatusCode.NOT_FOUND, f"no block at height {req.height} here")
-            out = api_pb2.GetBlockResponse(block=consensus_pb2.CertifiedBlock.FromString(block_raw))
-            for result in blocks.get_results(r, req.height):
-                out.results.add().MergeFromString(result)
-            for a in blocks.get_attestations(r, req.height):
-                out.attestations.add().MergeFromString(a)
-        return out.SerializeToString()
+            reply = block_reply(r, req.height, self.genesis.f + 1)
+        if reply is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no block at height {req.height} here")
+        return reply
+
+    async def get_blocks(self, raw: bytes) -> bytes:
+        """GetBlocks: consecutive blocks from from_height, at most max_blocks (capped at
+        BLOCKS_PER_REPLY_MAX) and BLOCKS_REPLY_BYTES_MAX bytes (a single larger block goes
+        alone), read in one read transaction."""
+        req = _parse(api_pb2.GetBlocksRequest, raw)
+        if req.from_height < 1:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "from_height must be >= 1 (blocks start at 1)")
+        if req.max_blocks < 1:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_blocks must be >= 1")
+        count_max = min(req.max_blocks, BLOCKS_PER_REPLY_MAX)
+        parts: list[bytes] = []
+        size = 0
+        height = req.from_height
+        with self.driver.store.read() as r:
+            last = self.ledger.last_height(r)
+            while height <= last and len(parts) < count_max:
+                block = block_reply(r, height, self.genesis.f + 1)
+                assert block is not None, f"executed block {height} missing from the store"
+                entry = field_bytes(GET_BLOCKS_BLOCKS, block)
+                if parts and size + len(entry) > BLOCKS_REPLY_BYTES_MAX:
+                    break
+                parts.append(entry)
+                size += len(entry)
+                height += 1
+        parts.append(field_varint(GET_BLOCKS_NEXT_HEIGHT, height))
+        parts.append(field_varint(GET_BLOCKS_LAST_HEIGHT, last))
+        return b"".join(parts)
 
     async def get_supply(self, raw: bytes) -> bytes:
-        _parse(api_pb2.GetSupplyRequest, raw)
+        req = _parse(api_pb2.GetSupplyRequest, raw)
+        await self._reach(req.min_height)
         with self.driver.store.read() as r:
             supply = self.ledger.supply(r)
             height = self.ledger.last_height(r)
@@ -463,6 +540,8 @@ class LedgerApi:
         for name, value in rs.items():
             if name.startswith("replica_"):
                 out.counters[name] = value
+        for name, value in self.space().items():
+            out.counters[name] = value
         for name, value in (
             ("executed_blocks", self.driver.stats.executed_blocks),
             ("executed_txs", self.driver.stats.executed_txs),
@@ -527,6 +606,7 @@ class LedgerApi:
                 "GetTransaction": unary(self.get_transaction),
                 "GetAccount": unary(self.get_account),
                 "GetBlock": unary(self.get_block),
+                "GetBlocks": unary(self.get_blocks),
                 "GetSupply": unary(self.get_supply),
                 "GetStatus": unary(self.get_status),
             },

@@ -66,6 +66,7 @@ class NodeConfig:
     tls: bool = True
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
+    metrics_listen: str | None = None  # host:port for Prometheus metrics (/metrics); None = off
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -76,6 +77,7 @@ class NodeConfig:
             "api_listen": self.api_listen,
             "replica_listen": self.replica_listen,
             "log_path": None if self.log_path is None else str(self.log_path),
+            "metrics_listen": self.metrics_listen,
             "limits": asdict(self.limits),
             "tls": self.tls,
         }
@@ -100,7 +102,14 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
     """Validate a decoded config; relative paths are relative to base_dir (the file's folder)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
-    known = set(_REQUIRED_STR) | {"log_path", "limits", "tls", "tls_cert_path", "tls_key_path"}
+    known = set(_REQUIRED_STR) | {
+        "log_path",
+        "limits",
+        "metrics_listen",
+        "tls",
+        "tls_cert_path",
+        "tls_key_path",
+    }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -136,6 +145,11 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         if raw is not None and (not isinstance(raw, str) or not raw):
             raise ConfigError(f"{where}.{key}: a non-empty string")
         tls_paths[key] = None if raw is None else path(raw)
+    metrics_listen = data.get("metrics_listen")
+    if metrics_listen is not None:
+        if not isinstance(metrics_listen, str):
+            raise ConfigError(f"{where}.metrics_listen: host:port or null")
+        _listen(metrics_listen, f"{where}.metrics_listen")
 
     raw_limits = data.get("limits", {})
     if not isinstance(raw_limits, dict):
@@ -167,6 +181,7 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         tls=tls,
         tls_cert_path=tls_paths["tls_cert_path"],
         tls_key_path=tls_paths["tls_key_path"],
+        metrics_listen=metrics_listen,
     )
 
 

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,11 +48,13 @@ CLIENTS = "clients"  # transactions admitted by the API (already bounded by pend
 # A peer connection whose messages the replica rejected this many times is logged (and again at
 # each power of ten); its share of the loop was bounded all along by the fair queue.
 REJECTED_LOG_AT = 100
+REJECTED_SOURCES_MAX = 1_000  # sources whose rejections are remembered (the most recent)
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
 EXECUTED_QUIET_LOG_MS = 500  # a block executed this long after the previous one is logged
+HEIGHT_WAITERS_MAX = 10_000  # reads waiting for a min_height (wait_height); past it, no wait
 # A client's transaction goes to the primary at once; its copies for the other peers wait
 # relay_delay_ms (the node passes a fifth of its view-change timeout; this is the default),
 # and go only if it is still pending here by then (see _client_request).
@@ -79,6 +81,10 @@ def _receipt_heights(r: KVReader, tx_ids: Sequence[bytes]) -> dict[bytes, int | 
             ok = attested[found.height] = bool(blocks.get_attestations(r, found.height))
         out[tx_id] = found.height if ok else None
     return out
+
+
+def _ignore(_: float) -> None:
+    return None
 
 
 class ReplicaLike(Protocol):
@@ -137,6 +143,7 @@ class DriverStats:
     events: int = 0
     persist_txns: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    results_by_code: Counter[str] = field(default_factory=Counter)  # result code name -> txs
 
 
 Event = Callable[[], list[act.Action]]
@@ -197,7 +204,10 @@ class Driver:
         self._executed_tx_ids: dict[int, tuple[bytes, ...]] = {}
         self._last_executed_ms: float | None = None  # monotonic; the first block is logged
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
+        self._height_waiters: dict[asyncio.Future[None], int] = {}  # see wait_height
         self.own_replica = own_replica
+        # Seconds from a block's proposal (its primary's timestamp) to its execution here.
+        self.observe_commit_latency_s: Callable[[float], None] = _ignore
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -211,6 +221,7 @@ class Driver:
 
     async def stop(self) -> None:
         self._stopped = True
+        self._room.set()  # peer streams waiting for room see that the node stops
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for task in [*self._tasks, *self._background]:
@@ -394,6 +405,24 @@ class Driver:
                 if not waiting:
                     del self._waiters[tx_id]
 
+    async def wait_height(self, height: int, timeout_s: float) -> bool:
+        """True once this node has executed ``height`` (at once if it has), False if it has not
+        within timeout_s (or HEIGHT_WAITERS_MAX reads are waiting already)."""
+        if self.head.last_executed >= height:
+            return True
+        if len(self._height_waiters) >= HEIGHT_WAITERS_MAX:
+            self.log.count("height_waits_full")
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._height_waiters[fut] = height
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._height_waiters.pop(fut, None)
+
     def unlikely_to_be_attested(self, height: int) -> bool:
         """An executed block whose Attested will probably never come here: it was replayed from
         a peer's certified copy (catch-up), or it is well behind the head."""
@@ -443,15 +472,17 @@ class Driver:
                 except Exception as exc:  # a replica bug: log it loudly and stop the node
                     self.log.event("replica_crash", error=repr(exc))
                     raise
-                if replica.rejected != rejected and source is not INTERNAL:
+                if replica.rejected != rejected and source not in (INTERNAL, CLIENTS):
                     self._rejected(source)
                 self._apply(actions)
             self._flush()
             self._flush_relay()
 
     def _rejected(self, source: Hashable) -> None:
-        count = self.rejected_by_source.get(source, 0) + 1
-        self.rejected_by_source[source] = count
+        count = self.rejected_by_source.pop(source, 0) + 1
+        self.rejected_by_source[source] = count  # most recent last
+        while len(self.rejected_by_source) > REJECTED_SOURCES_MAX:
+            del self.rejected_by_source[next(iter(self.rejected_by_source))]
         if count >= REJECTED_LOG_AT and str(count).rstrip("0") == "1":  # 100, 1000, 10000, ...
             self.log.event("peer_source_rejected", source=str(source), rejected=count)
 
@@ -540,6 +571,11 @@ class Driver:
             del self._executed_tx_ids[next(iter(self._executed_tx_ids))]
         self.stats.executed_blocks += 1
         self.stats.executed_txs += len(tx_ids)
+        self.stats.results_by_code.update(out.codes)
+        self.observe_commit_latency_s(time.time() - header.timestamp_ms / 1000)
+        for fut, height in self._height_waiters.items():
+            if height <= action.sequence and not fut.done():
+                fut.set_result(None)
         for tx_id in tx_ids:
             self.pending.pop(tx_id, None)
         # Logged every 100 heights and for large blocks, and for the first block after a quiet

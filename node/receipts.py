@@ -1,17 +1,23 @@
-"""Receipts (docs/ARCHITECTURE.md, "Receipts") built from the block store, and the backfill of
-attestations for blocks this node executed from a peer's certified copy (catch-up).
+"""Receipts (docs/ARCHITECTURE.md, "Receipts") and GetBlock answers built from the block store,
+and the backfill of attestations for blocks this node executed from a peer's certified copy
+(catch-up).
 
 A block replayed during catch-up has a commit certificate but no attestations here: the peers'
-Attestation messages went out while this node was down. Before answering a receipt for such a
-block, the node asks peers' LedgerService.GetBlock for theirs and keeps them only if f+1
-distinct members signed attestations that match its own execution (digest, results root,
-state root). A lying peer costs a round trip, never a wrong receipt.
+Attestation messages went out while this node was down. The node asks peers'
+LedgerService.GetBlock for theirs and keeps them only if f+1 distinct members signed
+attestations that match its own execution (digest, results root, state root). A lying peer
+costs a round trip, never a wrong receipt. It does so in the background for every executed
+block that will not get them the usual way (AttestationBackfill.run, rate-limited), and at once
+when a client asks for a receipt of such a block.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +36,14 @@ from node.storage.kv import KVReader, KVStore
 
 PROOF_CACHE_BLOCKS = 64
 BACKFILL_TIMEOUT_S = 2.0
+# The background backfill (AttestationBackfill.run): at most this many blocks a second (each
+# costs up to n-1 GetBlock calls on the peers), a block whose fill failed is tried again after
+# BACKFILL_RETRY_S, and the store is scanned BACKFILL_SCAN_BLOCKS heights per read transaction,
+# every BACKFILL_IDLE_S once it is all filled.
+BACKFILL_BLOCKS_PER_S = 20
+BACKFILL_RETRY_S = 5.0
+BACKFILL_SCAN_BLOCKS = 1024
+BACKFILL_IDLE_S = 1.0
 
 
 def _varint(n: int) -> bytes:
@@ -39,6 +53,11 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def field_varint(number: int, value: int) -> bytes:
+    """One varint protobuf field (wire type 0), value >= 0."""
+    return _varint(number << 3) + _varint(value)
 
 
 def field_bytes(number: int, data: bytes) -> bytes:
@@ -136,6 +155,27 @@ class ReceiptReader:
         return view.receipt(found.index, attestations)
 
 
+# GetBlockResponse's field numbers, encoded the same way: the stored block, results and
+# attestations go out as stored, without a parse and re-serialization per block.
+_BLOCK, _BLOCK_RESULTS, _BLOCK_ATTESTATIONS, _BLOCK_ATTESTATIONS_COMPLETE = range(1, 5)
+
+
+def block_reply(r: KVReader, height: int, attestations_needed: int) -> bytes | None:
+    """The serialized GetBlockResponse of an executed block, or None if there is none here.
+    attestations_complete says whether the stored attestations reach ``attestations_needed``
+    (f+1; a node stores either none or f+1 matching ones)."""
+    raw = blocks.get_block(r, height)
+    if raw is None:
+        return None
+    attestations = blocks.get_attestations(r, height)
+    parts = [field_bytes(_BLOCK, raw)]
+    parts += [field_bytes(_BLOCK_RESULTS, result) for result in blocks.get_results(r, height)]
+    parts += [field_bytes(_BLOCK_ATTESTATIONS, a) for a in attestations]
+    if len(attestations) >= attestations_needed:
+        parts.append(field_varint(_BLOCK_ATTESTATIONS_COMPLETE, 1))
+    return b"".join(parts)
+
+
 def receipt_batches(receipts: Sequence[bytes], bytes_max: int) -> list[bytes]:
     """Serialized ReceiptBatch messages holding ``receipts`` in order, each under ``bytes_max``
     where it can be (a single larger receipt goes alone)."""
@@ -217,6 +257,8 @@ class AttestationBackfill:
         self.store = store
         self.log = log
         self._channels: dict[int, grpc.aio.Channel] = {}
+        self._filling: dict[int, asyncio.Future[bool]] = {}  # height -> the fill under way
+        self._task: asyncio.Task[None] | None = None
 
     async def _get_block(self, replica: int, height: int) -> api_pb2.GetBlockResponse | None:
         channel = self._channels.get(replica)
@@ -243,7 +285,22 @@ class AttestationBackfill:
             return None
 
     async def fill(self, height: int) -> bool:
-        """Fetch and store f+1 matching attestations of an executed block; True on success."""
+        """Fetch and store f+1 matching attestations of an executed block; True on success (at
+        once if it has them). Idempotent; concurrent calls for one height share one fetch."""
+        running = self._filling.get(height)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(self._fill(height))
+        self._filling[height] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._filling.pop(height, None)
+            else:  # this caller was cancelled: the fetch goes on for the others
+                task.add_done_callback(lambda _: self._filling.pop(height, None))
+
+    async def _fill(self, height: int) -> bool:
         with self.store.read() as r:
             if blocks.get_attestations(r, height):
                 return True
@@ -272,6 +329,59 @@ class AttestationBackfill:
         self.log.count("attestations_backfill_failed")
         return False
 
+    # --- in the background ----------------------------------------------------------------
+
+    def start(
+        self, last_executed: Callable[[], int], unlikely: Callable[[int], bool], filled: Callable[[int], None]
+    ) -> None:
+        """Run ``run`` until close(). See run for the arguments."""
+        self._task = asyncio.get_running_loop().create_task(self.run(last_executed, unlikely, filled))
+
+    async def run(
+        self, last_executed: Callable[[], int], unlikely: Callable[[int], bool], filled: Callable[[int], None]
+    ) -> None:
+        """Give every executed block its f+1 attestations: those ``unlikely`` to get them the
+        usual way (replayed by catch-up, or well behind the head: driver.unlikely_to_be_attested)
+        are filled from the peers, lowest first, at most BACKFILL_BLOCKS_PER_S a second;
+        ``filled(height)`` after each success (the driver wakes that block's receipt waiters).
+        Reads the whole store once from height 1 (a restart finds what an earlier run left
+        unfilled), then each new block; a failed block is tried again after BACKFILL_RETRY_S."""
+        scanned = 0  # every height up to here has been looked at
+        gaps: dict[int, float] = {}  # height without attestations -> when it may be tried
+        while True:
+            last = last_executed()
+            scanned, found = self._scan(scanned, last)
+            gaps.update(dict.fromkeys(found, 0.0))
+            now = time.monotonic()
+            due = sorted(h for h, at in gaps.items() if at <= now and unlikely(h))[:BACKFILL_SCAN_BLOCKS]
+            for height in due:
+                with self.store.read() as r:
+                    if r.get(blocks.attestations_key(height)) is not None:  # came the usual way
+                        del gaps[height]
+                        continue
+                if await self.fill(height):
+                    del gaps[height]
+                    filled(height)
+                else:
+                    gaps[height] = time.monotonic() + BACKFILL_RETRY_S
+                await asyncio.sleep(1 / BACKFILL_BLOCKS_PER_S)  # the rate limit itself
+            if not due and scanned >= last:
+                await asyncio.sleep(BACKFILL_IDLE_S)  # polling the store for new gaps
+            elif not due:
+                await asyncio.sleep(0)  # between scan chunks: let the node's loop run
+
+    def _scan(self, scanned: int, last: int) -> tuple[int, list[int]]:
+        """(how far it has looked now, the heights without attestations found) over at most
+        BACKFILL_SCAN_BLOCKS heights after ``scanned``, in one read transaction."""
+        top = min(last, scanned + BACKFILL_SCAN_BLOCKS)
+        with self.store.read() as r:
+            found = [h for h in range(scanned + 1, top + 1) if r.get(blocks.attestations_key(h)) is None]
+        return max(scanned, top), found
+
     async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         for channel in self._channels.values():
             await channel.close(None)

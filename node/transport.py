@@ -86,15 +86,36 @@ class ReplicaInbound(Protocol):
         ...
 
 
+def _frame_messages(frame: bytes) -> list[bytes]:
+    """The messages of a PeerFrame. A large frame is counted before anything is built: one
+    packed with millions of tiny entries costs FRAME_MESSAGES_MAX steps, not millions of objects
+    (a small one is parsed by protobuf, which is bounded by its size: see wirescan)."""
+    if len(frame) > wirescan.PARSE_DIRECT_BYTES_MAX:
+        return wirescan.repeated_bytes(frame, 1, FRAME_MESSAGES_MAX)
+    try:
+        messages = consensus_pb2.PeerFrame.FromString(frame).messages
+    except Exception as exc:  # protobuf's DecodeError and others on garbage
+        raise wirescan.ScanError("not a PeerFrame") from exc
+    if len(messages) > FRAME_MESSAGES_MAX:
+        raise wirescan.TooManyError(f"more than {FRAME_MESSAGES_MAX} messages")
+    return list(messages)
+
+
 def check_peer_message(raw: bytes, n: int) -> str | None:
     """Why raw cannot be a member's PeerMessage (a counter name), or None if it may be. Only
     the signed part is parsed: the batch beside it is not covered by the signature, and is
     parsed by the replica only once the signature verified (verify before decode)."""
     try:
-        signed_raw = wirescan.singular_fields(raw).get(1)
-        if signed_raw is None:
-            return "peer_garbage"
-        signed = consensus_pb2.SignedMessage.FromString(signed_raw)
+        if len(raw) <= wirescan.PARSE_DIRECT_BYTES_MAX:
+            pm = consensus_pb2.PeerMessage.FromString(raw)
+            if not pm.HasField("message"):
+                return "peer_garbage"
+            signed = pm.message
+        else:
+            signed_raw = wirescan.singular_fields(raw).get(1)
+            if signed_raw is None:
+                return "peer_garbage"
+            signed = consensus_pb2.SignedMessage.FromString(signed_raw)
     except Exception:  # ScanError, protobuf's DecodeError and others on garbage
         return "peer_garbage"
     if not signed.body:
@@ -134,9 +155,7 @@ class ReplicaServer:
         try:
             async for frame in requests:
                 try:
-                    # Counted before anything is built: a frame packed with millions of tiny
-                    # entries costs us FRAME_MESSAGES_MAX steps, not millions of objects.
-                    messages = wirescan.repeated_bytes(frame, 1, FRAME_MESSAGES_MAX)
+                    messages = _frame_messages(frame)
                 except wirescan.ScanError as exc:
                     self._log.count(
                         "peer_frame_too_many" if isinstance(exc, wirescan.TooManyError) else "peer_garbage"

@@ -31,6 +31,12 @@ SDK, demo, chaos and bench scripts rely on:
     nodes/<BANK>/stderr.log            anything else the process printed
     nodes/<BANK>/node.pid              pid of the running process (removed when stopped)
 
+Node ports are a block of consecutive ports chosen at random outside the kernel's ephemeral
+range (/proc/sys/net/ipv4/ip_local_port_range), each free when chosen, so no outgoing connection
+on the machine can be holding a stopped node's port when it restarts. If something else still
+holds it, the node's error names the port and the holder (pid, command, socket state), and `up`
+reports that node and leaves the others running (exit status 1).
+
 Import ``Consortium`` from here to drive the same thing from tests and scripts.
 """
 
@@ -40,6 +46,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -95,18 +102,58 @@ def bank_name(i: int) -> str:
     return f"BANK-{letters}"
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1, held open together so none repeats."""
-    socks: list[socket.socket] = []
+# Node ports come from outside the kernel's ephemeral range (the local ports it gives outgoing
+# connections): inside it, any connection on the machine could hold a stopped node's port, and
+# its restart would fail with "Address already in use". Below PORT_MIN are well-known services.
+PORT_MIN = 10_000
+PORT_MAX = 65_535
+EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
+EPHEMERAL_DEFAULT = (32_768, 60_999)  # Linux's default, when the file cannot be read
+PORT_BLOCK_TRIES = 100
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_PATH) -> tuple[int, int]:
+    """(low, high) of the kernel's ephemeral port range, inclusive."""
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low, high = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return EPHEMERAL_DEFAULT
+    return low, high
+
+
+def _binds(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, ephemeral: tuple[int, int] | None = None) -> list[int]:
+    """A block of ``count`` consecutive TCP ports on 127.0.0.1 outside the ephemeral range,
+    each free when chosen. The block starts at random in the larger room, below the range or
+    above it: consortiums set up in parallel (tests) rarely pick the same one, and one that is
+    taken is passed over."""
+    low, high = ephemeral or ephemeral_range()
+    rooms = [
+        (start, end) for start, end in ((PORT_MIN, low - 1), (high + 1, PORT_MAX)) if end - start + 1 >= count
+    ]
+    if not rooms:
+        raise ConsortiumError(
+            f"no room for {count} ports outside the ephemeral range {low}-{high} ({EPHEMERAL_RANGE_PATH}) "
+            f"within {PORT_MIN}-{PORT_MAX}"
+        )
+    start, end = max(rooms, key=lambda room: room[1] - room[0])
+    rng = random.SystemRandom()
+    for _ in range(PORT_BLOCK_TRIES):
+        first = rng.randint(start, end - count + 1)
+        block = list(range(first, first + count))
+        if all(_binds(port) for port in block):
+            return block
+    raise ConsortiumError(
+        f"no {count} free consecutive ports outside {low}-{high} after {PORT_BLOCK_TRIES} tries"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -176,9 +223,9 @@ class Consortium:
             self._insecure = not manifest.get("tls", True)
         return self._insecure
 
-    def channel(self, endpoint: str) -> grpc.Channel:
+    def channel(self, endpoint: str, options: tls.ChannelOptions = ()) -> grpc.Channel:
         """A channel to one of the nodes' ports, TLS unless the consortium runs plaintext."""
-        return tls.channel(self.genesis(), endpoint, insecure=self.insecure)
+        return tls.channel(self.genesis(), endpoint, options, insecure=self.insecure)
 
     def exists(self) -> bool:
         return self.genesis_path.exists()
@@ -227,7 +274,7 @@ class Consortium:
         per_tps = {"batch_delay_per_tps_us": NodeLimits().batch_delay_per_tps_us * n // 4}
         node_limits = NodeLimits(**(per_tps | (limits or {})))
         chain_id = chain_id or f"local-{secrets.token_hex(4)}"
-        ports = free_ports(2 * n)
+        ports = free_ports(3 * n)  # replica and API ports in genesis, then the metrics ports
         publics: list[Path] = []
         for i in range(n):
             bank = bank_name(i)
@@ -254,6 +301,7 @@ class Consortium:
                 tls=not insecure,
                 tls_cert_path=files.tls_cert,
                 tls_key_path=files.tls_key,
+                metrics_listen=f"{HOST}:{ports[2 * n + m.replica]}",
             )
             self.config_path(m.member_id).write_text(config.to_json())
         manifest = {
@@ -329,19 +377,30 @@ class Consortium:
 
     def wait_healthy(self, banks: list[str], timeout_s: float = UP_TIMEOUT_S) -> None:
         """Return when every bank answers SERVING; raise if one exits or the bound passes."""
+        failed = self._wait_started(banks, timeout_s)
+        if failed:
+            raise ConsortiumError("\n".join(failed.values()))
+
+    def _wait_started(self, banks: list[str], timeout_s: float) -> dict[str, str]:
+        """Wait until each bank answers SERVING or exits, at most timeout_s; the ones that
+        did not come up, with why (a node that exits says why on stderr: its tail is quoted)."""
         deadline = time.monotonic() + timeout_s
         waiting = list(banks)
+        failed: dict[str, str] = {}
         while waiting:
             for bank in list(waiting):
                 if self.pid(bank) is None:
-                    tail = self._stderr_tail(bank)
-                    raise ConsortiumError(f"{bank} exited during start-up:\n{tail}")
-                if self.health(bank, timeout_s=0.5):
+                    failed[bank] = f"{bank} exited during start-up:\n{self._stderr_tail(bank)}"
+                    waiting.remove(bank)
+                elif self.health(bank, timeout_s=0.5):
                     waiting.remove(bank)
             if waiting and time.monotonic() > deadline:
-                raise ConsortiumError(f"not healthy after {timeout_s:.0f}s: {', '.join(waiting)}")
+                for bank in waiting:
+                    failed[bank] = f"{bank} not healthy after {timeout_s:.0f}s"
+                break
             if waiting:
                 time.sleep(0.05)  # polling a remote health endpoint: there is no event to await
+        return failed
 
     def _stderr_tail(self, bank: str, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -357,7 +416,9 @@ class Consortium:
         insecure: bool = False,
     ) -> list[str]:
         """Create the consortium if needed and start every node that is not running.
-        Returns the banks started; raises ConsortiumError if all were already running."""
+        Returns the banks started; raises ConsortiumError if all were already running, or if
+        a node does not come up (it cannot listen, say): that error names each one and why,
+        and the others are left running (restart the failed one, or stop all with down)."""
         if not self.exists():
             self.init(banks, limits=limits, insecure=insecure)
         all_banks = self.banks()
@@ -367,10 +428,18 @@ class Consortium:
         try:
             for bank in to_start:
                 self.start(bank)
-            self.wait_healthy(to_start, timeout_s)
-        except BaseException:
-            self.down()
+            failed = self._wait_started(to_start, timeout_s)
+        except BaseException:  # interrupted (^C, SIGTERM): stop what this call started
+            for bank in to_start:
+                if self.pid(bank) is not None:
+                    self.stop(bank)
             raise
+        if failed:
+            running = [b for b in all_banks if self.pid(b) is not None]
+            raise ConsortiumError(
+                "\n".join(failed.values())
+                + f"\n{len(failed)} node(s) did not come up; left running: {', '.join(running) or 'none'}"
+            )
         return to_start
 
     def kill(self, bank: str) -> int:
@@ -441,6 +510,39 @@ class Consortium:
             except grpc.RpcError:
                 return None
 
+    def metrics_url(self, bank: str) -> str | None:
+        """Where the node serves Prometheus metrics (its config's metrics_listen), or None."""
+        listen = self.node_config(bank).metrics_listen
+        return None if listen is None else f"http://{listen}/metrics"
+
+    def node_config(self, bank: str) -> NodeConfig:
+        return load_node_config(self.config_path(bank))
+
+    def status_records(self) -> list[dict[str, object]]:
+        """`status --json`: per node, what an operator or a script checks (null when down)."""
+        out: list[dict[str, object]] = []
+        for info in self.status():
+            st = info.status
+            out.append(
+                {
+                    "bank": info.bank,
+                    "pid": info.pid,
+                    "up": st is not None,
+                    "api_address": info.api_address,
+                    "metrics_url": self.metrics_url(info.bank),
+                    "view": None if st is None else st.view,
+                    "primary": None if st is None else st.primary,
+                    "in_view_change": None if st is None else st.in_view_change,
+                    "height": None if st is None else st.last_executed,
+                    "state_root": None if st is None else st.state_root.hex(),
+                    "stable_checkpoint": None if st is None else st.stable_checkpoint,
+                    "disk_bytes": None if st is None else st.counters["disk_used_bytes"],
+                    "disk_budget_bytes": None if st is None else st.counters["disk_budget_bytes"],
+                    "peers_up": None if st is None else sum(p.up for p in st.peers),
+                }
+            )
+        return out
+
     def status(self) -> list[NodeInfo]:
         out = []
         for m in self.genesis().members:
@@ -473,7 +575,7 @@ def _print_endpoints(c: Consortium) -> None:
 def _print_status(c: Consortium) -> None:
     print(
         f"{'bank':<10} {'pid':>8} {'state':<5} {'view':>5} {'primary':>7} {'height':>7} {'stable':>7} "
-        f"{'peers':>5}  state root"
+        f"{'peers':>5}  {'state root':<16}  metrics"
     )
     for info in c.status():
         st = info.status
@@ -483,7 +585,8 @@ def _print_status(c: Consortium) -> None:
             continue
         print(
             f"{info.bank:<10} {info.pid or '-':>8} {'up':<5} {st.view:>5} {st.primary:>7} {st.last_executed:>7} "
-            f"{st.stable_checkpoint:>7} {sum(p.up for p in st.peers):>3}/{len(st.peers)}  {st.state_root.hex()[:16]}"
+            f"{st.stable_checkpoint:>7} {sum(p.up for p in st.peers):>3}/{len(st.peers)}  {st.state_root.hex()[:16]}  "
+            f"{c.metrics_url(info.bank) or '-'}"
         )
 
 
@@ -539,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     p_genesis = sub.add_parser("genesis", help="--dir/genesis.json from the banks' <BANK>.public.json files")
     p_genesis.add_argument("--chain-id", default=None)
     p_genesis.add_argument("public", nargs="+", type=Path, help="public parts, in replica order")
-    sub.add_parser("status")
+    p_status = sub.add_parser("status", help="each node's view, height, state root, disk and metrics URL")
+    p_status.add_argument("--json", action="store_true", help="one JSON object per node, a line each")
     for name in ("kill", "restart", "start", "stop"):
         sub.add_parser(name).add_argument("bank")
     sub.add_parser("down")
@@ -568,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
             _print_endpoints(c)
         elif not c.exists():
             raise ConsortiumError(f"no consortium in {c.dir} (run: consortium.py --dir {args.dir} up)")
+        elif args.command == "status" and args.json:
+            for record in c.status_records():
+                print(json.dumps(record, sort_keys=True))
         elif args.command == "status":
             _print_status(c)
         elif args.command == "kill":

@@ -26,7 +26,7 @@ from ledger.v1 import tx_pb2 as ledger_dot_v1_dot_tx__pb2
 from ledger.v1 import consensus_pb2 as ledger_dot_v1_dot_consensus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ledger/v1/api.proto\x12\tledger.v1\x1a\x12ledger/v1/tx.proto\x1a\x19ledger/v1/consensus.proto\"6\n\rSubmitRequest\x12%\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Envelope\"\x1f\n\x0eSubmitResponse\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\"<\n\x12SubmitBatchRequest\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.ledger.v1.Envelope\"Q\n\nSubmitItem\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\";\n\x13SubmitBatchResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.ledger.v1.SubmitItem\"}\n\x11SubmitStreamReply\x12\x33\n\tsubmitted\x18\x01 \x01(\x0b\x32\x1e.ledger.v1.SubmitBatchResponseH\x00\x12+\n\x08receipts\x18\x02 \x01(\x0b\x32\x17.ledger.v1.ReceiptBatchH\x00\x42\x06\n\x04kind\"\xdf\x01\n\x07Receipt\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.ledger.v1.TxResult\x12\x14\n\x0cresult_bytes\x18\x02 \x01(\x0c\x12\x0e\n\x06header\x18\x03 \x01(\x0c\x12\x31\n\x0b\x63\x65rtificate\x18\x04 \x01(\x0b\x32\x1c.ledger.v1.CommitCertificate\x12\x10\n\x08tx_proof\x18\x05 \x03(\x0c\x12\x14\n\x0cresult_proof\x18\x06 \x03(\x0c\x12.\n\x0c\x61ttestations\x18\x07 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\"7\n\x12WaitReceiptRequest\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"9\n\x13WaitReceiptsRequest\x12\x0e\n\x06tx_ids\x18\x01 \x03(\x0c\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"4\n\x0cReceiptBatch\x12$\n\x08receipts\x18\x01 \x03(\x0b\x32\x12.ledger.v1.Receipt\"&\n\x15GetTransactionRequest\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\"d\n\x16GetTransactionResponse\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Receipt\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.ledger.v1.Envelope\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"9\n\x07\x42\x61lance\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0c\n\x04held\x18\x03 \x01(\x03\"y\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x11\n\towner_key\x18\x03 \x01(\x0c\x12\x0e\n\x06\x66rozen\x18\x04 \x01(\x08\x12$\n\x08\x62\x61lances\x18\x05 \x03(\x0b\x32\x12.ledger.v1.Balance\"!\n\x0fGetBlockRequest\x12\x0e\n\x06height\x18\x01 \x01(\x04\"\x92\x01\n\x10GetBlockResponse\x12(\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x19.ledger.v1.CertifiedBlock\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.ledger.v1.TxResult\x12.\n\x0c\x61ttestations\x18\x03 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\"r\n\x0b\x41ssetSupply\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\r\n\x05scale\x18\x03 \x01(\r\x12\x0e\n\x06minted\x18\x04 \x01(\x03\x12\x10\n\x08redeemed\x18\x05 \x01(\x03\x12\x13\n\x0boutstanding\x18\x06 \x01(\x03\"\x12\n\x10GetSupplyRequest\"K\n\x11GetSupplyResponse\x12&\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x16.ledger.v1.AssetSupply\x12\x0e\n\x06height\x18\x02 \x01(\x04\"\x12\n\x10GetStatusRequest\"<\n\nPeerStatus\x12\x0f\n\x07replica\x18\x01 \x01(\r\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\n\n\x02up\x18\x03 \x01(\x08\"\x80\x03\n\nNodeStatus\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0c\n\x04view\x18\x03 \x01(\x04\x12\x0f\n\x07primary\x18\x04 \x01(\r\x12\x15\n\rlast_executed\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x12\n\nstate_root\x18\x07 \x01(\x0c\x12$\n\x05peers\x18\x08 \x03(\x0b\x32\x15.ledger.v1.PeerStatus\x12\x18\n\x10pending_requests\x18\t \x01(\x04\x12\x10\n\x08\x63hain_id\x18\n \x01(\t\x12\x17\n\x0flast_block_hash\x18\x0b \x01(\x0c\x12\x35\n\x08\x63ounters\x18\x0c \x03(\x0b\x32#.ledger.v1.NodeStatus.CountersEntry\x12\x16\n\x0ein_view_change\x18\r \x01(\x08\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xab\x06\n\rLedgerService\x12=\n\x06Submit\x12\x18.ledger.v1.SubmitRequest\x1a\x19.ledger.v1.SubmitResponse\x12L\n\x0bSubmitBatch\x12\x1d.ledger.v1.SubmitBatchRequest\x1a\x1e.ledger.v1.SubmitBatchResponse\x12@\n\x0bWaitReceipt\x12\x1d.ledger.v1.WaitReceiptRequest\x1a\x12.ledger.v1.Receipt\x12\x44\n\x0cWaitReceipts\x12\x1e.ledger.v1.WaitReceiptsRequest\x1a\x12.ledger.v1.Receipt0\x01\x12O\n\x12WaitReceiptBatches\x12\x1e.ledger.v1.WaitReceiptsRequest\x1a\x17.ledger.v1.ReceiptBatch0\x01\x12O\n\x0cSubmitStream\x12\x1d.ledger.v1.SubmitBatchRequest\x1a\x1c.ledger.v1.SubmitStreamReply(\x01\x30\x01\x12U\n\x0eGetTransaction\x12 .ledger.v1.GetTransactionRequest\x1a!.ledger.v1.GetTransactionResponse\x12>\n\nGetAccount\x12\x1c.ledger.v1.GetAccountRequest\x1a\x12.ledger.v1.Account\x12\x43\n\x08GetBlock\x12\x1a.ledger.v1.GetBlockRequest\x1a\x1b.ledger.v1.GetBlockResponse\x12\x46\n\tGetSupply\x12\x1b.ledger.v1.GetSupplyRequest\x1a\x1c.ledger.v1.GetSupplyResponse\x12?\n\tGetStatus\x12\x1b.ledger.v1.GetStatusRequest\x1a\x15.ledger.v1.NodeStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ledger/v1/api.proto\x12\tledger.v1\x1a\x12ledger/v1/tx.proto\x1a\x19ledger/v1/consensus.proto\"6\n\rSubmitRequest\x12%\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Envelope\"\x1f\n\x0eSubmitResponse\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\"<\n\x12SubmitBatchRequest\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.ledger.v1.Envelope\"Q\n\nSubmitItem\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\";\n\x13SubmitBatchResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.ledger.v1.SubmitItem\"}\n\x11SubmitStreamReply\x12\x33\n\tsubmitted\x18\x01 \x01(\x0b\x32\x1e.ledger.v1.SubmitBatchResponseH\x00\x12+\n\x08receipts\x18\x02 \x01(\x0b\x32\x17.ledger.v1.ReceiptBatchH\x00\x42\x06\n\x04kind\"\xdf\x01\n\x07Receipt\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.ledger.v1.TxResult\x12\x14\n\x0cresult_bytes\x18\x02 \x01(\x0c\x12\x0e\n\x06header\x18\x03 \x01(\x0c\x12\x31\n\x0b\x63\x65rtificate\x18\x04 \x01(\x0b\x32\x1c.ledger.v1.CommitCertificate\x12\x10\n\x08tx_proof\x18\x05 \x03(\x0c\x12\x14\n\x0cresult_proof\x18\x06 \x03(\x0c\x12.\n\x0c\x61ttestations\x18\x07 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\"7\n\x12WaitReceiptRequest\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"9\n\x13WaitReceiptsRequest\x12\x0e\n\x06tx_ids\x18\x01 \x03(\x0c\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"4\n\x0cReceiptBatch\x12$\n\x08receipts\x18\x01 \x03(\x0b\x32\x12.ledger.v1.Receipt\"?\n\x15GetTransactionRequest\x12\r\n\x05tx_id\x18\x01 \x01(\x0c\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08\"\x89\x01\n\x16GetTransactionResponse\x12#\n\x07receipt\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Receipt\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.ledger.v1.Envelope\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.ledger.v1.TxStatus\";\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nmin_height\x18\x02 \x01(\x04\"9\n\x07\x42\x61lance\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0c\n\x04held\x18\x03 \x01(\x03\"\x89\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x11\n\towner_key\x18\x03 \x01(\x0c\x12\x0e\n\x06\x66rozen\x18\x04 \x01(\x08\x12$\n\x08\x62\x61lances\x18\x05 \x03(\x0b\x32\x12.ledger.v1.Balance\x12\x0e\n\x06height\x18\x06 \x01(\x04\"!\n\x0fGetBlockRequest\x12\x0e\n\x06height\x18\x01 \x01(\x04\"\xb1\x01\n\x10GetBlockResponse\x12(\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x19.ledger.v1.CertifiedBlock\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.ledger.v1.TxResult\x12.\n\x0c\x61ttestations\x18\x03 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x1d\n\x15\x61ttestations_complete\x18\x04 \x01(\x08\";\n\x10GetBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x12\n\nmax_blocks\x18\x02 \x01(\r\"j\n\x11GetBlocksResponse\x12+\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1b.ledger.v1.GetBlockResponse\x12\x13\n\x0bnext_height\x18\x02 \x01(\x04\x12\x13\n\x0blast_height\x18\x03 \x01(\x04\"r\n\x0b\x41ssetSupply\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\r\n\x05scale\x18\x03 \x01(\r\x12\x0e\n\x06minted\x18\x04 \x01(\x03\x12\x10\n\x08redeemed\x18\x05 \x01(\x03\x12\x13\n\x0boutstanding\x18\x06 \x01(\x03\"&\n\x10GetSupplyRequest\x12\x12\n\nmin_height\x18\x01 \x01(\x04\"K\n\x11GetSupplyResponse\x12&\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x16.ledger.v1.AssetSupply\x12\x0e\n\x06height\x18\x02 \x01(\x04\"\x12\n\x10GetStatusRequest\"<\n\nPeerStatus\x12\x0f\n\x07replica\x18\x01 \x01(\r\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\n\n\x02up\x18\x03 \x01(\x08\"\x80\x03\n\nNodeStatus\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0c\n\x04view\x18\x03 \x01(\x04\x12\x0f\n\x07primary\x18\x04 \x01(\r\x12\x15\n\rlast_executed\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x12\n\nstate_root\x18\x07 \x01(\x0c\x12$\n\x05peers\x18\x08 \x03(\x0b\x32\x15.ledger.v1.PeerStatus\x12\x18\n\x10pending_requests\x18\t \x01(\x04\x12\x10\n\x08\x63hain_id\x18\n \x01(\t\x12\x17\n\x0flast_block_hash\x18\x0b \x01(\x0c\x12\x35\n\x08\x63ounters\x18\x0c \x03(\x0b\x32#.ledger.v1.NodeStatus.CountersEntry\x12\x16\n\x0ein_view_change\x18\r \x01(\x08\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*U\n\x08TxStatus\x12\x19\n\x15TX_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TX_STATUS_COMMITTED\x10\x01\x12\x15\n\x11TX_STATUS_PENDING\x10\x02\x32\xf3\x06\n\rLedgerService\x12=\n\x06Submit\x12\x18.ledger.v1.SubmitRequest\x1a\x19.ledger.v1.SubmitResponse\x12L\n\x0bSubmitBatch\x12\x1d.ledger.v1.SubmitBatchRequest\x1a\x1e.ledger.v1.SubmitBatchResponse\x12@\n\x0bWaitReceipt\x12\x1d.ledger.v1.WaitReceiptRequest\x1a\x12.ledger.v1.Receipt\x12\x44\n\x0cWaitReceipts\x12\x1e.ledger.v1.WaitReceiptsRequest\x1a\x12.ledger.v1.Receipt0\x01\x12O\n\x12WaitReceiptBatches\x12\x1e.ledger.v1.WaitReceiptsRequest\x1a\x17.ledger.v1.ReceiptBatch0\x01\x12O\n\x0cSubmitStream\x12\x1d.ledger.v1.SubmitBatchRequest\x1a\x1c.ledger.v1.SubmitStreamReply(\x01\x30\x01\x12U\n\x0eGetTransaction\x12 .ledger.v1.GetTransactionRequest\x1a!.ledger.v1.GetTransactionResponse\x12>\n\nGetAccount\x12\x1c.ledger.v1.GetAccountRequest\x1a\x12.ledger.v1.Account\x12\x43\n\x08GetBlock\x12\x1a.ledger.v1.GetBlockRequest\x1a\x1b.ledger.v1.GetBlockResponse\x12\x46\n\tGetBlocks\x12\x1b.ledger.v1.GetBlocksRequest\x1a\x1c.ledger.v1.GetBlocksResponse\x12\x46\n\tGetSupply\x12\x1b.ledger.v1.GetSupplyRequest\x1a\x1c.ledger.v1.GetSupplyResponse\x12?\n\tGetStatus\x12\x1b.ledger.v1.GetStatusRequest\x1a\x15.ledger.v1.NodeStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODESTATUS_COUNTERSENTRY']._loaded_options = None
   _globals['_NODESTATUS_COUNTERSENTRY']._serialized_options = b'8\001'
+  _globals['_TXSTATUS']._serialized_start=2450
+  _globals['_TXSTATUS']._serialized_end=2535
   _globals['_SUBMITREQUEST']._serialized_start=81
   _globals['_SUBMITREQUEST']._serialized_end=135
   _globals['_SUBMITRESPONSE']._serialized_start=137
@@ -56,33 +58,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECEIPTBATCH']._serialized_start=845
   _globals['_RECEIPTBATCH']._serialized_end=897
   _globals['_GETTRANSACTIONREQUEST']._serialized_start=899
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=937
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=939
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=1039
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1041
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1080
-  _globals['_BALANCE']._serialized_start=1082
-  _globals['_BALANCE']._serialized_end=1139
-  _globals['_ACCOUNT']._serialized_start=1141
-  _globals['_ACCOUNT']._serialized_end=1262
-  _globals['_GETBLOCKREQUEST']._serialized_start=1264
-  _globals['_GETBLOCKREQUEST']._serialized_end=1297
-  _globals['_GETBLOCKRESPONSE']._serialized_start=1300
-  _globals['_GETBLOCKRESPONSE']._serialized_end=1446
-  _globals['_ASSETSUPPLY']._serialized_start=1448
-  _globals['_ASSETSUPPLY']._serialized_end=1562
-  _globals['_GETSUPPLYREQUEST']._serialized_start=1564
-  _globals['_GETSUPPLYREQUEST']._serialized_end=1582
-  _globals['_GETSUPPLYRESPONSE']._serialized_start=1584
-  _globals['_GETSUPPLYRESPONSE']._serialized_end=1659
-  _globals['_GETSTATUSREQUEST']._serialized_start=1661
-  _globals['_GETSTATUSREQUEST']._serialized_end=1679
-  _globals['_PEERSTATUS']._serialized_start=1681
-  _globals['_PEERSTATUS']._serialized_end=1741
-  _globals['_NODESTATUS']._serialized_start=1744
-  _globals['_NODESTATUS']._serialized_end=2128
-  _globals['_NODESTATUS_COUNTERSENTRY']._serialized_start=2081
-  _globals['_NODESTATUS_COUNTERSENTRY']._serialized_end=2128
-  _globals['_LEDGERSERVICE']._serialized_start=2131
-  _globals['_LEDGERSERVICE']._serialized_end=2942
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=962
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=965
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=1102
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1104
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1163
+  _globals['_BALANCE']._serialized_start=1165
+  _globals['_BALANCE']._serialized_end=1222
+  _globals['_ACCOUNT']._serialized_start=1225
+  _globals['_ACCOUNT']._serialized_end=1362
+  _globals['_GETBLOCKREQUEST']._serialized_start=1364
+  _globals['_GETBLOCKREQUEST']._serialized_end=1397
+  _globals['_GETBLOCKRESPONSE']._serialized_start=1400
+  _globals['_GETBLOCKRESPONSE']._serialized_end=1577
+  _globals['_GETBLOCKSREQUEST']._serialized_start=1579
+  _globals['_GETBLOCKSREQUEST']._serialized_end=1638
+  _globals['_GETBLOCKSRESPONSE']._serialized_start=1640
+  _globals['_GETBLOCKSRESPONSE']._serialized_end=1746
+  _globals['_ASSETSUPPLY']._serialized_start=1748
+  _globals['_ASSETSUPPLY']._serialized_end=1862
+  _globals['_GETSUPPLYREQUEST']._serialized_start=1864
+  _globals['_GETSUPPLYREQUEST']._serialized_end=1902
+  _globals['_GETSUPPLYRESPONSE']._serialized_start=1904
+  _globals['_GETSUPPLYRESPONSE']._serialized_end=1979
+  _globals['_GETSTATUSREQUEST']._serialized_start=1981
+  _globals['_GETSTATUSREQUEST']._serialized_end=1999
+  _globals['_PEERSTATUS']._serialized_start=2001
+  _globals['_PEERSTATUS']._serialized_end=2061
+  _globals['_NODESTATUS']._serialized_start=2064
+  _globals['_NODESTATUS']._serialized_end=2448
+  _globals['_NODESTATUS_COUNTERSENTRY']._serialized_start=2401
+  _globals['_NODESTATUS_COUNTERSENTRY']._serialized_end=2448
+  _globals['_LEDGERSERVICE']._serialized_start=2538
+  _globals['_LEDGERSERVICE']._serialized_end=3421
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ledger.v1 import consensus_pb2 as _consensus_pb2
 from ledger.v1 import tx_pb2 as _tx_pb2
 import builtins as _builtins
@@ -19,6 +20,29 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TxStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TxStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TxStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TX_STATUS_UNSPECIFIED: _TxStatus.ValueType  # 0
+    """an older node: read the receipt"""
+    TX_STATUS_COMMITTED: _TxStatus.ValueType  # 1
+    """executed here: receipt and envelope are set"""
+    TX_STATUS_PENDING: _TxStatus.ValueType  # 2
+    """held by this node (admitted, not executed yet): no receipt"""
+
+class TxStatus(_TxStatus, metaclass=_TxStatusEnumTypeWrapper): ...
+
+TX_STATUS_UNSPECIFIED: TxStatus.ValueType  # 0
+"""an older node: read the receipt"""
+TX_STATUS_COMMITTED: TxStatus.ValueType  # 1
+"""executed here: receipt and envelope are set"""
+TX_STATUS_PENDING: TxStatus.ValueType  # 2
+"""held by this node (admitted, not executed yet): no receipt"""
+Global___TxStatus: _TypeAlias = TxStatus  # noqa: Y015
 
 @_typing.final
 class SubmitRequest(_message.Message):
@@ -290,15 +314,22 @@ class GetTransactionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TX_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_PENDING_FIELD_NUMBER: _builtins.int
     tx_id: _builtins.bytes
+    include_pending: _builtins.bool
+    """Ask the node to say so when it holds the transaction but has not executed it: it then
+    answers OK with status PENDING and no receipt. Unset (what older clients send), such a
+    transaction is NOT_FOUND, as one the node never saw.
+    """
     def __init__(
         self,
         *,
         tx_id: _builtins.bytes = ...,
+        include_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tx_id", b"tx_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_pending", b"include_pending", "tx_id", b"tx_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,6 +341,8 @@ class GetTransactionResponse(_message.Message):
 
     RECEIPT_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    status: Global___TxStatus.ValueType
     @_builtins.property
     def receipt(self) -> Global___Receipt: ...
     @_builtins.property
@@ -319,10 +352,11 @@ class GetTransactionResponse(_message.Message):
         *,
         receipt: Global___Receipt | None = ...,
         envelope: _tx_pb2.Envelope | None = ...,
+        status: Global___TxStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "receipt", b"receipt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "receipt", b"receipt", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -333,15 +367,21 @@ class GetAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MIN_HEIGHT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    min_height: _builtins.int
+    """A reading no older than this height: a node below it waits briefly to reach it, else
+    answers FAILED_PRECONDITION ("node is at height H < min_height M"). 0: any height.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        min_height: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "min_height", b"min_height"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -382,10 +422,13 @@ class Account(_message.Message):
     OWNER_KEY_FIELD_NUMBER: _builtins.int
     FROZEN_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     member_id: _builtins.str
     owner_key: _builtins.bytes
     frozen: _builtins.bool
+    height: _builtins.int
+    """the last executed block when read (balances are the state after it)"""
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]: ...
     def __init__(
@@ -396,10 +439,11 @@ class Account(_message.Message):
         owner_key: _builtins.bytes = ...,
         frozen: _builtins.bool = ...,
         balances: _abc.Iterable[Global___Balance] | None = ...,
+        height: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balances", b"balances", "frozen", b"frozen", "member_id", b"member_id", "owner_key", b"owner_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balances", b"balances", "frozen", b"frozen", "height", b"height", "member_id", b"member_id", "owner_key", b"owner_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,26 +475,93 @@ class GetBlockResponse(_message.Message):
     BLOCK_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     ATTESTATIONS_FIELD_NUMBER: _builtins.int
+    ATTESTATIONS_COMPLETE_FIELD_NUMBER: _builtins.int
+    attestations_complete: _builtins.bool
+    """True when `attestations` holds f+1 matching attestations (the results can be verified);
+    false while this node has none yet (a block replayed by catch-up: it backfills them from
+    its peers in the background).
+    """
     @_builtins.property
     def block(self) -> _consensus_pb2.CertifiedBlock: ...
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_tx_pb2.TxResult]: ...
     @_builtins.property
-    def attestations(self) -> _containers.RepeatedCompositeFieldContainer[_consensus_pb2.SignedMessage]: ...
+    def attestations(self) -> _containers.RepeatedCompositeFieldContainer[_consensus_pb2.SignedMessage]:
+        """f+1 matching, or none yet"""
+
     def __init__(
         self,
         *,
         block: _consensus_pb2.CertifiedBlock | None = ...,
         results: _abc.Iterable[_tx_pb2.TxResult] | None = ...,
         attestations: _abc.Iterable[_consensus_pb2.SignedMessage] | None = ...,
+        attestations_complete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "block", b"block", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "attestations_complete", b"attestations_complete", "block", b"block", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBlockResponse: _TypeAlias = GetBlockResponse  # noqa: Y015
+
+@_typing.final
+class GetBlocksRequest(_message.Message):
+    """A range of blocks, as GetBlock serves each. Bounded: at most max_blocks (capped by the
+    node) and about 2 MiB per reply (a single larger block comes alone).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_HEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_BLOCKS_FIELD_NUMBER: _builtins.int
+    from_height: _builtins.int
+    """>= 1"""
+    max_blocks: _builtins.int
+    """>= 1; more than the node's cap is read as the cap"""
+    def __init__(
+        self,
+        *,
+        from_height: _builtins.int = ...,
+        max_blocks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_height", b"from_height", "max_blocks", b"max_blocks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBlocksRequest: _TypeAlias = GetBlocksRequest  # noqa: Y015
+
+@_typing.final
+class GetBlocksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    NEXT_HEIGHT_FIELD_NUMBER: _builtins.int
+    LAST_HEIGHT_FIELD_NUMBER: _builtins.int
+    next_height: _builtins.int
+    """the height to ask for next (last one sent + 1)"""
+    last_height: _builtins.int
+    """this node's last executed height when read"""
+    @_builtins.property
+    def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetBlockResponse]:
+        """from_height, from_height+1, ... in order"""
+
+    def __init__(
+        self,
+        *,
+        blocks: _abc.Iterable[Global___GetBlockResponse] | None = ...,
+        next_height: _builtins.int = ...,
+        last_height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "last_height", b"last_height", "next_height", b"next_height"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBlocksResponse: _TypeAlias = GetBlocksResponse  # noqa: Y015
 
 @_typing.final
 class AssetSupply(_message.Message):
@@ -491,12 +602,17 @@ Global___AssetSupply: _TypeAlias = AssetSupply  # noqa: Y015
 class GetSupplyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    MIN_HEIGHT_FIELD_NUMBER: _builtins.int
+    min_height: _builtins.int
+    """as GetAccountRequest.min_height"""
     def __init__(
         self,
+        *,
+        min_height: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_height", b"min_height"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -509,6 +625,7 @@ class GetSupplyResponse(_message.Message):
     ASSETS_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     height: _builtins.int
+    """the last executed block when read"""
     @_builtins.property
     def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssetSupply]: ...
     def __init__(

@@ -79,6 +79,11 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetBlockRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_api__pb2.GetBlockResponse.FromString,
                 _registered_method=True)
+        self.GetBlocks = channel.unary_unary(
+                '/ledger.v1.LedgerService/GetBlocks',
+                request_serializer=ledger_dot_v1_dot_api__pb2.GetBlocksRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.GetBlocksResponse.FromString,
+                _registered_method=True)
         self.GetSupply = channel.unary_unary(
                 '/ledger.v1.LedgerService/GetSupply',
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetSupplyRequest.SerializeToString,
@@ -141,19 +146,29 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTransaction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND when not executed here; with include_pending, a transaction this node holds but
+        has not executed is OK with status TX_STATUS_PENDING (see GetTransactionRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The account as of `height`; min_height asks for a reading no older than that.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetBlock(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBlocks(self, request, context):
+        """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -217,6 +232,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetBlock,
                     request_deserializer=ledger_dot_v1_dot_api__pb2.GetBlockRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_api__pb2.GetBlockResponse.SerializeToString,
+            ),
+            'GetBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBlocks,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.GetBlocksRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.GetBlocksResponse.SerializeToString,
             ),
             'GetSupply': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSupply,
@@ -472,6 +492,33 @@ class LedgerService:
             '/ledger.v1.LedgerService/GetBlock',
             ledger_dot_v1_dot_api__pb2.GetBlockRequest.SerializeToString,
             ledger_dot_v1_dot_api__pb2.GetBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/GetBlocks',
+            ledger_dot_v1_dot_api__pb2.GetBlocksRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.GetBlocksResponse.FromString,
             options,
             channel_credentials,
             insecure,

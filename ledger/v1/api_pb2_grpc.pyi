@@ -50,8 +50,14 @@ class LedgerServiceStub:
     every accepted transaction has its receipt or has been dropped.
     """
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]
+    """NOT_FOUND when not executed here; with include_pending, a transaction this node holds but
+    has not executed is OK with status TX_STATUS_PENDING (see GetTransactionRequest).
+    """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]
+    """The account as of `height`; min_height asks for a reading no older than that."""
     GetBlock: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]
+    GetBlocks: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlocksRequest, _api_pb2.GetBlocksResponse]
+    """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
     GetSupply: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]
 
@@ -77,8 +83,14 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     every accepted transaction has its receipt or has been dropped.
     """
     GetTransaction: _aio.UnaryUnaryMultiCallable[_api_pb2.GetTransactionRequest, _api_pb2.GetTransactionResponse]  # type: ignore[assignment]
+    """NOT_FOUND when not executed here; with include_pending, a transaction this node holds but
+    has not executed is OK with status TX_STATUS_PENDING (see GetTransactionRequest).
+    """
     GetAccount: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]  # type: ignore[assignment]
+    """The account as of `height`; min_height asks for a reading no older than that."""
     GetBlock: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]  # type: ignore[assignment]
+    GetBlocks: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlocksRequest, _api_pb2.GetBlocksResponse]  # type: ignore[assignment]
+    """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
     GetSupply: _aio.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]  # type: ignore[assignment]
 
@@ -142,14 +154,18 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _api_pb2.GetTransactionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_api_pb2.GetTransactionResponse, _abc.Awaitable[_api_pb2.GetTransactionResponse]]: ...
+    ) -> _typing.Union[_api_pb2.GetTransactionResponse, _abc.Awaitable[_api_pb2.GetTransactionResponse]]:
+        """NOT_FOUND when not executed here; with include_pending, a transaction this node holds but
+        has not executed is OK with status TX_STATUS_PENDING (see GetTransactionRequest).
+        """
 
     @_abc_1.abstractmethod
     def GetAccount(
         self,
         request: _api_pb2.GetAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_api_pb2.Account, _abc.Awaitable[_api_pb2.Account]]: ...
+    ) -> _typing.Union[_api_pb2.Account, _abc.Awaitable[_api_pb2.Account]]:
+        """The account as of `height`; min_height asks for a reading no older than that."""
 
     @_abc_1.abstractmethod
     def GetBlock(
@@ -157,6 +173,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.GetBlockRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.GetBlockResponse, _abc.Awaitable[_api_pb2.GetBlockResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetBlocks(
+        self,
+        request: _api_pb2.GetBlocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.GetBlocksResponse, _abc.Awaitable[_api_pb2.GetBlocksResponse]]:
+        """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
 
     @_abc_1.abstractmethod
     def GetSupply(

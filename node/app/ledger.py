@@ -26,6 +26,7 @@ from node.app.validate import CheckCache, Verifier
 from node.storage.kv import KVReader, KVWriter
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+RETRY = "RETRY"  # BatchOutcome.codes: a tx_id already final, answered with its first result
 DETAIL_CHARS_MAX = 200  # result details are consensus bytes; keep them short and bounded
 
 
@@ -43,6 +44,7 @@ class BatchOutcome:
     state_root: bytes  # SHA-256(prev_root || height || canonical write set)
     expired_escrows: tuple[str, ...]  # voided by consensus time at the start of the block
     recorded: tuple[bool, ...] = ()  # per envelope: its result is the tx_id's final one (TxResult.final)
+    codes: tuple[str, ...] = ()  # per envelope: its result code's name, or "RETRY" (a final tx_id again)
 
 
 class _Overlay:
@@ -165,11 +167,13 @@ class Ledger:
         tx_ids: list[bytes] = []
         results: list[bytes] = []
         recorded: list[bool] = []
+        codes: list[str] = []
         for index, raw in enumerate(envelopes):
-            tx_id, result, final = self._execute_one(block, height, index, now_ms, raw)
+            tx_id, result, final, code = self._execute_one(block, height, index, now_ms, raw)
             tx_ids.append(tx_id)
             results.append(result)
             recorded.append(final)
+            codes.append(code)
         state_root = write_set_root(prev_root, height, block.writes, block.flush())
         w.put(st.META_HEIGHT, st.u64(height))
         w.put(st.META_ROOT, state_root)
@@ -182,6 +186,7 @@ class Ledger:
             state_root=state_root,
             expired_escrows=expired,
             recorded=tuple(recorded),
+            codes=tuple(codes),
         )
 
     def _expire_escrows(self, block: _Block, now_ms: int) -> tuple[str, ...]:
@@ -203,18 +208,20 @@ class Ledger:
 
     def _execute_one(
         self, block: _Block, height: int, index: int, now_ms: int, raw: bytes
-    ) -> tuple[bytes, bytes, bool]:
-        """(tx_id, serialized TxResult, whether that result is recorded under tx_id)"""
+    ) -> tuple[bytes, bytes, bool, str]:
+        """(tx_id, serialized TxResult, whether that result is recorded under tx_id, the code's
+        name or RETRY)"""
         try:
             checked = self.checks.take(raw)
         except InvalidTransaction as exc:
             # Not authorized (or not even a transaction): answered in the block, never recorded.
             tx_id = envelope_tx_id(bytes(raw)) if isinstance(raw, bytes | bytearray | memoryview) else b""
-            return tx_id, self._result(tx_id, exc.code, exc.message, height, index, final=False), False
+            result = self._result(tx_id, exc.code, exc.message, height, index, final=False)
+            return tx_id, result, False, exc.code.name
         key = st.result_key(checked.tx_id)
         first = block.get(key)
         if first is not None:
-            return checked.tx_id, first, True  # a retry: the first result, unchanged
+            return checked.tx_id, first, True, RETRY  # a retry: the first result, unchanged
         overlay = _Overlay(block)
         outcome = rules.apply(self.genesis, overlay, checked, now_ms)
         result = self._result(checked.tx_id, outcome.code, outcome.detail, height, index, outcome.recorded)
@@ -222,7 +229,7 @@ class Ledger:
             block.apply(overlay)
         if outcome.recorded:
             block.put(key, result)
-        return checked.tx_id, result, outcome.recorded
+        return checked.tx_id, result, outcome.recorded, outcome.code.name
 
     @staticmethod
     def _result(tx_id: bytes, code: Code, detail: str, height: int, index: int, final: bool) -> bytes:

@@ -212,7 +212,10 @@ def decode_batch(raw: bytes, count: int) -> tuple[bytes, ...]:
     """The envelopes of a serialized Batch that must hold exactly ``count`` of them (the signed
     header's tx_count): counting stops past it, so a sender cannot make us build more."""
     try:
-        envelopes = wirescan.repeated_bytes(raw, 1, count)
+        if len(raw) <= wirescan.PARSE_DIRECT_BYTES_MAX:
+            envelopes = [bytes(e) for e in _parse(cpb.Batch, raw).envelopes]  # type: ignore[attr-defined]
+        else:
+            envelopes = wirescan.repeated_bytes(raw, 1, count)
     except wirescan.ScanError as exc:
         raise WireError(f"not a batch of {count}: {exc}") from exc
     if len(envelopes) != count:

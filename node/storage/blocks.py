@@ -131,8 +131,12 @@ def get_outcome(r: KVReader, height: int) -> tuple[bytes, bytes] | None:
     return raw[:HASH_BYTES], raw[HASH_BYTES:]
 
 
+def attestations_key(height: int) -> bytes:
+    return _height_key(ATTESTATIONS, height)
+
+
 def put_attestations(w: KVWriter, height: int, attestations: Sequence[bytes]) -> None:
-    w.put(_height_key(ATTESTATIONS, height), pack_list(attestations))
+    w.put(attestations_key(height), pack_list(attestations))
 
 
 def get_attestations(r: KVReader, height: int) -> tuple[bytes, ...]:

@@ -132,6 +132,7 @@ class LmdbStore:
         self._local = threading.local()
         self._closed = False
         self._readers = 0  # read transactions open now (the map can only be resized without)
+        self.on_commit_s: Callable[[float], None] | None = None  # told each write commit's seconds
         self._full_message = (
             f"{self.path}: LMDB map is full and at its budget of {self.budget_bytes} bytes "
             "(disk_budget_bytes); the transaction was aborted; raise the disk budget"
@@ -194,10 +195,13 @@ class LmdbStore:
             except BaseException:
                 txn.abort()
                 raise
+            started = time.perf_counter()
             try:
                 txn.commit()
             except lmdb.MapFullError as exc:
                 raise StoreFullError(self._full_message) from exc
+            if self.on_commit_s is not None:
+                self.on_commit_s(time.perf_counter() - started)
             self.used_bytes = self._used()
             now = time.monotonic()
             if now - self._disk_checked >= DISK_FREE_CHECK_S:
@@ -205,6 +209,15 @@ class LmdbStore:
                 self.disk_free_bytes = self._disk_free()
         finally:
             self._local.writing = False
+
+    def space(self) -> dict[str, int]:
+        """Bytes used, mapped, allowed (the budget) and free on the filesystem, as last read."""
+        return {
+            "disk_used_bytes": self.used_bytes,
+            "disk_map_bytes": self.map_size_bytes,
+            "disk_budget_bytes": self.budget_bytes,
+            "disk_free_bytes": self.disk_free_bytes,
+        }
 
     def space_left(self, reserve_bytes: int) -> str | None:
         """Why new work should be refused now (within ``reserve_bytes`` of the budget, or of a

@@ -381,7 +381,8 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
 
     mode: "honest"; "down" (every call UNAVAILABLE); "stall" (every call hangs until the test
     ends, so the caller's deadline passes: a paused process); "refuse" (Submit INVALID_ARGUMENT);
-    "hold" (accepts submissions but never gets them committed); "inflate" (lies about balances). ``tamper`` rewrites every
+    "hold" (accepts submissions but never gets them committed: they stay pending); "inflate"
+    (lies about balances); "skip" (leaves the first block out of a GetBlocks range). ``tamper`` rewrites every
     receipt this node serves: a lying node.
     """
 
@@ -488,15 +489,21 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
         self._gate(context)
         receipt = self._receipt(request.tx_id, 0)
         if receipt is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "unknown transaction")
+            held = any(hashlib.sha256(_envelope(raw).body).digest() == request.tx_id for raw in self.held)
+            if held and request.include_pending:
+                return api_pb2.GetTransactionResponse(status=api_pb2.TX_STATUS_PENDING)
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown transaction" + (" (pending)" if held else ""))
         return api_pb2.GetTransactionResponse(
-            receipt=receipt, envelope=_envelope(self.chain.envelope_of[request.tx_id])
+            receipt=receipt,
+            envelope=_envelope(self.chain.envelope_of[request.tx_id]),
+            status=api_pb2.TX_STATUS_COMMITTED,
         )
 
     def GetAccount(
         self, request: api_pb2.GetAccountRequest, context: grpc.ServicerContext
     ) -> api_pb2.Account:
         self._gate(context)
+        self._at(request.min_height, context)
         assert self.chain.ledger is not None
         acc = self.chain.ledger.accounts.get(request.account_id)
         if acc is None:
@@ -512,7 +519,15 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
                 api_pb2.Balance(asset=a, available=acc.available.get(a, 0) + inflate, held=acc.held.get(a, 0))
                 for a in assets
             ],
+            height=len(self.chain.blocks),
         )
+
+    def _at(self, min_height: int, context: grpc.ServicerContext) -> None:
+        if min_height > len(self.chain.blocks):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node is at height {len(self.chain.blocks)} < min_height {min_height}",
+            )
 
     def GetBlock(
         self, request: api_pb2.GetBlockRequest, context: grpc.ServicerContext
@@ -536,10 +551,24 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
             attestations=b.attestations,
         )
 
+    def GetBlocks(
+        self, request: api_pb2.GetBlocksRequest, context: grpc.ServicerContext
+    ) -> api_pb2.GetBlocksResponse:
+        self._gate(context)
+        last = len(self.chain.blocks)
+        heights = range(request.from_height, min(last, request.from_height + request.max_blocks - 1) + 1)
+        blocks = [self.GetBlock(api_pb2.GetBlockRequest(height=h), context) for h in heights]
+        if self.mode == "skip" and blocks:  # a liar leaving out the first block of the range
+            blocks = blocks[1:]
+        return api_pb2.GetBlocksResponse(
+            blocks=blocks, next_height=request.from_height + len(heights), last_height=last
+        )
+
     def GetSupply(
         self, request: api_pb2.GetSupplyRequest, context: grpc.ServicerContext
     ) -> api_pb2.GetSupplyResponse:
         self._gate(context)
+        self._at(request.min_height, context)
         assert self.chain.ledger is not None
         led = self.chain.ledger
         out = []

@@ -42,6 +42,10 @@ def test_async_client_submits_verifies_fails_over_and_queries() -> None:
             assert (await client.transaction(pay.tx_id)).committed.endpoint == endpoints[2]
             assert (await client.block(first.height)).tx_ids == (pay.tx_id,)
             assert {s.asset for s in (await client.supply()).assets} >= {"USD.BANK-A"}
+            assert (await client.supply(min_height=4)).height == 4
+            assert (await client.account("bob", min_height=4)).height == 4
+            blocks = await client.blocks(2, 10)
+            assert [b.block.header.height for b in blocks.blocks] == [2, 3, 4] and blocks.next_height == 5
             assert (await client.status(endpoints[2])).last_executed == 4
             with pytest.raises(NotFound):
                 await client.account("nobody")

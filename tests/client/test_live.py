@@ -144,12 +144,17 @@ def test_every_transaction_kind_and_query_through_the_sdk(
     again = _ok(client.submit(pay))
     assert (again.height, again.result.index) == (first.height, first.result.index)
 
-    a = client.account("sdk-alice")
-    assert a.member_id == "BANK-A" and a.owner_key == alice.public_key and not a.frozen
+    top = max(heights)  # read our own writes, at whichever node answers
+    a = client.account("sdk-alice", min_height=top)
+    assert a.member_id == "BANK-A" and a.owner_key == alice.public_key and not a.frozen and a.height >= top
     assert a.balance("USD.BANK-A").available_minor == 50000 - 1000 - 2000 - 500 + 300 - 20
     assert a.balance("EUR.BANK-B").available_minor == 1800
-    assert client.account("sdk-bob").balance("USD.BANK-A").available_minor == 1000 + 2000 + 200 - 700 + 20
-    supply = {s.asset: s for s in client.supply().assets}
+    assert client.account("sdk-bob", min_height=top).balance("USD.BANK-A").available_minor == (
+        1000 + 2000 + 200 - 700 + 20
+    )
+    read = client.supply(min_height=top)
+    assert read.height >= top
+    supply = {s.asset: s for s in read.assets}
     assert supply["USD.BANK-A"].redeemed_minor >= 700
     assert (
         supply["USD.BANK-A"].outstanding_minor
@@ -159,6 +164,9 @@ def test_every_transaction_kind_and_query_through_the_sdk(
     assert info.transaction is not None and info.transaction.body == pay.body
     block = client.block(first.height)
     assert pay.tx_id in block.tx_ids and block.attested is not None
+    chain = client.blocks(1, 10_000)  # more than a node serves at once: it caps the count
+    assert [b.block.header.height for b in chain.blocks] == list(range(1, chain.next_height))
+    assert chain.blocks[first.height - 1].block.digest == block.block.digest and chain.last_height >= top
     statuses = client.statuses()
     assert len(statuses) == 4 and all(not isinstance(s, str) for s in statuses.values())
     with pytest.raises(NotFound):
@@ -313,6 +321,9 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
 
     def GetBlock(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetBlock(request, timeout=5)
+
+    def GetBlocks(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetBlocks(request, timeout=5)
 
     def GetSupply(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetSupply(request, timeout=5)

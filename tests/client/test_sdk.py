@@ -317,3 +317,51 @@ def test_a_node_that_stalls_is_asked_last_instead_of_costing_every_rotation_a_ti
             out = client.submit(client.tx.open_account("BANK-A", f"x{i}", bytes(32)).signed_by(op))
             assert isinstance(out, Committed) and out.endpoint != endpoints[0]
         assert staller.calls == 1
+
+
+def test_reads_carry_their_height_and_min_height_is_passed_on(chain: FakeChain, honest: list[str]) -> None:
+    with _client(chain, honest, timeout_s=2.0) as client:
+        _setup_alice(client, chain)
+        acc = client.account("alice", min_height=3)
+        assert acc.height == 3 and client.supply(min_height=3).height == 3
+        assert client.balances("alice", min_height=1)["USD.BANK-A"].available_minor == 10000
+        with pytest.raises(Unreachable, match="node is at height 3 < min_height 4"):
+            client.account("alice", min_height=4)
+        with pytest.raises(Unreachable, match="node is at height 3 < min_height 9"):
+            client.supply(min_height=9)
+
+
+def test_blocks_reads_a_verified_range_and_refuses_one_with_a_gap(
+    chain: FakeChain, honest: list[str]
+) -> None:
+    with _client(chain, honest) as client:
+        _setup_alice(client, chain)
+        got = client.blocks(1, 2)
+        assert [b.block.header.height for b in got.blocks] == [1, 2]
+        assert (got.next_height, got.last_height) == (3, 3)
+        assert all(b.attested is not None for b in got.blocks)
+        rest = client.blocks(got.next_height)
+        assert [b.block.header.height for b in rest.blocks] == [3] and rest.next_height == 4
+        assert client.blocks(10).blocks == ()
+    with (
+        serve([FakeNode(chain, mode="skip")]) as endpoints,
+        _client(chain, endpoints, timeout_s=1.0) as client,
+        pytest.raises(Unverified, match="asked for block 1, got 2"),
+    ):
+        client.blocks(1)
+
+
+def test_a_transaction_held_but_not_executed_is_pending_which_is_a_not_found(chain: FakeChain) -> None:
+    from client.models import Pending
+    from ledger.v1 import api_pb2
+
+    hold = FakeNode(chain, mode="hold")
+    with serve([hold, FakeNode(chain)]) as endpoints, _client(chain, endpoints, timeout_s=2.0) as client:
+        tx = client.tx.open_account("BANK-A", "held", bytes(32)).signed_by(chain.banks[0].operator_key)
+        client._stub(endpoints[0]).Submit(api_pb2.SubmitRequest(envelope=tx.envelope()), timeout=2)
+        with pytest.raises(Pending, match=f"pending .* at {endpoints[0]}"):
+            client.transaction(tx.tx_id)
+        assert client.wait(tx.tx_id, timeout_s=1.0) is None, "code that knows only NotFound is unchanged"
+        with pytest.raises(NotFound) as unknown:
+            client.transaction(b"\x01" * 32)
+        assert not isinstance(unknown.value, Pending)

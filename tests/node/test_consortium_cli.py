@@ -105,3 +105,51 @@ def test_node_refuses_bad_config_and_wrong_key_with_clear_errors(tmp_path: Path)
     wrong.write_text(json.dumps(doc))
     result = run_node(wrong)
     assert result.returncode == 2 and "not the node key genesis lists for BANK-A" in result.stderr
+
+
+def test_node_ports_are_a_free_block_outside_the_kernels_ephemeral_range(tmp_path: Path) -> None:
+    from consortium import ephemeral_range
+
+    low, high = ephemeral_range()
+    genesis = Consortium(tmp_path / "c").init(7)
+    ports = sorted(p for m in genesis.members for p in (m.api_port, m.replica_port))
+    assert all(not low <= p <= high for p in ports), (ports, low, high)
+    assert ports == list(range(ports[0], ports[0] + 14)), "one block of consecutive ports"
+
+
+def test_free_ports_passes_over_a_taken_port_and_says_when_there_is_no_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    import consortium
+    from consortium import ConsortiumError, free_ports
+
+    with socket.socket() as probe:  # a port the kernel just found free; its neighbours likely are
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1] & ~3
+    monkeypatch.setattr(consortium, "PORT_MIN", base)
+    room = (base + 4, consortium.PORT_MAX)  # the "ephemeral range" leaves base .. base+3
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", base + 1))
+        thief.listen()
+        assert {tuple(free_ports(2, room)) for _ in range(20)} == {(base + 2, base + 3)}
+        with pytest.raises(ConsortiumError, match="no 3 free consecutive ports"):
+            free_ports(3, room)
+    with pytest.raises(ConsortiumError, match="no room for 5 ports"):
+        free_ports(5, room)
+
+
+def test_port_holders_names_the_process_and_the_state() -> None:
+    import os
+    import socket
+
+    from node.ports import port_holders
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        held = port_holders(port)
+    assert f"pid {os.getpid()} (" in held and "LISTEN" in held
+    assert "no socket on it" in port_holders(port)

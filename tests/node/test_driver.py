@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -660,3 +661,30 @@ def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_anot
     assert seen.index(b"h") <= 1  # served in the first round, not after 50,000 forged votes
     assert seen.count(b"f") == SOURCE_EVENTS_MAX + 500
     assert driver.log.counters["events_dropped_full"] == 0
+
+
+def test_a_source_whose_messages_the_replica_rejects_is_logged_at_each_power_of_ten(tmp_path: Path) -> None:
+    driver, replica, _ = make(Factory())
+    driver.log = EventLog("BANK-B", tmp_path / "events.log")
+
+    def on_message(raw: bytes) -> list[act.Action]:
+        if raw == b"forged":
+            replica.rejected += 1
+        return []
+
+    replica.on_message = on_message  # type: ignore[assignment,method-assign]
+
+    async def scenario() -> None:
+        driver.start()
+        assert await driver.on_peer_messages("liar", [b"forged"] * 1000)
+        assert await driver.on_peer_messages("honest", [b"fine"] * 50)
+        while driver._events.total_items:
+            await asyncio.sleep(0.01)
+        await driver.stop()
+
+    asyncio.run(scenario())
+    driver.log.close()
+    logged = [json.loads(line) for line in (tmp_path / "events.log").read_text().splitlines()]
+    flagged = [(e["source"], e["rejected"]) for e in logged if e["event"] == "peer_source_rejected"]
+    assert flagged == [("liar", 100), ("liar", 1000)]
+    assert driver.rejected_by_source == {"liar": 1000}

@@ -392,3 +392,87 @@ def test_up_twice_says_already_up(net: Consortium) -> None:
 
     with pytest.raises(ConsortiumError, match="already up"):
         Consortium(net.dir).up(4)
+
+
+def test_a_port_taken_by_a_connection_fails_only_its_node_and_the_error_names_port_and_holder(
+    net: Consortium,
+) -> None:
+    import os
+    import socket
+    import struct
+
+    from consortium import ConsortiumError
+
+    victim = "BANK-D"
+    port = net.member(victim).api_port
+    others = {b: net.pid(b) for b in BANKS if b != victim}
+    net.kill(victim)
+    # The thief: an outgoing connection that happens to have the stopped node's port as its
+    # local port (what the kernel did when node ports were in its ephemeral range).
+    thief = socket.socket()
+    try:
+        thief.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # no TIME_WAIT
+        thief.bind(("127.0.0.1", port))
+        a = net.member("BANK-A")
+        thief.connect((a.host, a.api_port))
+        with pytest.raises(ConsortiumError) as failed:
+            net.up(4)
+        message = str(failed.value)
+        assert f"{victim} exited during start-up" in message, message
+        assert f"api port {port}" in message and f"pid {os.getpid()} (" in message, message
+        assert "ESTABLISHED" in message and f"left running: {', '.join(others)}" in message, message
+        assert {b: net.pid(b) for b in others} == others, "up stopped the nodes that were running"
+        with pytest.raises(ConsortiumError, match=f"api port {port}"):
+            net.restart(victim)
+    finally:
+        thief.close()
+    assert net.up(4) == [victim]
+    wait_converged(net, BANKS, 0)
+
+
+def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_transfer(
+    net: Consortium, funded: Factory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import urllib.request
+
+    from consortium import main as consortium_main
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    assert consortium_main(["--dir", str(net.dir), "status", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["bank"] for r in records] == BANKS
+    for r in records:
+        assert r["up"] and r["height"] >= 1 and len(r["state_root"]) == 64
+        assert r["disk_bytes"] > 0 and r["stable_checkpoint"] >= 0
+        assert r["metrics_url"].startswith("http://127.0.0.1:") and r["metrics_url"].endswith("/metrics")
+    url = records[0]["metrics_url"]
+    before = scrape(url)
+    ok = ("ledger_transactions_total", (("result", "OK"),))
+    receipt = submit_one(net, "BANK-A", funded.transfer([("alice", "bob", "USD.BANK-A", 1)]))
+    assert receipt.result.code == tx_pb2.OK
+
+    def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        m = scrape(url)
+        return m if m[("ledger_height", ())] >= receipt.result.height else None
+
+    after = wait_for("BANK-A's metrics to count the transfer", counted)
+    assert after[ok] >= before.get(ok, 0) + 1
+    assert after[("ledger_blocks_total", ())] > before[("ledger_blocks_total", ())]
+    assert (
+        after[("ledger_commit_latency_seconds_count", ())]
+        > before[("ledger_commit_latency_seconds_count", ())]
+    )
+    assert (
+        after[("ledger_store_commit_seconds_count", ())] > before[("ledger_store_commit_seconds_count", ())]
+    )
+    assert after[("ledger_peers_up", ())] == 3 and after[("ledger_store_used_bytes", ())] > 0
