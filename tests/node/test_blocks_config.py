@@ -116,6 +116,8 @@ BASE = {
     "data_dir": "data",
     "api_listen": "127.0.0.1:7001",
     "replica_listen": "127.0.0.1:7000",
+    "tls_cert_path": "BANK-A.tls.pem",
+    "tls_key_path": "BANK-A.tls-key.pem",
 }
 
 
