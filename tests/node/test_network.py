@@ -463,7 +463,13 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
 
     def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         m = scrape(url)
-        return m if m[("ledger_height", ())] >= receipt.result.height else None
+        # peers up too: the previous test restarted a node, and BANK-A's link to it may still
+        # be in its reconnect backoff (up to peer_backoff_ms_max) when this one starts.
+        return (
+            m
+            if m[("ledger_height", ())] >= receipt.result.height and m[("ledger_peers_up", ())] == 3
+            else None
+        )
 
     after = wait_for("BANK-A's metrics to count the transfer", counted)
     assert after[ok] >= before.get(ok, 0) + 1
