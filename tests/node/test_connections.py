@@ -29,8 +29,8 @@ from tests.node.helpers import ROOT, Consortium, running_consortium, stub
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, stream 0
-HANDSHAKE_MS = 1_000
-IDLE_MS = 4_000  # longer than the handshake timeout, which must close a silent one first
+HANDSHAKE_MS = 2_000
+IDLE_MS = 5_000  # longer than the handshake timeout, which must close a silent one first
 CAP = 600
 
 
@@ -81,7 +81,7 @@ def test_idle_and_half_open_connections_do_not_keep_a_client_out_and_are_closed(
         t0 = time.monotonic()
         status = stub(net, "BANK-A").GetStatus(api_pb2.GetStatusRequest(), timeout=2.0)
         assert status.member_id == "BANK-A"
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.0
 
         closed = wait_closed(silent + half, timeout_s=HANDSHAKE_MS / 1000 + 1.5)
         assert len(closed) == len(silent) + len(half), f"{len(silent) + len(half) - len(closed)} still open"
@@ -110,16 +110,17 @@ def test_a_port_holds_at_most_connections_max(net: Consortium) -> None:
     assert pid is not None
     before = open_fds(pid)
     with ExitStack() as stack:
+        t_open = time.monotonic()
         socks = [
             stack.enter_context(socket.create_connection((m.host, m.replica_port))) for _ in range(CAP + 400)
         ]
-        # Those past the cap are closed at accept, long before the handshake timeout.
-        early = wait_closed(socks, timeout_s=HANDSHAKE_MS / 1000 * 0.5)
-        # (the bound is the test: connections under the cap stay open until the timeout)
-        assert len(early) >= 400 - 10, f"only {len(early)} closed before the handshake timeout"
+        # Those past the cap are closed at accept; none under it can close before the handshake
+        # timeout, counted from the first connection.
+        early = wait_closed(socks, timeout_s=t_open + HANDSHAKE_MS / 1000 * 0.9 - time.monotonic())
+        # The cap counts the peers' links to this port too (3), hence a few more than 400.
+        assert 400 - 10 <= len(early) <= 400 + 10, f"{len(early)} closed before the handshake timeout"
         assert open_fds(pid) <= before + CAP + 10
-    # The peer links survived: the node still commits with its peers (its links are outbound,
-    # and the peers' inbound links to it were open before the flood).
+    # Its own links to its peers are untouched.
     st = net.node_status("BANK-C")
     assert st is not None and all(p.up for p in st.peers)
 
