@@ -339,8 +339,11 @@ FAULTS = ("kill_backup", "kill_primary", "kill_f", "kill_in_view_change", "pause
 # --- the run ------------------------------------------------------------------------------
 
 
-def setup_accounts(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple[str, str]]:
-    """Open per_bank accounts at every bank and mint every asset into each; (id, seed hex)."""
+def setup_accounts(
+    c: Consortium, genesis: Genesis, per_bank: int, tag: str = "acct"
+) -> list[tuple[str, str]]:
+    """Open per_bank accounts at every bank and mint every asset into each; (id, seed hex).
+    Account ids are <bank>-<tag>-<i>: a run on an existing consortium passes a fresh tag."""
     client = LedgerClient(genesis, timeout_s=30.0)
     accounts: list[tuple[str, str]] = []
     operators = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
@@ -348,7 +351,7 @@ def setup_accounts(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple
         for m in genesis.members:
             for i in range(per_bank):
                 owner = SigningKey.generate()
-                account_id = f"{m.member_id.lower()}-acct-{i}"
+                account_id = f"{m.member_id.lower()}-{tag}-{i}"
                 tx = client.tx.open_account(m.member_id, account_id, owner.public_key)
                 _expect_ok(client.submit(tx.signed_by(operators[m.member_id])), f"open {account_id}")
                 accounts.append((account_id, owner.seed.hex()))

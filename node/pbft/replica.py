@@ -99,7 +99,7 @@ class Replica(ViewChanging):
             return self._out
         s = self.verifier.signed(signed_raw)
         if s is None:
-            self._reject(self._why_bad(signed_raw))
+            self._reject(self.verifier.failure)
             return self._out
         if s.signer == self.id:
             return self._out  # our own message echoed back (a replayer): nothing to learn
@@ -239,19 +239,6 @@ class Replica(ViewChanging):
         except wire.WireError:
             self._reject("bad_batch")
             return None
-
-    def _why_bad(self, signed_raw: bytes) -> str:
-        try:
-            body, signer, _ = wire.decode_signed(signed_raw)
-        except wire.WireError:
-            return "garbage"
-        if not 0 <= signer < self.cfg.n:
-            return "non_member"
-        try:
-            wire.decode_body(body)
-        except wire.WireError:
-            return "garbage"
-        return "bad_signature"  # or a body that names another replica / a non-primary proposer
 
     def _restore(self, journal: Mapping[bytes, bytes]) -> None:
         r = jr.restore(journal)
