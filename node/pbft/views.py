@@ -48,8 +48,8 @@ class ViewChanging(ReplicaCore):
 
     def _follow_lone_view(self) -> None:
         """Join the view change of a replica that has asked, alone, for a view above ours for
-        two view-change timeouts and still asks (docs/ARCHITECTURE.md, "A replica alone in a
-        higher view"). It cannot come back down to us without risking safety, and neither a
+        two view-change timeouts and still asks (docs/ARCHITECTURE.md, "A replica alone in
+        another view"). It cannot come back down to us without risking safety, and neither a
         quorum nor f+1 would ever move us to it: after a crash of every node during a view
         change it stayed there for minutes, voting in no view (issue 21)."""
         if self.in_view_change or not self._ahead:
