@@ -270,7 +270,8 @@ class Simulation:
             return False
         # Every honest replica votes in one view again: executing by catch-up alone while stuck
         # in a view nobody else is in leaves the consortium without its fault margin (issue 21).
-        return len({_view_state(n) for n in honest if n.up}) == 1
+        states = {_view_state(n) for n in honest if n.up}
+        return len(states) == 1 and not next(iter(states))[1]
 
     def _track_isolation(self) -> None:
         honest = [n for n in self.nodes if n.honest and n.up]
@@ -344,7 +345,7 @@ class Simulation:
             for node in self.nodes:
                 if node.up:
                     self.apply(node, node.replica.on_tick(self.now))
-                    if node.behaviour in ("forge", "replay"):
+                    if node.behaviour in ("forge", "replay", "pusher"):
                         for dst, m in byzantine.extra(
                             node.behaviour, node.replica, node.crypto, self.rng, node.heard
                         ):

@@ -131,6 +131,20 @@ def test_every_replica_crashes_during_a_view_change_and_the_lone_one_rejoins(f: 
     assert r.isolated_ms_max <= 4 * sc.view_change_timeout_ms, r.isolated_ms_max
 
 
+def test_a_liar_asking_alone_for_the_next_view_costs_view_changes_not_liveness() -> None:
+    """The price of following a replica alone ahead: a liar that keeps asking for the next view
+    makes the correct replicas change views, at most once per two timeouts. Everything still
+    executes, in one view at the end."""
+    sc = Scenario(seed=21, faulty={3: "pusher"}, requests=30, submit_until_ms=3_000)
+    r = Simulation(sc).run()
+    _ok(r)
+    followed = r.counters.get("followed_lone_view", 0)
+    assert followed > 0
+    # Three correct replicas, the liar's first request heard at ~0 ms, then one follow per two
+    # timeouts (plus the view change itself) at most.
+    assert followed <= 3 * (r.end_ms // (2 * sc.view_change_timeout_ms) + 1), (followed, r.end_ms)
+
+
 def test_seven_replicas_two_faulty() -> None:
     sc = Scenario(seed=18, f=2, faulty={0: "equivocate", 4: "crash"}, crashes=[(4, 300, 1_500)], drop=0.05)
     _ok(Simulation(sc).run())
