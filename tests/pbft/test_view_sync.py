@@ -27,6 +27,8 @@ def _views(c: Cluster) -> list[tuple[int, bool]]:
 def test_a_replica_alone_in_a_higher_view_is_followed_and_votes_again() -> None:
     c = Cluster()
     _alone_in_view_1(c)
+    c.restart(3)  # from its journal: still bound by the VIEW-CHANGE it may have sent
+    assert (c.nodes[3].replica.view, c.nodes[3].replica.in_view_change) == (1, True)
     first = c.submit(0, 1)
     c.run_for(TIMEOUT_MS)
     assert [e.tx_ids for e in c.nodes[1].executed] == [(first,)]  # 0, 1, 2 commit without it
