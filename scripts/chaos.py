@@ -329,14 +329,14 @@ class Chaos:
             time.sleep(0.1)
         return False
 
-    def wait_view_change_start(self) -> int | None:
-        """The highest view some live node is changing to, as soon as one is (None if none
-        starts within VIEW_CHANGE_START_WAIT_S)."""
+    def wait_view_change_start(self) -> dict[str, int] | None:
+        """The live nodes changing views and the view each is changing to, as soon as one is
+        (None if none starts within VIEW_CHANGE_START_WAIT_S)."""
         deadline = time.monotonic() + VIEW_CHANGE_START_WAIT_S
         while time.monotonic() < deadline:
-            changing = [int(s.view) for s in self.statuses().values() if s.in_view_change]
+            changing = {b: int(s.view) for b, s in self.statuses().items() if s.in_view_change}
             if changing:
-                return max(changing)
+                return changing
             time.sleep(0.02)
         return None
 
@@ -386,8 +386,8 @@ class Chaos:
             # interrupted.
             v0, h_kill = self.view_and_height()
             self.fault("kill", primary)
-            target = self.wait_view_change_start()
-            if target is None:
+            changing = self.wait_view_change_start()
+            if changing is None:
                 # The cluster went on committing: the node most peers named was not (or no
                 # longer) the primary. Not a failure of the ledger; say so and go on.
                 log(f"  note: no view change within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing {primary}")
@@ -395,7 +395,7 @@ class Chaos:
                     self.stats.failures.append(f"no view change and no commit after killing {primary}")
                 self.bring_back(primary)
                 return f"{primary} (no view change)"
-            designate = self.banks[target % self.g.n]
+            designate = self.banks[max(changing.values()) % self.g.n]
             self.bring_back(primary)
             # Recovery here is the issue's plain measure, fault to next committed batch: which view
             # the cluster settles in depends on races (the restarted old primary may simply resume
@@ -416,11 +416,11 @@ class Chaos:
             # change, then start them all. The one that had asked for the next view comes back
             # there from its journal, maybe alone; the others may go on under the old primary.
             self.fault("kill", primary)
-            if self.wait_view_change_start() is None:
+            changing = self.wait_view_change_start()
+            if changing is None:
                 log(f"  note: no view change within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing {primary}")
                 self.bring_back(primary)
                 return f"{primary} (no view change)"
-            changing = [b for b, s in self.statuses().items() if s.in_view_change]
             for b in backups:
                 self.fault("kill", b)
             self.start_all()
@@ -433,7 +433,7 @@ class Chaos:
             # view v), which is how the chaos runs missed it.
             if not self.wait_one_view(ISOLATED_S_MAX + 5):
                 log(f"  note: not in one view {ISOLATED_S_MAX + 5:.0f}s after restarting every node")
-            return f"all; changing {','.join(changing) or '?'}"
+            return f"all; changing {','.join(sorted(changing))}"
         if kind == "pause":
             victim = self.rng.choice(self.banks)
             v0, h0 = self.view_and_height()
