@@ -358,11 +358,8 @@ def verify_block(genesis: Genesis, response: api_pb2.GetBlockResponse) -> Verifi
     if batch_hash(envelopes) != header.batch_hash:
         raise ReceiptError("bad_batch", "the batch's envelopes do not match header.batch_hash")
     results: tuple[tx_pb2.TxResult, ...] = tuple(response.results)
-    if attested is not None:
-        if results:
-            leaves = [r.SerializeToString(deterministic=True) for r in results]
-            if merkle.root(leaves) != attested.results_root:
-                raise ReceiptError(
-                    "bad_results", "the block's results do not match the attested results_root"
-                )
+    if attested is not None and results:
+        leaves = [r.SerializeToString(deterministic=True) for r in results]
+        if merkle.root(leaves) != attested.results_root:
+            raise ReceiptError("bad_results", "the block's results do not match the attested results_root")
     return VerifiedBlock(block=block, envelopes=envelopes, tx_ids=tx_ids, results=results, attested=attested)

@@ -25,6 +25,7 @@ from tests.node.helpers import (
     Consortium,
     envelope,
     factory_for,
+    read_md,
     rpc_code,
     running_consortium,
     statuses,
@@ -80,18 +81,26 @@ def test_commits_on_all_four_with_identical_roots_and_block_hashes(net: Consorti
     for height in range(1, top + 1):
         headers = set()
         for bank in BANKS:
-            block = stub(net, bank).GetBlock(api_pb2.GetBlockRequest(height=height), timeout=5)
+            block = stub(net, bank).GetBlock(
+                api_pb2.GetBlockRequest(height=height), timeout=5, metadata=read_md(net, "GetBlock")
+            )
             verify_block(genesis, block)
             headers.add(block.block.header)
         assert len(headers) == 1, f"block {height} differs between nodes"
     accounts = {
-        bank: stub(net, bank).GetAccount(api_pb2.GetAccountRequest(account_id="bob"), timeout=5)
+        bank: stub(net, bank).GetAccount(
+            api_pb2.GetAccountRequest(account_id="bob"),
+            timeout=5,
+            metadata=read_md(net, "GetAccount", "bob", fx.client("bob")),  # bob's own key
+        )
         for bank in BANKS
     }
     assert len({a.SerializeToString() for a in accounts.values()}) == 1
     expected = sum(25 * (100 + i) for i in range(4))
     assert [(b.asset, b.available) for b in accounts["BANK-A"].balances] == [("USD.BANK-A", expected)]
-    supply = stub(net, "BANK-D").GetSupply(api_pb2.GetSupplyRequest(), timeout=5)
+    supply = stub(net, "BANK-D").GetSupply(
+        api_pb2.GetSupplyRequest(), timeout=5, metadata=read_md(net, "GetSupply", key=fx.client("alice"))
+    )
     usd = [a for a in supply.assets if a.asset == "USD.BANK-A"]
     assert usd[0].minted == 100_000 and usd[0].outstanding == 100_000
 
@@ -105,9 +114,15 @@ def test_retry_of_committed_tx_returns_first_result(net: Consortium, funded: Fac
     first = submit_one(net, "BANK-B", raw)
     again = submit_one(net, "BANK-D", raw)
     assert first.result == again.result
-    tx = stub(net, "BANK-C").GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id(raw)), timeout=5)
+    tx = stub(net, "BANK-C").GetTransaction(
+        api_pb2.GetTransactionRequest(tx_id=tx_id(raw)),
+        timeout=5,
+        metadata=read_md(net, "GetTransaction", tx_id(raw).hex(), funded.client("alice")),  # its signer
+    )
     assert tx.envelope.SerializeToString() == raw and tx.receipt.result == first.result
-    block = stub(net, "BANK-A").GetBlock(api_pb2.GetBlockRequest(height=first.result.height), timeout=5)
+    block = stub(net, "BANK-A").GetBlock(
+        api_pb2.GetBlockRequest(height=first.result.height), timeout=5, metadata=read_md(net, "GetBlock")
+    )
     ids = [tx_id(bytes(e)) for e in block.block.batch.envelopes]
     assert bytes(block.block.batch.envelopes[first.result.index]) == raw  # the exact bytes, not a re-encoding
     header = tx_pb2.BlockHeader.FromString(block.block.header)
@@ -229,7 +244,13 @@ def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) 
     assert rpc_code(lambda: s.SubmitBatch(too_many, timeout=5)) == code.INVALID_ARGUMENT
     # Queries of things that do not exist.
     assert (
-        rpc_code(lambda: s.GetAccount(api_pb2.GetAccountRequest(account_id="nobody"), timeout=5))
+        rpc_code(
+            lambda: s.GetAccount(
+                api_pb2.GetAccountRequest(account_id="nobody"),
+                timeout=5,
+                metadata=read_md(net, "GetAccount", "nobody"),
+            )
+        )
         == code.NOT_FOUND
     )
     assert (
@@ -237,10 +258,17 @@ def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) 
         == code.INVALID_ARGUMENT
     )
     assert (
-        rpc_code(lambda: s.GetTransaction(api_pb2.GetTransactionRequest(tx_id=bytes(32)), timeout=5))
+        rpc_code(
+            lambda: s.GetTransaction(
+                api_pb2.GetTransactionRequest(tx_id=bytes(32)),
+                timeout=5,
+                metadata=read_md(net, "GetTransaction", bytes(32).hex()),
+            )
+        )
         == code.NOT_FOUND
     )
-    assert rpc_code(lambda: s.GetBlock(api_pb2.GetBlockRequest(height=10**9), timeout=5)) == code.NOT_FOUND
+    far = api_pb2.GetBlockRequest(height=10**9)
+    assert rpc_code(lambda: s.GetBlock(far, timeout=5, metadata=read_md(net, "GetBlock"))) == code.NOT_FOUND
     assert (
         rpc_code(lambda: s.WaitReceipt(api_pb2.WaitReceiptRequest(tx_id=b"short"), timeout=5))
         == code.INVALID_ARGUMENT
@@ -267,7 +295,8 @@ def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) 
         request = api_pb2.SubmitRequest(envelope=envelope(keyless))
         assert rpc_code(functools.partial(s.Submit, request, timeout=5)) == code.UNAUTHENTICATED
         ghost = api_pb2.GetTransactionRequest(tx_id=tx_id(keyless))
-        assert rpc_code(functools.partial(s.GetTransaction, ghost, timeout=5)) == code.NOT_FOUND
+        md = read_md(net, "GetTransaction", tx_id(keyless).hex())
+        assert rpc_code(functools.partial(s.GetTransaction, ghost, timeout=5, metadata=md)) == code.NOT_FOUND
     counters = stub(net, "BANK-B").GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
     assert counters["rejected_WRONG_CHAIN"] >= 1 and counters["rejected_BAD_SIGNATURE"] >= 1
     assert all(net.health(b) for b in BANKS)
