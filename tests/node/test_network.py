@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client.verify import verify_block, verify_receipt
-from ledger import merkle
+from ledger import merkle, readtoken
 from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.config import NodeLimits
@@ -503,3 +504,98 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
     )
     assert after[("ledger_peers", ())] == 3 and after[("ledger_store_used_bytes", ())] > 0
     assert 2 <= after[("ledger_peers_up", ())] <= 3  # a quorum of links (earlier tests restart nodes)
+
+
+def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    raise AssertionError("call succeeded; expected a refusal")
+
+
+def test_reads_need_a_token_of_a_key_that_may_read_them(net: Consortium, funded: Factory) -> None:
+    """Issue 17 item 3 over gRPC: every refusal with its status and message, then what is allowed."""
+    fx = funded
+    s = stub(net, "BANK-C")
+    chain_id = net.genesis().chain_id
+    alice, bob = fx.client("alice"), fx.client("bob")
+    op_a, op_b = fx.operators["BANK-A"], fx.operators["BANK-B"]
+    req = api_pb2.GetAccountRequest(account_id="alice")
+    now = time.time_ns() // 1_000_000
+
+    def token(key: SigningKey, method: str = "GetAccount", scope: str = "alice", **kw: int) -> bytes:
+        return readtoken.build(
+            key, chain_id, method, scope, kw.get("issued", now), kw.get("lifetime", 60_000)
+        )
+
+    good = token(alice)
+    not_owner = "is neither the owner key of this account nor the operator key of the bank that opened it"
+    code = grpc.StatusCode
+    cases: list[tuple[str, bytes | None, grpc.StatusCode, str]] = [
+        ("no token", None, code.UNAUTHENTICATED, "GetAccount needs a read token (x-ledger-read-token-bin"),
+        (
+            "expired",
+            token(alice, issued=now - 400_000, lifetime=60_000),
+            code.UNAUTHENTICATED,
+            "read token expired at",
+        ),
+        ("another method", token(alice, "GetSupply"), code.UNAUTHENTICATED, "read token is for GetSupply"),
+        ("another scope", token(alice, scope="bob"), code.UNAUTHENTICATED, "is for scope 'bob', not 'alice'"),
+        ("not the owner", token(bob), code.PERMISSION_DENIED, not_owner),
+        ("another bank's operator", token(op_b), code.PERMISSION_DENIED, not_owner),
+        (
+            "forged signature",
+            good[:40] + bytes([good[40] ^ 1]) + good[41:],
+            code.UNAUTHENTICATED,
+            "read token signature does not verify",
+        ),
+        (
+            "valid too long",
+            token(alice, lifetime=10 * 60_000),
+            code.UNAUTHENTICATED,
+            "read token valid for 600000 ms; at most 300000 ms",
+        ),
+    ]
+    for name, tok, want, message in cases:
+        md: tuple[tuple[str, bytes], ...] = () if tok is None else ((readtoken.METADATA_KEY, tok),)
+        got = _refusal(functools.partial(s.GetAccount, req, timeout=5, metadata=md))
+        assert got[0] == want and message in got[1], (name, got)
+    # Allowed: the owner and its bank's operator; supply and headers for a known key; whole
+    # blocks for an operator; a transaction for its signer.
+    for key in (alice, op_a):
+        assert (
+            s.GetAccount(req, timeout=5, metadata=((readtoken.METADATA_KEY, token(key)),)).account_id
+            == "alice"
+        )
+    assert s.GetSupply(
+        api_pb2.GetSupplyRequest(), timeout=5, metadata=read_md(net, "GetSupply", key=bob)
+    ).assets
+    stranger = SigningKey.generate()
+    assert _refusal(
+        lambda: s.GetSupply(
+            api_pb2.GetSupplyRequest(), timeout=5, metadata=read_md(net, "GetSupply", key=stranger)
+        )
+    ) == (
+        code.PERMISSION_DENIED,
+        f"GetSupply: key {stranger.public_key.hex()[:16]} is not a key the ledger knows: "
+        "a member's operator key or the owner key of an account that is not frozen",
+    )
+    one = api_pb2.GetBlockRequest(height=1)
+    headers = s.GetBlock(one, timeout=5, metadata=read_md(net, "GetBlock", key=bob))
+    assert headers.block.header and not headers.block.batch.envelopes and not headers.results
+    full = s.GetBlock(one, timeout=5, metadata=read_md(net, "GetBlock", key=op_b))
+    assert full.block.header == headers.block.header and full.block.batch.envelopes and full.results
+    raw = fx.transfer([("alice", "bob", "USD.BANK-A", 1)])
+    submit_one(net, "BANK-C", raw)
+    ask = api_pb2.GetTransactionRequest(tx_id=tx_id(raw))
+    signed = s.GetTransaction(
+        ask, timeout=5, metadata=read_md(net, "GetTransaction", tx_id(raw).hex(), alice)
+    )
+    assert signed.envelope.SerializeToString() == raw
+    got = _refusal(
+        lambda: s.GetTransaction(
+            ask, timeout=5, metadata=read_md(net, "GetTransaction", tx_id(raw).hex(), bob)
+        )
+    )
+    assert got[0] == code.PERMISSION_DENIED and "did not sign transaction" in got[1]
