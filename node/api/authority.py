@@ -137,15 +137,20 @@ class ReadAuthority:
         return caller
 
     @staticmethod
-    def account_refused(caller: Caller) -> Abort:
-        """The refusal of an account the caller may not read; the same for one that does not
-        exist, so a caller learns nothing of an account that is not its own, not even whether
-        it exists (a member's operator sees every block, and is told NOT_FOUND instead)."""
-        return Abort(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{caller.short()} is neither the owner key of this account nor the operator key of the "
-            "bank that opened it",
-        )
+    def may_read_account(caller: Caller, found: tuple[bytes, str] | None, not_found: str) -> None:
+        """Refuse unless the caller may read an account: ``found`` is its (owner key, member id),
+        None when it does not exist. Every read of an account's contents (balances, and any
+        history or escrows of it) asks this. A caller learns nothing of an account that is not
+        its own, not even whether it exists: PERMISSION_DENIED either way. Only a member's
+        operator or node key, which sees every block anyway, is told NOT_FOUND (``not_found``)."""
+        if found is None and caller.member:
+            raise Abort(grpc.StatusCode.NOT_FOUND, not_found)
+        if found is None or (caller.public_key != found[0] and caller.operator_of != found[1]):
+            raise Abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{caller.short()} is neither the owner key of this account nor the operator key of "
+                "the bank that opened it",
+            )
 
 
 def header_view(block_reply: bytes) -> bytes:

@@ -133,10 +133,9 @@ class Queries:
         with self.node.read() as r:  # the account and its height: one snapshot
             acct = self.ledger.account(r, account_id)
             height = self.ledger.last_height(r)
-        if acct is None and caller.member:  # members see every block: existence is no secret
-            raise Abort(grpc.StatusCode.NOT_FOUND, f"no account {account_id!r} at height {height}")
-        if acct is None or (caller.public_key != acct.owner_key and caller.operator_of != acct.member_id):
-            raise self.authority.account_refused(caller)
+        found = (acct.owner_key, acct.member_id) if acct is not None else None
+        self.authority.may_read_account(caller, found, f"no account {account_id!r} at height {height}")
+        assert acct is not None
         out = api_pb2.Account(
             account_id=acct.account_id,
             member_id=acct.member_id,

@@ -25,6 +25,7 @@ from client.cli import run
 from client.models import Committed, NotAuthorized, NotFound, Rejected
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction
+from client.wallet import Wallet
 from ledger.crypto import SigningKey, load_key
 from ledger.v1 import api_pb2_grpc
 from tests.client.fakes import closed_port, forge_certificate
@@ -389,7 +390,7 @@ def _cli(consortium: Consortium, capsys: pytest.CaptureFixture[str], *argv: str)
 
 
 def test_ledgerctl_commands_and_error_paths(
-    consortium: Consortium, capsys: pytest.CaptureFixture[str]
+    consortium: Consortium, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     def ok(*argv: str) -> str:
         code, out, err = _cli(consortium, capsys, *argv)
@@ -447,6 +448,13 @@ def test_ledgerctl_commands_and_error_paths(
     ]:
         code, out, err = _cli(consortium, capsys, *argv)
         assert code == code_expected and message in out + err, (argv, code, out, err)
+    # Reads need a key that may read: a wallet with a stranger's key only, then no key at all.
+    elsewhere = ["--dir", str(tmp_path), "--genesis", str(consortium.genesis_path)]
+    code, out, err = _cli(consortium, capsys, *elsewhere, "balance", "cli-carol")
+    assert code == 7 and "reads need a key, and there is none" in err, (code, out, err)
+    Wallet(tmp_path / "wallet").create("stranger")
+    code, out, err = _cli(consortium, capsys, *elsewhere, "balance", "cli-carol")
+    assert code == 7 and "PERMISSION_DENIED" in err and "is neither the owner key" in err, (code, out, err)
 
 
 def test_the_package_docstring_example_runs(
