@@ -185,7 +185,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         relay_delay_ms=limits.view_change_timeout_ms // 5,
     )
     backfill = AttestationBackfill(
-        genesis, member.replica, crypto, store, log, reply_bytes_max=limits.peer_message_bytes_max
+        genesis, member.replica, crypto, store, log, reply_bytes_max=limits.peer_message_bytes_max, reader=key
     )
     api = LedgerApi(
         genesis,
