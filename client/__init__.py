@@ -14,7 +14,8 @@ tests/client/test_live.py)::
     wallet = Wallet(consortium / "wallet")
     alice, bob = wallet.create("example-alice").key, wallet.create("example-bob").key
 
-    with LedgerClient(consortium / "genesis.json", timeout_s=10) as ledger:
+    # reader: the key reads are made with (BANK-A's operator may read the accounts it opened).
+    with LedgerClient(consortium / "genesis.json", timeout_s=10, reader=bank_a) as ledger:
         for account, owner in (("ex-alice", alice), ("ex-bob", bob)):
             tx = ledger.tx.open_account("BANK-A", account, owner.public_key).signed_by(bank_a)
             print(ledger.submit(tx))
@@ -37,6 +38,7 @@ from client.models import (
     Committed,
     Indefinite,
     LedgerError,
+    NotAuthorized,
     NotFound,
     Outcome,
     Pending,
@@ -58,6 +60,7 @@ __all__ = [
     "LedgerClient",
     "LedgerError",
     "LegSpec",
+    "NotAuthorized",
     "NotFound",
     "Outcome",
     "Pending",

@@ -45,7 +45,8 @@ from client.sdk import (
 )
 from client.tx import Transaction, TxBuilder
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_receipt
-from ledger import tls
+from ledger import readtoken, tls
+from ledger.crypto import SigningKey
 from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
@@ -57,7 +58,8 @@ CAREFUL_SUBMITS_MAX = 16  # submit_many: one-by-one submits in flight at once
 
 
 class AsyncLedgerClient:
-    """Asynchronous client of a consortium's LedgerService nodes (see LedgerClient)."""
+    """Asynchronous client of a consortium's LedgerService nodes (see LedgerClient; ``reader``
+    and each read's ``as_key`` as there)."""
 
     def __init__(
         self,
@@ -67,9 +69,11 @@ class AsyncLedgerClient:
         timeout_s: float = 10.0,
         call_timeout_s: float = 2.0,
         receipt_wait_s: float = 3.0,
+        reader: SigningKey | None = None,
         insecure: bool = False,
     ) -> None:
         self.genesis = genesis if isinstance(genesis, Genesis) else load_genesis(Path(genesis))
+        self.reader = reader
         # TLS, trusting the CAs genesis lists (ledger/tls.py); plaintext only to debug.
         self.insecure = insecure
         if not insecure:
@@ -98,6 +102,10 @@ class AsyncLedgerClient:
             stub = api_pb2_grpc.LedgerServiceStub(channel)
             self._stubs[endpoint] = stub
         return stub
+
+    def _read_md(self, as_key: SigningKey | None, method: str, scope: str) -> tuple[tuple[str, bytes], ...]:
+        """Call metadata with a fresh read token by ``as_key`` or the client's reader."""
+        return readtoken.metadata(as_key or self.reader, self.genesis.chain_id, method, scope)
 
     def _order(self) -> list[str]:
         self._first += 1
@@ -292,12 +300,15 @@ class AsyncLedgerClient:
             pass  # whatever is unsettled is retried one by one
         return settled
 
-    async def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
+    async def transaction(
+        self, tx_id: bytes, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> TransactionInfo:
         """A committed transaction with its verified receipt (see LedgerClient.transaction)."""
 
         async def call(stub: Stub, t: float) -> TransactionInfo:
             req = api_pb2.GetTransactionRequest(tx_id=tx_id, include_pending=True)
-            resp = await stub.GetTransaction(req, timeout=t)
+            md = self._read_md(as_key, "GetTransaction", readtoken.tx_scope(tx_id))
+            resp = await stub.GetTransaction(req, timeout=t, metadata=md)
             return check_transaction(self.genesis, tx_id, resp)
 
         endpoint, info = await self._query("transaction", call, timeout_s)
@@ -309,6 +320,7 @@ class AsyncLedgerClient:
         *,
         confirmations: int = 1,
         min_height: int = 0,
+        as_key: SigningKey | None = None,
         timeout_s: float | None = None,
     ) -> AccountInfo:
         """An account and its balances as of ``AccountInfo.height``; with ``confirmations`` =
@@ -317,7 +329,8 @@ class AsyncLedgerClient:
 
         async def call(stub: Stub, t: float) -> AccountInfo:
             req = api_pb2.GetAccountRequest(account_id=account_id, min_height=min_height)
-            return AccountInfo.from_proto(await stub.GetAccount(req, timeout=t))
+            md = self._read_md(as_key, "GetAccount", account_id)
+            return AccountInfo.from_proto(await stub.GetAccount(req, timeout=t, metadata=md))
 
         what = f"account {account_id!r}"
         if confirmations <= 1:
@@ -330,11 +343,12 @@ class AsyncLedgerClient:
         *,
         confirmations: int = 1,
         min_height: int = 0,
+        as_key: SigningKey | None = None,
         timeout_s: float | None = None,
     ) -> dict[str, BalanceInfo]:
         """The account's balances by asset."""
         acc = await self.account(
-            account_id, confirmations=confirmations, min_height=min_height, timeout_s=timeout_s
+            account_id, confirmations=confirmations, min_height=min_height, as_key=as_key, timeout_s=timeout_s
         )
         return {b.asset: b for b in acc.balances}
 
@@ -368,32 +382,47 @@ class AsyncLedgerClient:
                 raise state.final_error()
             await asyncio.sleep(state.next_backoff_s(remaining))  # nodes at different heights
 
-    async def block(self, height: int, *, timeout_s: float | None = None) -> VerifiedBlock:
-        """The certified block at ``height``, verified against the genesis keys."""
+    async def block(
+        self, height: int, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> VerifiedBlock:
+        """The certified block at ``height``, verified against the genesis keys (without bodies
+        for a reader that is not a member's operator: see LedgerClient.block)."""
 
         async def call(stub: Stub, t: float) -> VerifiedBlock:
-            resp = await stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=t)
+            md = self._read_md(as_key, "GetBlock", readtoken.SCOPE_ALL)
+            resp = await stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=t, metadata=md)
             return check_block(self.genesis, height, resp)
 
         return (await self._query(f"block {height}", call, timeout_s))[1]
 
     async def blocks(
-        self, from_height: int, max_blocks: int = BLOCKS_PER_CALL, *, timeout_s: float | None = None
+        self,
+        from_height: int,
+        max_blocks: int = BLOCKS_PER_CALL,
+        *,
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
     ) -> BlockRange:
         """Consecutive verified blocks from ``from_height`` (see LedgerClient.blocks)."""
 
         async def call(stub: Stub, t: float) -> BlockRange:
             req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks)
-            return check_blocks(self.genesis, from_height, await stub.GetBlocks(req, timeout=t))
+            md = self._read_md(as_key, "GetBlocks", readtoken.SCOPE_ALL)
+            return check_blocks(self.genesis, from_height, await stub.GetBlocks(req, timeout=t, metadata=md))
 
         return (await self._query(f"blocks from {from_height}", call, timeout_s))[1]
 
-    async def supply(self, *, min_height: int = 0, timeout_s: float | None = None) -> Supply:
+    async def supply(
+        self, *, min_height: int = 0, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> Supply:
         """Per-asset minted, redeemed and outstanding amounts as of ``Supply.height``
         (node-local read); ``min_height`` as in ``account``."""
 
         async def call(stub: Stub, t: float) -> api_pb2.GetSupplyResponse:
-            return await stub.GetSupply(api_pb2.GetSupplyRequest(min_height=min_height), timeout=t)
+            md = self._read_md(as_key, "GetSupply", readtoken.SCOPE_ALL)
+            return await stub.GetSupply(
+                api_pb2.GetSupplyRequest(min_height=min_height), timeout=t, metadata=md
+            )
 
         return Supply.from_proto((await self._query("supply", call, timeout_s))[1])
 

@@ -6,6 +6,11 @@ by public key in the wallet (--wallet, default DIR/wallet) and in DIR/keys (bank
 of a local consortium), so `ledgerctl mint 100.00 USD.BANK-A --to alice --ref dep-1` signs with
 BANK-A's operator key and a transfer signs with the debited owners' keys, without naming them.
 Every receipt is verified against the genesis keys before it is shown as committed.
+
+Reads need a key too (docs/ARCHITECTURE.md, "Who may read"), found the same way: `balance ACCOUNT`
+reads with the owner's key if the wallet has it (a key labelled like the account first), else
+with its bank's operator key from DIR/keys; `supply`, `block` and `tx` read with an operator key
+from DIR/keys if there is one, else with the wallet's keys.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from client import cli_output as out
 from client.amounts import AmountError, find_asset, parse_amount
 from client.cli_parser import build_parser
 from client.models import (
+    AccountInfo,
     Committed,
     Indefinite,
     LedgerError,
+    NotAuthorized,
     NotFound,
     Outcome,
     Rejected,
@@ -45,6 +53,9 @@ EXIT_NOT_FOUND = 3  # unknown account, transaction or block
 EXIT_INDEFINITE = 4  # no node confirmed in time: may still commit, resubmitting is safe
 EXIT_UNVERIFIED = 5  # nodes answered, but no answer verified against the genesis keys
 EXIT_REJECTED = 6  # the nodes' stateless checks refused the envelope (never admitted)
+EXIT_NOT_AUTHORIZED = 7  # the nodes refused the read: no key at hand may read it
+
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -105,6 +116,45 @@ class Context:
                 return found.key
         return None
 
+    def _keys(self) -> list[tuple[str, SigningKey]]:
+        return [(k.label, k.key) for w in self.key_wallets for k in w.key_files()]
+
+    def read_with(self, what: str, read: Callable[[SigningKey], T], keys: Sequence[SigningKey]) -> T:
+        """``read`` with the first of ``keys`` the nodes let read it (NotAuthorized: the next)."""
+        refused: NotAuthorized | None = None
+        for key in keys:
+            try:
+                return read(key)
+            except NotAuthorized as exc:
+                refused = exc
+        if refused is None:
+            dirs = ", ".join(str(w.directory) for w in self.key_wallets)
+            raise CliError(EXIT_NOT_AUTHORIZED, f"{what}: reads need a key, and there is none in {dirs}")
+        raise refused
+
+    def operator_first(self) -> list[SigningKey]:
+        """Members' operator keys at hand (they may read supply, whole blocks, any transaction),
+        then the others."""
+        operators = {m.operator_key for m in self.genesis.members}
+        keys = [k for _, k in self._keys()]
+        return [k for k in keys if k.public_key in operators] + [
+            k for k in keys if k.public_key not in operators
+        ]
+
+    def account(self, account_id: str, confirmations: int = 1) -> AccountInfo:
+        """Read an account with its owner's key if the wallets have it, else its bank's
+        operator key (the keys are tried in that order: the owner is not known before)."""
+        operators = {m.operator_key for m in self.genesis.members}
+        keys = self._keys()
+        owners = [k for label, k in keys if label == account_id and k.public_key not in operators]
+        owners += [k for label, k in keys if label != account_id and k.public_key not in operators]
+        ordered = owners + [k for _, k in keys if k.public_key in operators]
+        return self.read_with(
+            f"account {account_id!r}",
+            lambda key: self.client.account(account_id, confirmations=confirmations, as_key=key),
+            ordered,
+        )
+
     def money(self, amount: str, asset_name: str) -> tuple[str, int]:
         asset = find_asset(self.genesis, asset_name)
         return asset.asset, parse_amount(amount, asset.scale, self.genesis.limits.amount_max)
@@ -128,11 +178,11 @@ def _required_keys(ctx: Context, tx: Transaction) -> list[tuple[str, bytes]]:
         assert issuer is not None  # genesis ties every asset to a member
         return [(f"operator of {issuer.member_id}", issuer.operator_key)]
     if kind == "set_frozen":
-        bank = g.member(ctx.client.account(body.set_frozen.account_id).member_id)
+        bank = g.member(ctx.account(body.set_frozen.account_id).member_id)
         if bank is None:
             raise CliError(EXIT_USAGE, "the account's bank is not in genesis")
         return [(f"operator of {bank.member_id}", bank.operator_key)]
-    return [(f"owner of {a}", ctx.client.account(a).owner_key) for a in debited_accounts(body)]
+    return [(f"owner of {a}", ctx.account(a).owner_key) for a in debited_accounts(body)]
 
 
 def _sign(ctx: Context, tx: Transaction, labels: Sequence[str], partial: bool) -> Transaction:
@@ -284,7 +334,7 @@ def cmd_escrow(ctx: Context, args: argparse.Namespace) -> int:
         tx = b.escrow_void(args.escrow, memo=args.memo)
     # The body names only the escrow id: the signer is the owner of the --by account.
     if not args.key:
-        owner = ctx.client.account(args.by).owner_key
+        owner = ctx.account(args.by).owner_key
         key = ctx.key_by_public(owner)
         if key is None:
             raise CliError(EXIT_USAGE, f"no key for the owner of {args.by} in the wallet; pass --key LABEL")
@@ -295,7 +345,7 @@ def cmd_escrow(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_balance(ctx: Context, args: argparse.Namespace) -> int:
     if not 1 <= args.confirmations <= len(ctx.client.endpoints):
         raise CliError(EXIT_USAGE, f"--confirmations must be 1..{len(ctx.client.endpoints)}")
-    accounts = [ctx.client.account(a, confirmations=args.confirmations) for a in args.accounts]
+    accounts = [ctx.account(a, args.confirmations) for a in args.accounts]
     out.print_accounts(accounts, ctx.genesis, ctx.as_json)
     return EXIT_OK
 
@@ -311,7 +361,12 @@ def _tx_id(text: str) -> bytes:
 
 
 def cmd_tx(ctx: Context, args: argparse.Namespace) -> int:
-    info = ctx.client.transaction(_tx_id(args.tx_id))
+    tx_id = _tx_id(args.tx_id)
+    info = ctx.read_with(
+        f"transaction {tx_id.hex()}",
+        lambda key: ctx.client.transaction(tx_id, as_key=key),
+        ctx.operator_first(),
+    )
     out.print_outcome(info.committed, ctx.as_json)
     if info.transaction is not None and not ctx.as_json:
         print(
@@ -323,7 +378,10 @@ def cmd_tx(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_block(ctx: Context, args: argparse.Namespace) -> int:
     if args.height < 1:
         raise CliError(EXIT_USAGE, "block heights start at 1")
-    out.print_block(ctx.client.block(args.height), ctx.as_json)
+    block = ctx.read_with(
+        f"block {args.height}", lambda key: ctx.client.block(args.height, as_key=key), ctx.operator_first()
+    )
+    out.print_block(block, ctx.as_json)
     return EXIT_OK
 
 
@@ -334,7 +392,8 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_supply(ctx: Context, args: argparse.Namespace) -> int:
-    out.print_supply(ctx.client.supply(), ctx.as_json)
+    supply = ctx.read_with("supply", lambda key: ctx.client.supply(as_key=key), ctx.operator_first())
+    out.print_supply(supply, ctx.as_json)
     return EXIT_OK
 
 
@@ -404,6 +463,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         code, message = EXIT_USAGE, str(exc)
     except NotFound as exc:
         code, message = EXIT_NOT_FOUND, str(exc)
+    except NotAuthorized as exc:
+        code, message = EXIT_NOT_AUTHORIZED, f"{exc}; reads need the owner's key or its bank's operator key"
     except Unreachable as exc:
         code, message = (
             EXIT_INDEFINITE,

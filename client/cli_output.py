@@ -209,6 +209,8 @@ def block_doc(b: VerifiedBlock) -> dict[str, Any]:
         "commit_signers": list(b.block.commit_signers),
         "attested_by": list(b.attested.signers) if b.attested else [],
         "state_root": b.attested.state_root.hex() if b.attested else None,
+        "tx_count": h.tx_count,
+        "bodies": b.bodies,  # False: served without its transactions (not an operator's key)
         "transactions": [
             {
                 "tx_id": tx_id.hex(),
@@ -233,6 +235,11 @@ def print_block(b: VerifiedBlock, as_json: bool) -> None:
     print(f"  timestamp   {doc['timestamp_ms']} ms")
     if doc["state_root"]:
         print(f"  state root  {doc['state_root']} (attested by {doc['attested_by']})")
+    if not b.bodies:
+        print(
+            f"  {doc['tx_count']} transactions, not shown: the node serves bodies to members' operator keys"
+        )
+        return
     table(
         ["#", "tx", "result"],
         [[i, t["tx_id"], t["result"] or "-"] for i, t in enumerate(doc["transactions"])],

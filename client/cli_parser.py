@@ -14,6 +14,8 @@ EXIT_CODES_HELP = """exit codes:
   4  no confirmation in time or no node reachable: may still commit; resubmitting is safe
   5  nodes answered but nothing verified against the genesis keys (lying node?)
   6  rejected by the nodes' checks before consensus (bad signature, wrong chain, ...)
+  7  the nodes refused the read: no key at hand may read it (an account: its owner's key
+     or its bank's operator key, from --wallet or DIR/keys)
 
 examples:
   ledgerctl --dir consortium keys new alice

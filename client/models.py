@@ -34,6 +34,15 @@ class Unreachable(LedgerError):
         self.errors = errors
 
 
+class NotAuthorized(LedgerError):
+    """The nodes refused the read: no read key was given (UNAUTHENTICATED), or the key may not
+    read this (PERMISSION_DENIED: docs/ARCHITECTURE.md, "Who may read"). The message is theirs."""
+
+    def __init__(self, message: str, errors: tuple[str, ...] = ()) -> None:
+        super().__init__(message if not errors else f"{message} ({'; '.join(errors[-2:])})")
+        self.errors = errors
+
+
 class Unverified(LedgerError):
     """Nodes answered, but no answer verified against the genesis keys (lying nodes)."""
 

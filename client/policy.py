@@ -22,7 +22,16 @@ from typing import Generic, TypeVar
 import grpc
 import grpc.aio
 
-from client.models import Committed, Indefinite, NotFound, Pending, Rejected, Unreachable, Unverified
+from client.models import (
+    Committed,
+    Indefinite,
+    NotAuthorized,
+    NotFound,
+    Pending,
+    Rejected,
+    Unreachable,
+    Unverified,
+)
 from client.verify import ReceiptError
 
 # The node's stateless checks refused the envelope itself: deterministic at every honest node.
@@ -41,6 +50,8 @@ BACKOFF_S_MAX = 1.0
 RECEIPT_REPLY_GRACE_S = 0.5  # beyond the node's own wait, for its answer to reach us
 UNRESPONSIVE_S = 10.0  # a node that timed out or was unreachable is tried last this long
 UNRESPONSIVE = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
+# A read the nodes refused for want of authority (docs/ARCHITECTURE.md, "Who may read").
+NOT_AUTHORIZED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -187,6 +198,7 @@ class AgreementState(Generic[T]):
         self.needed = needed
         self.answers: dict[str, T | None] = {}
         self.errors: list[str] = []
+        self.denied = 0
         self.backoff_s = BACKOFF_S_MIN
 
     def answered(self, endpoint: str, answer: T) -> None:
@@ -196,6 +208,7 @@ class AgreementState(Generic[T]):
         if status_code(exc) == grpc.StatusCode.NOT_FOUND:
             self.answers[endpoint] = None
         else:
+            self.denied += status_code(exc) in NOT_AUTHORIZED
             self.answers.pop(endpoint, None)
             self.errors.append(describe(endpoint, self.what, exc))
 
@@ -215,6 +228,8 @@ class AgreementState(Generic[T]):
         return max(wait, 0.0)
 
     def final_error(self) -> Exception:
+        if self.denied and not self.answers:
+            return NotAuthorized(f"{self.what}: the nodes refused the read", tuple(self.errors))
         if len(self.answers) >= self.needed:
             return Unverified(
                 f"{self.what}: {len(self.answers)} nodes answered but fewer than {self.needed} agree",
@@ -232,6 +247,7 @@ class QueryState:
         self.not_found = 0
         self.pending: list[str] = []  # nodes that hold it, not executed yet
         self.unverified = 0
+        self.denied = 0  # nodes that refused the read for want of authority
 
     def pending_at(self, endpoint: str) -> None:
         self.pending.append(endpoint)
@@ -239,6 +255,7 @@ class QueryState:
     def rpc_failed(self, endpoint: str, exc: grpc.RpcError) -> None:
         if status_code(exc) == grpc.StatusCode.NOT_FOUND:
             self.not_found += 1
+        self.denied += status_code(exc) in NOT_AUTHORIZED
         self.errors.append(describe(endpoint, self.what, exc))
 
     def did_not_verify(self, endpoint: str, exc: ReceiptError) -> None:
@@ -252,6 +269,8 @@ class QueryState:
             return Pending(f"{self.what}: pending (admitted, not executed yet) at {', '.join(self.pending)}")
         if self.not_found:
             return NotFound(f"{self.what}: not found ({'; '.join(self.errors[-2:])})")
+        if self.denied:
+            return NotAuthorized(f"{self.what}: the nodes refused the read", tuple(self.errors))
         if self.unverified:
             return Unverified(f"{self.what}: no node gave an answer that verifies", tuple(self.errors))
         return Unreachable(f"{self.what}: no node answered", tuple(self.errors))

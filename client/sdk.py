@@ -53,7 +53,8 @@ from client.policy import (
 )
 from client.tx import Transaction, TxBuilder, TxBuildError
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_block, verify_receipt
-from ledger import tls
+from ledger import readtoken, tls
+from ledger.crypto import SigningKey
 from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
@@ -138,6 +139,13 @@ class LedgerClient:
     Every channel is TLS and verifies the node against the CA certificates in genesis: an
     endpoint genesis lists must present its member's certificate, any other endpoint one of
     some member's CA (ledger/tls.py). ``insecure=True`` dials plaintext, to debug only.
+
+    ``reader`` is the key reads are made with (a fresh read token per call; docs/PROTOCOL.md,
+    section 10): an account's owner key or its bank's operator key for ``account``, any key the
+    ledger knows for ``supply`` and block headers, a member's operator key for block bodies, a
+    signer's for ``transaction``. Each read also takes ``as_key`` to use another key for that
+    call. Without a key the nodes refuse reads (NotAuthorized). Receipts of submitted
+    transactions need none: the tx_id is the submitter's handle.
     """
 
     def __init__(
@@ -148,9 +156,11 @@ class LedgerClient:
         timeout_s: float = 10.0,
         call_timeout_s: float = 2.0,
         receipt_wait_s: float = 3.0,
+        reader: SigningKey | None = None,
         insecure: bool = False,
     ) -> None:
         self.genesis = genesis if isinstance(genesis, Genesis) else load_genesis(Path(genesis))
+        self.reader = reader
         # TLS, trusting the CAs genesis lists (ledger/tls.py); plaintext only to debug.
         self.insecure = insecure
         if not insecure:
@@ -181,6 +191,10 @@ class LedgerClient:
             stub = api_pb2_grpc.LedgerServiceStub(channel)
             self._stubs[endpoint] = stub
         return stub
+
+    def _read_md(self, as_key: SigningKey | None, method: str, scope: str) -> tuple[tuple[str, bytes], ...]:
+        """Call metadata with a fresh read token by ``as_key`` or the client's reader."""
+        return readtoken.metadata(as_key or self.reader, self.genesis.chain_id, method, scope)
 
     def _order(self) -> list[str]:
         self._first += 1
@@ -381,22 +395,28 @@ class LedgerClient:
             pass  # whatever is unsettled is retried one by one
         return settled
 
-    def wait(self, tx_id: bytes, *, timeout_s: float | None = None) -> Committed | None:
+    def wait(
+        self, tx_id: bytes, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> Committed | None:
         """The verified receipt of ``tx_id`` if it is committed (asks nodes in turn), else None."""
         try:
-            return self.transaction(tx_id, timeout_s=timeout_s).committed
+            return self.transaction(tx_id, as_key=as_key, timeout_s=timeout_s).committed
         except NotFound:
             return None
 
     # --- queries --------------------------------------------------------------------------
 
-    def transaction(self, tx_id: bytes, *, timeout_s: float | None = None) -> TransactionInfo:
+    def transaction(
+        self, tx_id: bytes, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> TransactionInfo:
         """A committed transaction with its verified receipt. NotFound if no node has it;
-        Pending (a NotFound) if none has executed it and one holds it, not executed yet."""
+        Pending (a NotFound) if none has executed it and one holds it, not executed yet. Read
+        with a key that signed it, or a member's operator key."""
 
         def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> TransactionInfo:
             req = api_pb2.GetTransactionRequest(tx_id=tx_id, include_pending=True)
-            resp = stub.GetTransaction(req, timeout=t)
+            md = self._read_md(as_key, "GetTransaction", readtoken.tx_scope(tx_id))
+            resp = stub.GetTransaction(req, timeout=t, metadata=md)
             return check_transaction(self.genesis, tx_id, resp)
 
         endpoint, info = self._query("transaction", call, timeout_s)
@@ -408,6 +428,7 @@ class LedgerClient:
         *,
         confirmations: int = 1,
         min_height: int = 0,
+        as_key: SigningKey | None = None,
         timeout_s: float | None = None,
     ) -> AccountInfo:
         """An account and its balances, as of ``AccountInfo.height``. NotFound for an unknown
@@ -418,13 +439,15 @@ class LedgerClient:
         one (one of them is honest); nodes at different heights may need a moment to agree.
         ``min_height``: a reading no older than that height (a node below it waits a little for
         it, then refuses, and the next node is asked): read your own writes by passing the
-        height of your transaction's receipt.
+        height of your transaction's receipt. Read with the account's owner key or its bank's
+        operator key (``as_key``, else the client's reader); NotAuthorized otherwise.
         """
         what = f"account {account_id!r}"
 
         def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> AccountInfo:
             req = api_pb2.GetAccountRequest(account_id=account_id, min_height=min_height)
-            return AccountInfo.from_proto(stub.GetAccount(req, timeout=t))
+            md = self._read_md(as_key, "GetAccount", account_id)
+            return AccountInfo.from_proto(stub.GetAccount(req, timeout=t, metadata=md))
 
         if confirmations <= 1:
             return self._query(what, call, timeout_s)[1]
@@ -436,11 +459,12 @@ class LedgerClient:
         *,
         confirmations: int = 1,
         min_height: int = 0,
+        as_key: SigningKey | None = None,
         timeout_s: float | None = None,
     ) -> dict[str, BalanceInfo]:
         """The account's balances by asset (see ``account`` for the options)."""
         acc = self.account(
-            account_id, confirmations=confirmations, min_height=min_height, timeout_s=timeout_s
+            account_id, confirmations=confirmations, min_height=min_height, as_key=as_key, timeout_s=timeout_s
         )
         return {b.asset: b for b in acc.balances}
 
@@ -473,35 +497,53 @@ class LedgerClient:
                 raise state.final_error()
             time.sleep(state.next_backoff_s(remaining))  # nodes at different heights: ask again
 
-    def block(self, height: int, *, timeout_s: float | None = None) -> VerifiedBlock:
-        """The certified block at ``height``, verified against the genesis keys."""
+    def block(
+        self, height: int, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> VerifiedBlock:
+        """The certified block at ``height``, verified against the genesis keys. With a key
+        that is not a member's operator key, the node serves it without bodies
+        (``VerifiedBlock.bodies`` False: header, certificate, attestations)."""
 
         def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> VerifiedBlock:
-            return check_block(
-                self.genesis, height, stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=t)
-            )
+            md = self._read_md(as_key, "GetBlock", readtoken.SCOPE_ALL)
+            resp = stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=t, metadata=md)
+            return check_block(self.genesis, height, resp)
 
         return self._query(f"block {height}", call, timeout_s)[1]
 
     def blocks(
-        self, from_height: int, max_blocks: int = BLOCKS_PER_CALL, *, timeout_s: float | None = None
+        self,
+        from_height: int,
+        max_blocks: int = BLOCKS_PER_CALL,
+        *,
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
     ) -> BlockRange:
         """Up to ``max_blocks`` consecutive certified blocks from ``from_height``, each verified
         against the genesis keys, from one node (GetBlocks: it may send fewer, to stay under
-        its reply size; go on from ``next_height``). Empty past the node's head."""
+        its reply size; go on from ``next_height``). Empty past the node's head. Bodies as in
+        ``block``."""
 
         def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> BlockRange:
             req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks)
-            return check_blocks(self.genesis, from_height, stub.GetBlocks(req, timeout=t))
+            md = self._read_md(as_key, "GetBlocks", readtoken.SCOPE_ALL)
+            return check_blocks(self.genesis, from_height, stub.GetBlocks(req, timeout=t, metadata=md))
 
         return self._query(f"blocks from {from_height}", call, timeout_s)[1]
 
-    def supply(self, *, min_height: int = 0, timeout_s: float | None = None) -> Supply:
+    def supply(
+        self, *, min_height: int = 0, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> Supply:
         """Per-asset minted, redeemed and outstanding amounts as of ``Supply.height`` (node-local
-        read); ``min_height`` as in ``account``."""
+        read); ``min_height`` as in ``account``. Any key the ledger knows may read it."""
         req = api_pb2.GetSupplyRequest(min_height=min_height)
-        _, resp = self._query("supply", lambda stub, t: stub.GetSupply(req, timeout=t), timeout_s)
-        return Supply.from_proto(resp)
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> api_pb2.GetSupplyResponse:
+            md = self._read_md(as_key, "GetSupply", readtoken.SCOPE_ALL)
+            resp: api_pb2.GetSupplyResponse = stub.GetSupply(req, timeout=t, metadata=md)
+            return resp
+
+        return Supply.from_proto(self._query("supply", call, timeout_s)[1])
 
     def status(self, endpoint: str | None = None, *, timeout_s: float | None = None) -> NodeStatusInfo:
         """One node's status (the given endpoint, else the first that answers)."""

@@ -98,6 +98,9 @@ class VerifiedBlock:
     tx_ids: tuple[bytes, ...]
     results: tuple[tx_pb2.TxResult, ...]  # empty when the node sent none
     attested: Attested | None
+    # False for a block served without its batch and results (a reader that is not a member's
+    # operator: docs/ARCHITECTURE.md, "Who may read"): only the header is verified.
+    bodies: bool = True
 
 
 _M = TypeVar("_M", tx_pb2.BlockHeader, tx_pb2.TxResult)
@@ -337,6 +340,13 @@ def verify_block(genesis: Genesis, response: api_pb2.GetBlockResponse) -> Verifi
     block = verify_certificate(genesis, cb.header, cb.certificate)
     header = block.header
     envelopes = tuple(bytes(e) for e in cb.batch.envelopes)
+    attested: Attested | None = None
+    if response.attestations:
+        attested = verify_attestations(genesis, header.height, block.digest, response.attestations)
+    if not envelopes and not response.results and header.tx_count:  # served without bodies
+        return VerifiedBlock(
+            block=block, envelopes=(), tx_ids=(), results=(), attested=attested, bodies=False
+        )
     if len(envelopes) != header.tx_count:
         raise ReceiptError("bad_batch", f"{len(envelopes)} envelopes, header says {header.tx_count}")
     try:
@@ -347,14 +357,9 @@ def verify_block(genesis: Genesis, response: api_pb2.GetBlockResponse) -> Verifi
         raise ReceiptError("bad_batch", "the batch's tx ids do not match header.tx_root")
     if batch_hash(envelopes) != header.batch_hash:
         raise ReceiptError("bad_batch", "the batch's envelopes do not match header.batch_hash")
-    attested: Attested | None = None
     results: tuple[tx_pb2.TxResult, ...] = tuple(response.results)
-    if response.attestations:
-        attested = verify_attestations(genesis, header.height, block.digest, response.attestations)
-        if results:
-            leaves = [r.SerializeToString(deterministic=True) for r in results]
-            if merkle.root(leaves) != attested.results_root:
-                raise ReceiptError(
-                    "bad_results", "the block's results do not match the attested results_root"
-                )
+    if attested is not None and results:
+        leaves = [r.SerializeToString(deterministic=True) for r in results]
+        if merkle.root(leaves) != attested.results_root:
+            raise ReceiptError("bad_results", "the block's results do not match the attested results_root")
     return VerifiedBlock(block=block, envelopes=envelopes, tx_ids=tx_ids, results=results, attested=attested)

@@ -21,6 +21,7 @@ from nacl.signing import SigningKey as _NaclSigningKey
 
 DOMAIN_TX = b"consortium-ledger/tx/v1"
 DOMAIN_CONSENSUS = b"consortium-ledger/consensus/v1"
+DOMAIN_READ = b"consortium-ledger/read/v1"  # read tokens (ledger/readtoken.py)
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64

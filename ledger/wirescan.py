@@ -10,6 +10,12 @@ re-serializing it.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+# bytes, or a memoryview of them: fields come back as slices of the same kind (a memoryview's
+# slices are not copies).
+B = TypeVar("B", bytes, memoryview)
+
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 # A message this small may be parsed by protobuf (in C, several times faster than this scan)
@@ -26,7 +32,7 @@ class TooManyError(ScanError):
     """Well-formed as far as it was read, but with more entries than the caller allows."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     end = len(data)
     while True:
@@ -42,11 +48,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise ScanError("varint longer than 10 bytes")
 
 
-def length_fields(data: bytes, count_max: int) -> list[tuple[int, bytes]]:
-    """(field number, bytes) of each length-delimited field of ``data``, in wire order; other
-    wire types are skipped. ScanError on malformed input or past ``count_max`` fields of any
-    kind (so the work is bounded by the caller, not the sender)."""
-    out: list[tuple[int, bytes]] = []
+def length_fields(data: B, count_max: int, wanted: frozenset[int] | None = None) -> list[tuple[int, B]]:
+    """(field number, bytes) of each length-delimited field of ``data`` (of those ``wanted``
+    only: the others are skipped without a copy), in wire order; other wire types are skipped.
+    ScanError on malformed input or past ``count_max`` fields of any kind (so the work is
+    bounded by the caller, not the sender)."""
+    out: list[tuple[int, B]] = []
     pos, end, seen = 0, len(data), 0
     while pos < end:
         seen += 1
@@ -60,7 +67,8 @@ def length_fields(data: bytes, count_max: int) -> list[tuple[int, bytes]]:
             size, pos = _varint(data, pos)
             if pos + size > end:
                 raise ScanError("length past the end")
-            out.append((field, data[pos : pos + size]))
+            if wanted is None or field in wanted:
+                out.append((field, data[pos : pos + size]))
             pos += size
         elif wire == _WIRE_VARINT:
             _, pos = _varint(data, pos)
@@ -75,10 +83,10 @@ def length_fields(data: bytes, count_max: int) -> list[tuple[int, bytes]]:
     return out
 
 
-def repeated_bytes(data: bytes, field: int, count_max: int) -> list[bytes]:
+def repeated_bytes(data: B, field: int, count_max: int) -> list[B]:
     """The entries of a message made of one repeated bytes (or message) field, exactly as sent.
     ScanError when malformed, when another field is present, or past ``count_max`` entries."""
-    entries: list[bytes] = []
+    entries: list[B] = []
     for number, value in length_fields(data, count_max):
         if number != field:
             raise ScanError(f"unexpected field {number}")
@@ -86,7 +94,7 @@ def repeated_bytes(data: bytes, field: int, count_max: int) -> list[bytes]:
     return entries
 
 
-def singular_fields(data: bytes, fields_max: int = 16) -> dict[int, bytes]:
-    """The length-delimited fields of a small message by number (the last one wins, as in
-    protobuf); ScanError when malformed or with more than ``fields_max`` fields."""
-    return dict(length_fields(data, fields_max))
+def singular_fields(data: B, fields_max: int = 16, wanted: frozenset[int] | None = None) -> dict[int, B]:
+    """The length-delimited fields (``wanted`` ones only) of a small message by number (the last
+    one wins, as in protobuf); ScanError when malformed or with more than ``fields_max`` fields."""
+    return dict(length_fields(data, fields_max, wanted))

@@ -197,6 +197,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         store,
         log,
         reply_bytes_max=limits.peer_message_bytes_max,
+        reader=key,
         dial=security.dial,
     )
     api = LedgerApi(
@@ -216,13 +217,19 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     metrics = start_metrics(config, genesis, driver, replica, links, lmdb_store, log)
 
     peer_bytes = limits.peer_message_bytes_max
-    replica_server = grpc.aio.server(options=server_options(limits, peer_bytes, peer_bytes, connections_max))
+    replica_server = grpc.aio.server(
+        options=server_options(
+            limits, peer_bytes, peer_bytes, connections_max, limits.peer_streams_per_connection_max
+        )
+    )
     replica_server.add_generic_rpc_handlers(
         (ReplicaServer(genesis, limits, _Inbound(driver, api), log, security.peer_auth(log)).handler(),)
     )
     # Client requests are bounded tightly; replies (a whole block) may be as large as a peer's.
     api_server = grpc.aio.server(
-        options=server_options(limits, limits.message_bytes_max, peer_bytes, connections_max)
+        options=server_options(
+            limits, limits.message_bytes_max, peer_bytes, connections_max, limits.streams_per_connection_max
+        )
     )
     api_server.add_generic_rpc_handlers((api.handler(),))
     health = HealthServicer()

@@ -60,6 +60,10 @@ REJECTED_SOURCES_MAX = 1_000  # sources whose record is kept (the most recent)
 # SOURCE_RECORD_WINDOW events, so the record is of the recent past.
 PENALTY_REJECTED_MIN = 100
 SOURCE_RECORD_WINDOW = 2_000
+SOURCE_RECORD_UNIT_BYTES = 64 << 10
+# A penalized connection is served at this many units a second at most (200 votes, or 12.8 MB of
+# oversized messages), one event at a time.
+PENALTY_UNITS_PER_S = 200
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
@@ -203,13 +207,14 @@ class Driver:
         self.genesis_root = genesis_root
         with store.read() as r:
             self.head = blocks.read_head(r, genesis_root)
-        self._events: FairQueue[tuple[Hashable, Event]] = FairQueue(
+        self._events: FairQueue[tuple[Hashable, Event, int]] = FairQueue(
             SOURCE_EVENTS_MAX, SOURCE_EVENT_BYTES_MAX, EVENT_BYTES_MAX
         )
         self._wake = asyncio.Event()  # set when an event is queued
         self._room = asyncio.Event()  # set when the loop took events (sources may have room)
         self.sources: dict[Hashable, SourceRecord] = {}  # peer connections: what they sent lately
-        self._penalized: dict[Hashable, int] = {}  # source -> events per group (FairQueue caps)
+        # Penalized peer connections -> when (monotonic s) each may be served its next event.
+        self._penalized: dict[Hashable, float] = {}
         self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self._fetching = False
         self._fetch_rounds = 0
@@ -261,7 +266,7 @@ class Driver:
     def _enqueue(self, event: Event, counter: str, source: Hashable = INTERNAL, size: int = 0) -> bool:
         if self._stopped:
             return False
-        if not self._events.put(source, (source, event), size):
+        if not self._events.put(source, (source, event, size), size):
             self.log.count(counter)
             return False
         self._wake.set()
@@ -279,7 +284,7 @@ class Driver:
                 self._room.clear()
                 await self._room.wait()
             event = functools.partial(self.replica.on_message, raw)
-            if self._events.put(source, (source, event), len(raw), PEER_STREAM_EVENTS_MAX):
+            if self._events.put(source, (source, event, len(raw)), len(raw), PEER_STREAM_EVENTS_MAX):
                 self._wake.set()
         return not self._stopped
 
@@ -506,7 +511,9 @@ class Driver:
     async def _consume(self) -> None:
         replica = self.replica
         while True:
-            group = self._events.take(GROUP_EVENTS_MAX, GROUP_PER_SOURCE_MAX, self._penalized)
+            now = time.monotonic()
+            caps = {s: 0 if due > now else 1 for s, due in self._penalized.items()}
+            group = self._events.take(GROUP_EVENTS_MAX, GROUP_PER_SOURCE_MAX, caps)
             if not group:
                 self._wake.clear()
                 await self._wake.wait()
@@ -517,7 +524,7 @@ class Driver:
             # loop for seconds, and the honest peers' streams went unread meanwhile.
             await asyncio.sleep(0)
             self._room.set()
-            for source, event in group:
+            for source, event, size in group:
                 self.stats.events += 1
                 rejected = replica.rejected
                 try:
@@ -526,21 +533,24 @@ class Driver:
                     self.log.event("replica_crash", error=repr(exc))
                     raise
                 if source not in (INTERNAL, CLIENTS):
-                    self._judge(source, replica.rejected != rejected)
+                    self._judge(source, replica.rejected != rejected, size)
                 self._apply(actions)
             self._flush()
             self._flush_relay()
 
-    def _judge(self, source: Hashable, rejected: bool) -> None:
-        """Keep a peer connection's record: events seen, and rejected by the replica."""
+    def _judge(self, source: Hashable, rejected: bool, size: int) -> None:
+        """Keep a peer connection's record: what it sent and what the replica rejected, in
+        units of an event or SOURCE_RECORD_UNIT_BYTES, whichever is more (one rejected 8 MB
+        message weighs as 128 rejected votes)."""
+        units = 1 + size // SOURCE_RECORD_UNIT_BYTES
         record = self.sources.pop(source, None) or SourceRecord()
         self.sources[source] = record  # most recent last
         while len(self.sources) > REJECTED_SOURCES_MAX:
             self._penalized.pop(next(iter(self.sources)), None)
             del self.sources[next(iter(self.sources))]
-        record.seen += 1
+        record.seen += units
         if rejected:
-            record.rejected += 1
+            record.rejected += units
             record.rejected_total += 1
             count = record.rejected_total
             if count >= REJECTED_LOG_AT and str(count).rstrip("0") == "1":  # 100, 1000, 10000, ...
@@ -549,14 +559,15 @@ class Driver:
             record.seen //= 2
             record.rejected //= 2
         penalized = record.rejected >= PENALTY_REJECTED_MIN and 2 * record.rejected > record.seen
-        if penalized and source not in self._penalized:
-            self._penalized[source] = 1
-            self.log.count("peer_sources_penalized")
-            self.log.event(
-                "peer_source_penalized", source=str(source), rejected=record.rejected, seen=record.seen
-            )
-        elif not penalized and source in self._penalized:
-            del self._penalized[source]
+        if penalized:
+            if source not in self._penalized:
+                self.log.count("peer_sources_penalized")
+                self.log.event(
+                    "peer_source_penalized", source=str(source), rejected=record.rejected, seen=record.seen
+                )
+            self._penalized[source] = time.monotonic() + units / PENALTY_UNITS_PER_S
+        else:
+            self._penalized.pop(source, None)
 
     def forget_source(self, source: Hashable) -> None:
         """A peer connection closed: its record goes (its queued events still run)."""

@@ -78,8 +78,8 @@ class FairQueue(Generic[T]):
         self, items_max: int, per_source_max: int | None = None, caps: Mapping[Hashable, int] | None = None
     ) -> list[T]:
         """Up to ``items_max`` items, one from each source in turn, round after round: at most
-        ``per_source_max`` from any one source, and at most ``caps[source]`` from a source
-        named there (a source the caller has reason to serve less)."""
+        ``per_source_max`` from any one source, and at most ``caps[source]`` (0: none) from a
+        source named there (one the caller has reason to serve less)."""
         out: list[T] = []
         ring, sources = self._ring, self._sources
         parked: list[Hashable] = []  # sources that reached their cap: back in the ring after
@@ -94,6 +94,9 @@ class FairQueue(Generic[T]):
                 if len(out) >= items_max:
                     break
                 source = ring.popleft()
+                if caps and caps.get(source) == 0:
+                    parked.append(source)  # not to be served in this take at all
+                    continue
                 s = sources[source]
                 item, size = s.items.popleft()
                 s.bytes -= size

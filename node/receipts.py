@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from ledger import merkle
-from ledger.crypto import tx_id_of
+from ledger import merkle, readtoken
+from ledger.crypto import SigningKey, tx_id_of
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.log import EventLog
@@ -246,11 +246,14 @@ class AttestationBackfill:
         store: KVStore,
         log: EventLog,
         reply_bytes_max: int = 128 << 20,
+        reader: SigningKey | None = None,
         *,
         dial: Dial,  # node/security.py: TLS with the node's certificate, or plaintext
     ) -> None:
         self._dial = dial
         self.genesis = genesis
+        # The node key: peers serve a member's node the blocks' attestations (node/api/authority.py).
+        self.reader = reader
         self.reply_bytes_max = reply_bytes_max  # a peer's GetBlock reply: a whole block
         self.own_replica = own_replica
         self.crypto = crypto
@@ -273,9 +276,12 @@ class AttestationBackfill:
             request_serializer=_identity,
             response_deserializer=_identity,
         )
+        metadata = readtoken.metadata(self.reader, self.genesis.chain_id, "GetBlock", readtoken.SCOPE_ALL)
         try:
             raw = await call(
-                api_pb2.GetBlockRequest(height=height).SerializeToString(), timeout=BACKFILL_TIMEOUT_S
+                api_pb2.GetBlockRequest(height=height).SerializeToString(),
+                timeout=BACKFILL_TIMEOUT_S,
+                metadata=metadata,
             )
             return api_pb2.GetBlockResponse.FromString(raw)
         except grpc.aio.AioRpcError:

@@ -67,7 +67,11 @@ def grpc_options(limits: NodeLimits, receive_bytes_max: int, send_bytes_max: int
 
 
 def server_options(
-    limits: NodeLimits, receive_bytes_max: int, send_bytes_max: int, connections_max: int
+    limits: NodeLimits,
+    receive_bytes_max: int,
+    send_bytes_max: int,
+    connections_max: int,
+    streams_per_connection_max: int,
 ) -> list[tuple[str, Any]]:
     """grpc_options plus what bounds the connections a server holds (gRPC core channel args,
     include/grpc/impl/channel_arg_names.h). connections_max is the per-port cap after the
@@ -82,7 +86,7 @@ def server_options(
         ("grpc.server_handshake_timeout_ms", limits.handshake_timeout_ms),
         # A connection with no call in flight for this long gets GOAWAY (default: never).
         ("grpc.max_connection_idle_ms", limits.connection_idle_ms),
-        ("grpc.max_concurrent_streams", limits.streams_per_connection_max),
+        ("grpc.max_concurrent_streams", streams_per_connection_max),
         # Ping enforcement must accept our own keepalive (every keepalive_ms, even with no data
         # and no call). gRPC's default allows one ping per 5 minutes without data and sends
         # GOAWAY ENHANCE_YOUR_CALM "too_many_pings" at the third early one: peer links were cut
@@ -135,6 +139,9 @@ def _frame_messages(frame: bytes) -> list[bytes]:
     return list(messages)
 
 
+_SIGNED_ONLY = frozenset({1})  # PeerMessage.message: the batch beside it is not even copied here
+
+
 def check_peer_message(raw: bytes, n: int) -> str | None:
     """Why raw cannot be a member's PeerMessage (a counter name), or None if it may be. Only
     the signed part is parsed: the batch beside it is not covered by the signature, and is
@@ -146,7 +153,7 @@ def check_peer_message(raw: bytes, n: int) -> str | None:
                 return "peer_garbage"
             signed = pm.message
         else:
-            signed_raw = wirescan.singular_fields(raw).get(1)
+            signed_raw = wirescan.singular_fields(raw, wanted=_SIGNED_ONLY).get(1)
             if signed_raw is None:
                 return "peer_garbage"
             signed = consensus_pb2.SignedMessage.FromString(signed_raw)

@@ -85,7 +85,7 @@ from client.models import Committed  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
 from client.tx import LegSpec, TxBuilder  # noqa: E402
 from ledger import tls  # noqa: E402
-from ledger.crypto import SigningKey  # noqa: E402
+from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.genesis import load_genesis  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, consensus_pb2, tx_pb2  # noqa: E402
 from node.__main__ import raise_open_files_limit  # noqa: E402
@@ -716,7 +716,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             attacks[name] = report
             log(f"  {name}: {json.dumps(report)}")
         acknowledged = {bytes.fromhex(r["tx"]): int(r["code"]) for r in rows if r["committed"]}
-        audit_report = audit(genesis, {m.member_id: m.api_address for m in genesis.members}, acknowledged)
+        auditor = load_key(c.operator_key_path(banks[0])).key
+        endpoints = {m.member_id: m.api_address for m in genesis.members}
+        audit_report = audit(genesis, endpoints, auditor, acknowledged, insecure=c.insecure)
         for problem in audit_report.problems[:20]:
             log(f"  ! {problem}")
         baseline_report = attacks.pop("baseline")

@@ -9,7 +9,11 @@ that no transaction id executed twice, and that per asset balances plus held fun
 minus redeemed with no balance below zero. Given the acknowledged transactions of a load run,
 check that each one is on every node with the result its client was shown.
 
-    scripts/audit.py --dir ./consortium [--json]
+    scripts/audit.py --dir ./consortium [--operator-key FILE] [--json]
+
+The auditor reads whole blocks, which nodes serve only to a member's operator (or node) key
+(docs/ARCHITECTURE.md, "Who may read"): --operator-key, by default BANK-A's operator key in the
+consortium directory (banks/BANK-A/BANK-A.operator.key).
 
 Exit status: 0 when every check passes, 1 when any fails, 2 when the audit could not run.
 """
@@ -32,7 +36,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from client.verify import ReceiptError, VerifiedBlock, verify_block  # noqa: E402
-from ledger import tls  # noqa: E402
+from ledger import readtoken, tls  # noqa: E402
+from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.genesis import Genesis, load_genesis  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2  # noqa: E402
 from node.app.ledger import Ledger  # noqa: E402
@@ -74,10 +79,14 @@ class AuditReport:
 
 
 def fetch_chain(
-    genesis: Genesis, stub: api_pb2_grpc.LedgerServiceStub, report: AuditReport, name: str
+    genesis: Genesis,
+    stub: api_pb2_grpc.LedgerServiceStub,
+    report: AuditReport,
+    name: str,
+    reader: SigningKey,
 ) -> list[VerifiedBlock] | None:
-    """Every block a node has (GetBlocks, a range per call), verified; None when the node
-    cannot be reached."""
+    """Every block a node has (GetBlocks, a range per call, read with ``reader``: an
+    operator's key), verified; None when the node cannot be reached."""
     try:
         status = stub.GetStatus(api_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT_S)
     except grpc.RpcError as exc:
@@ -92,6 +101,7 @@ def fetch_chain(
             response = stub.GetBlocks(
                 api_pb2.GetBlocksRequest(from_height=height, max_blocks=BLOCKS_PER_CALL),
                 timeout=RPC_TIMEOUT_S,
+                metadata=readtoken.metadata(reader, genesis.chain_id, "GetBlocks", readtoken.SCOPE_ALL),
             )
         except grpc.RpcError as exc:
             report.note(f"{name}: blocks from {height} not served ({exc.code().name})")
@@ -106,6 +116,11 @@ def fetch_chain(
                 report.certificate_failures += 1
                 report.note(f"{name}: block {height} does not verify: {exc}")
                 return chain
+            if not verified.bodies:
+                report.note(
+                    f"{name}: served block {height} without bodies: the audit key is not an operator's"
+                )
+                return None
             if verified.block.header.height != height:
                 report.certificate_failures += 1
                 report.note(f"{name}: asked for block {height}, got {verified.block.header.height}")
@@ -175,17 +190,19 @@ def replay(
 def audit(
     genesis: Genesis,
     endpoints: Mapping[str, str],
+    reader: SigningKey,
     acknowledged: Mapping[bytes, int] | None = None,
     insecure: bool = False,
 ) -> AuditReport:
-    """Audit the nodes at endpoints (name -> host:port). acknowledged: tx_id -> result code.
-    Over TLS, each node verified against genesis, unless ``insecure`` (plaintext nodes)."""
+    """Audit the nodes at endpoints (name -> host:port), reading blocks with ``reader`` (a
+    member's operator key). acknowledged: tx_id -> result code. Over TLS, each node verified
+    against genesis, unless ``insecure`` (plaintext nodes)."""
     report = AuditReport(heights={}, audited_height=0)
     chains: dict[str, list[VerifiedBlock]] = {}
     options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
     for name, address in sorted(endpoints.items()):
         with tls.channel(genesis, address, options, insecure=insecure) as channel:
-            chain = fetch_chain(genesis, api_pb2_grpc.LedgerServiceStub(channel), report, name)
+            chain = fetch_chain(genesis, api_pb2_grpc.LedgerServiceStub(channel), report, name, reader)
         if chain is None:
             report.unreachable.append(name)
         else:
@@ -207,17 +224,24 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dir", type=Path, default=Path("consortium"), help="consortium directory")
+    parser.add_argument(
+        "--operator-key",
+        type=Path,
+        default=None,
+        help="a member's operator key file to read blocks with (default: DIR/banks/BANK-A/BANK-A.operator.key)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     parser.add_argument("--insecure", action="store_true", help="plaintext nodes (debugging only)")
     args = parser.parse_args(argv)
     try:
         genesis = load_genesis(args.dir / "genesis.json")
+        reader = load_key(args.operator_key or args.dir / "banks" / "BANK-A" / "BANK-A.operator.key").key
     except Exception as exc:  # any failure to load is reported, not traced
         print(f"audit: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
     endpoints = {m.member_id: m.api_address for m in genesis.members}
-    report = audit(genesis, endpoints, insecure=args.insecure)
+    report = audit(genesis, endpoints, reader, insecure=args.insecure)
     if args.json:
         print(
             json.dumps({**asdict(report), "ok": report.ok, "seconds": round(time.monotonic() - started, 2)})

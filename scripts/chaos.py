@@ -594,9 +594,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 counts[row["outcome"]] += 1
                 if row["outcome"] == "committed":
                     acknowledged[bytes.fromhex(row["tx"])] = int(row["code"])
-        report = audit(
-            genesis, {m.member_id: m.api_address for m in genesis.members}, acknowledged, insecure=c.insecure
-        )
+        auditor = load_key(c.operator_key_path(genesis.members[0].member_id)).key
+        endpoints = {m.member_id: m.api_address for m in genesis.members}
+        report = audit(genesis, endpoints, auditor, acknowledged, insecure=c.insecure)
         for problem in report.problems + stats.failures:
             log(f"  ! {problem}")
         rec = stats.recovery_s

@@ -28,11 +28,11 @@ for p in (ROOT, ROOT / "scripts"):
 from consortium import Consortium, ConsortiumError  # noqa: E402
 
 from client.cli_output import print_accounts, print_supply, table  # noqa: E402
-from client.models import Committed, NodeStatusInfo  # noqa: E402
+from client.models import Committed, NodeStatusInfo, NotAuthorized  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
 from client.tx import LegSpec, Transaction  # noqa: E402
 from client.wallet import Wallet  # noqa: E402
-from ledger.crypto import load_key  # noqa: E402
+from ledger.crypto import SigningKey, load_key  # noqa: E402
 
 KILLED = "BANK-D"  # not the view-0 primary: the others keep committing without a view change
 CATCH_UP_S = 30.0
@@ -76,15 +76,22 @@ class Demo:
         c = self.consortium
         self.step("start a 4-bank consortium (one process per bank)", self._up)
         genesis = c.genesis()
+        op = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
+        # Reads need a key (docs/ARCHITECTURE.md, "Who may read"): supply with BANK-A's operator
+        # key, each account below with its owner's.
         self.client = LedgerClient(
-            genesis, timeout_s=20.0, call_timeout_s=2.0, receipt_wait_s=3.0, insecure=c.insecure
+            genesis,
+            timeout_s=20.0,
+            call_timeout_s=2.0,
+            receipt_wait_s=3.0,
+            reader=op["BANK-A"],
+            insecure=c.insecure,
         )
         # A directory can be reused: judge this run by how much the supply moved during it.
         self.supply_before = {
             s.asset: (s.minted_minor, s.redeemed_minor) for s in self.client.supply().assets
         }
         b = self.client.tx
-        op = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
         wallet = Wallet(c.dir / "wallet")
         alice_id, bob_id = f"alice-{self.run_id}", f"bob-{self.run_id}"
         alice = wallet.create(alice_id).key
@@ -170,7 +177,9 @@ class Demo:
             alice_id: {usd: 100000 - 12550 - 20000 - 3000 - 300 + 50, eur: 18000},
             bob_id: {usd: 12550 + 20000 + 3000 - 10000 + 300 - 50, eur: 90000 - 18000},
         }
-        self.step("balances and supply, identical on every node", lambda: self._check_state(expected))
+        owners = {alice_id: alice, bob_id: bob}
+        self.step("balances and supply, identical on every node", lambda: self._check_state(expected, owners))
+        self.step("reads need the owner's or its bank's key", lambda: self._check_refused(bob_id, alice, op))
 
     def _up(self) -> str:
         started = self.consortium.up(4, insecure=self.insecure)
@@ -210,18 +219,37 @@ class Demo:
                 raise DemoFailed(f"nodes did not converge within {CATCH_UP_S:.0f}s: {rows}")
             time.sleep(0.2)  # polling remote status: there is no event to await across processes
 
-    def _check_state(self, expected: dict[str, dict[str, int]]) -> str:
+    def _check_refused(self, account_id: str, other_client: SigningKey, op: dict[str, SigningKey]) -> str:
+        """Another client's key and another bank's operator may not read the account."""
+        assert self.client is not None
+        for who, key in (("alice's key", other_client), ("BANK-A's operator key", op["BANK-A"])):
+            try:
+                self.client.account(account_id, as_key=key)
+            except NotAuthorized as exc:
+                print(f"   {who} reading {account_id}: refused ({str(exc)[:140]}...)")
+                continue
+            raise DemoFailed(f"{who} read {account_id}, which is not its account")
+        self.client.account(account_id, as_key=op["BANK-B"])
+        return f"{account_id} is readable by its owner and BANK-B's operator only"
+
+    def _check_state(self, expected: dict[str, dict[str, int]], owners: dict[str, SigningKey]) -> str:
         assert self.client is not None
         genesis = self.client.genesis
         print()
-        print_accounts([self.client.account(a) for a in expected], genesis, as_json=False)
+        print_accounts([self.client.account(a, as_key=owners[a]) for a in expected], genesis, as_json=False)
         print()
         supply = self.client.supply()
         print_supply(supply, as_json=False)
         for endpoint in self.client.endpoints:  # every node, one at a time: they must agree
-            with LedgerClient(genesis, [endpoint], timeout_s=5.0, insecure=self.consortium.insecure) as one:
+            with LedgerClient(
+                genesis,
+                [endpoint],
+                timeout_s=5.0,
+                reader=self.client.reader,
+                insecure=self.consortium.insecure,
+            ) as one:
                 for account_id, balances in expected.items():
-                    acc = one.account(account_id)
+                    acc = one.account(account_id, as_key=owners[account_id])
                     got = {a: acc.balance(a).available_minor for a in balances}
                     if got != balances or any(b.held_minor for b in acc.balances):
                         raise DemoFailed(f"{endpoint}: {account_id} has {got}, expected {balances}")

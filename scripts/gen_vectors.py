@@ -9,7 +9,8 @@ The vectors are what a client in another language checks itself against (docs/PR
 keys from fixed seeds, signing bytes and signatures in both domains (Ed25519 is deterministic),
 transaction bodies and ids, Merkle roots and proofs, one block (batch hash, header, digest,
 results executed by the real ledger, results root, a commit certificate and attestations) and a
-whole receipt that client/verify.py accepts, with tampered copies it rejects. Every byte string
+whole receipt that client/verify.py accepts, with tampered copies it rejects, and read tokens
+(docs/PROTOCOL.md, section 10). Every byte string
 is lowercase hex. tests/ledger/test_vectors.py recomputes each value independently.
 """
 
@@ -32,8 +33,8 @@ from google.protobuf.message import Message  # noqa: E402
 
 from client.tx import LegSpec, Transaction, TxBuilder  # noqa: E402
 from client.verify import ReceiptError, verify_receipt  # noqa: E402
-from ledger import block, merkle  # noqa: E402
-from ledger.crypto import DOMAIN_CONSENSUS, DOMAIN_TX, SigningKey, signing_bytes, tx_id_of  # noqa: E402
+from ledger import block, merkle, readtoken  # noqa: E402
+from ledger.crypto import DOMAIN_CONSENSUS, DOMAIN_READ, DOMAIN_TX, SigningKey, signing_bytes, tx_id_of  # noqa: E402
 from ledger.genesis import Genesis, parse_genesis  # noqa: E402
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2  # noqa: E402
 from node.app.ledger import Ledger  # noqa: E402
@@ -148,6 +149,44 @@ def signing_file(k: dict[str, SigningKey]) -> dict[str, Any]:
             }
             for name, chain_id, body, label in cases
         ],
+    }
+
+
+def readtoken_file(k: dict[str, SigningKey], tx_id: bytes) -> dict[str, Any]:
+    cases = [
+        ("GetAccount", "alice", "client/alice"),
+        ("GetSupply", readtoken.SCOPE_ALL, "client/bob"),
+        ("GetBlocks", readtoken.SCOPE_ALL, "BANK-A/operator"),
+        ("GetTransaction", readtoken.tx_scope(tx_id), "client/alice"),
+    ]
+    out = []
+    for method, scope, label in cases:
+        token = readtoken.build(
+            k[label], CHAIN_ID, method, scope, TIMESTAMP_MS, readtoken.LIFETIME_MS_DEFAULT
+        )
+        t = readtoken.decode(token)
+        out.append(
+            {
+                "method": method,
+                "scope": scope,
+                "issued_ms": t.issued_ms,
+                "expires_ms": t.expires_ms,
+                "key": label,
+                "public_key": t.public_key.hex(),
+                "body": t.body.hex(),
+                "signing_bytes": signing_bytes(DOMAIN_READ, CHAIN_ID, t.body).hex(),
+                "signature": t.signature.hex(),
+                "token": token.hex(),
+            }
+        )
+    return {
+        "about": "read token = public_key || signature || body; body = u8(1) || u8(len(method)) || method "
+        "|| u8(len(scope)) || scope || u64be(issued_ms) || u64be(expires_ms); signature = "
+        "Ed25519(DOMAIN_READ || 0x00 || len(chain_id) as 1 byte || chain_id || body). Sent as gRPC "
+        f"metadata {readtoken.METADATA_KEY}",
+        "domain": {"ascii": DOMAIN_READ.decode(), "hex": DOMAIN_READ.hex()},
+        "chain_id": CHAIN_ID,
+        "cases": out,
     }
 
 
@@ -402,6 +441,7 @@ def build() -> dict[str, str]:
         "merkle.json": merkle_file(),
         "block.json": block_content,
         "receipt.json": receipt_file(genesis, txs[RECEIPT_INDEX][2].tx_id, receipt),
+        "readtoken.json": readtoken_file(k, txs[RECEIPT_INDEX][2].tx_id),
     }
     assert tx_id_of(tx_pb2.Envelope.FromString(envelopes[RECEIPT_INDEX]).body) == txs[RECEIPT_INDEX][2].tx_id
     return {name: json.dumps(data, indent=2, ensure_ascii=False) + "\n" for name, data in files.items()}

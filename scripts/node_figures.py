@@ -28,6 +28,7 @@ for p in (ROOT, ROOT / "scripts"):
 
 from consortium import Consortium  # noqa: E402
 
+from ledger import readtoken  # noqa: E402
 from ledger.crypto import load_key  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2  # noqa: E402
 from tests.app.factory import Factory  # noqa: E402
@@ -144,7 +145,10 @@ def catch_up(c: Consortium, fx: Factory, victim: str, victim_height: int, blocks
     s = _stub(c, live[0])
     h = victim_height + 1
     while h <= top:  # the missed blocks, a range per call
-        reply = s.GetBlocks(api_pb2.GetBlocksRequest(from_height=h, max_blocks=top - h + 1), timeout=5)
+        md = readtoken.metadata(fx.operators[live[0]], fx.chain_id, "GetBlocks", readtoken.SCOPE_ALL)
+        reply = s.GetBlocks(
+            api_pb2.GetBlocksRequest(from_height=h, max_blocks=top - h + 1), timeout=5, metadata=md
+        )
         if not reply.blocks:
             raise SystemExit(f"{live[0]} served no block from {h} (its last: {reply.last_height})")
         for block in reply.blocks:

@@ -26,6 +26,7 @@ from consortium import Consortium  # noqa: E402
 from client.models import Committed  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
 from client.verify import verify_block  # noqa: E402
+from ledger import readtoken  # noqa: E402
 from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
@@ -51,11 +52,18 @@ def fill(c: Consortium, blocks: int) -> int:
     return height
 
 
+def read_md(c: Consortium, method: str) -> tuple[tuple[str, bytes], ...]:
+    """A read token by the first bank's operator key: whole blocks are for operators."""
+    operator = load_key(c.operator_key_path(c.banks()[0])).key
+    return readtoken.metadata(operator, c.genesis().chain_id, method, readtoken.SCOPE_ALL)
+
+
 def per_block(stub: api_pb2_grpc.LedgerServiceStub, last: int, verify: bool, c: Consortium) -> float:
     started = time.perf_counter()
     genesis = c.genesis() if verify else None
+    md = read_md(c, "GetBlock")  # one token for the run (valid a minute)
     for height in range(1, last + 1):
-        resp = stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=TIMEOUT_S)
+        resp = stub.GetBlock(api_pb2.GetBlockRequest(height=height), timeout=TIMEOUT_S, metadata=md)
         if genesis is not None:
             verify_block(genesis, resp)
     return time.perf_counter() - started
@@ -65,8 +73,10 @@ def ranged(stub: api_pb2_grpc.LedgerServiceStub, last: int, verify: bool, c: Con
     started = time.perf_counter()
     genesis = c.genesis() if verify else None
     height, calls = 1, 0
+    md = read_md(c, "GetBlocks")
     while height <= last:
-        resp = stub.GetBlocks(api_pb2.GetBlocksRequest(from_height=height, max_blocks=512), timeout=TIMEOUT_S)
+        req = api_pb2.GetBlocksRequest(from_height=height, max_blocks=512)
+        resp = stub.GetBlocks(req, timeout=TIMEOUT_S, metadata=md)
         calls += 1
         if genesis is not None:
             for block in resp.blocks:

@@ -3,6 +3,7 @@
   admission.py  Submit, SubmitBatch, and the admission of peer relays (the keys it knows)
   streams.py    WaitReceipt(s), WaitReceiptBatches, SubmitStream
   queries.py    GetTransaction, GetAccount, GetSupply, GetBlock(s), GetStatus
+  authority.py  who may read what: read tokens and the keys behind them
   service.py    LedgerApi: builds the parts and registers their handlers
 
 Requests arrive as raw bytes and are parsed here, so garbage gets INVALID_ARGUMENT with a
@@ -12,10 +13,13 @@ message instead of gRPC's generic deserialization failure. Status codes (the SDK
                        too many envelopes/ids in one call, bad tx_id/height/account id format
   FAILED_PRECONDITION  wrong chain id; GetAccount/GetSupply: the node is below the request's
                        min_height and did not reach it within MIN_HEIGHT_WAIT_S
-  UNAUTHENTICATED      no signature at all, one that does not verify, or no signer is a key
+  UNAUTHENTICATED      a read without a valid read token (authority.py: none, malformed, for
+                       another method or scope, expired, valid too long, bad signature);
+                       no signature at all, one that does not verify, or no signer is a key
                        the ledger knows (node/api/admission.py); whether every *required* signer
                        signed depends on state, so execution decides that: the receipt then
                        carries result code MISSING_SIGNATURE, not recorded
+  PERMISSION_DENIED    a read whose token proves a key that may not read it (authority.py)
   NOT_FOUND            unknown transaction, account or block. GetTransaction: also a transaction
                        this node holds but has not executed (pending), unless the request sets
                        include_pending: then it answers OK with status TX_STATUS_PENDING and

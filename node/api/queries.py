@@ -1,5 +1,6 @@
 """Reads: GetTransaction, GetAccount, GetSupply, GetBlock(s), GetStatus. Reads of current state
-carry the height they were read at, in the same read transaction as the state."""
+carry the height they were read at, in the same read transaction as the state. Every read but
+GetStatus takes the call's read token and asks node/api/authority.py who may see what."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Callable
 import grpc
 
 from ledger.genesis import Genesis
+from ledger.readtoken import SCOPE_ALL, tx_scope
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node.api.authority import ReadAuthority, header_view
 from node.api.common import Abort, checked_tx_id, parse
 from node.api.port import NodePort
 from node.app.ledger import Ledger
@@ -44,6 +47,7 @@ class Queries:
         backfill: AttestationBackfill,
         proofs: ProofCache,
         space: Callable[[], dict[str, int]],
+        authority: ReadAuthority,
     ) -> None:
         self.genesis = genesis
         self.member_id = member_id
@@ -56,10 +60,17 @@ class Queries:
         self.proofs = proofs
         self.space = space  # the store's figures for GetStatus
         self.min_height_wait_s = MIN_HEIGHT_WAIT_S
+        self.authority = authority
 
-    async def get_transaction(self, raw: bytes) -> bytes:
+    async def get_transaction(self, raw: bytes, token: bytes | None) -> bytes:
         req = parse(api_pb2.GetTransactionRequest, raw)
         tx_id = checked_tx_id(req.tx_id)
+        caller = self.authority.authenticate(
+            token,
+            "GetTransaction",
+            tx_scope(tx_id),
+            "a key that signed the transaction or a member's operator key",
+        )
         with self.node.read() as r:
             receipt = build_receipt(r, self.proofs, tx_id, require_attested=False)
         if (
@@ -86,10 +97,14 @@ class Queries:
             block_raw = blocks.get_block(r, found.height)
         assert block_raw is not None
         block = consensus_pb2.CertifiedBlock.FromString(block_raw)
+        envelope = tx_pb2.Envelope.FromString(block.batch.envelopes[found.index])
+        if not caller.member and caller.public_key not in {s.public_key for s in envelope.signatures}:
+            raise Abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{caller.short()} did not sign transaction {tx_id.hex()} and is not a member's operator key",
+            )
         out = api_pb2.GetTransactionResponse(
-            receipt=receipt,
-            envelope=tx_pb2.Envelope.FromString(block.batch.envelopes[found.index]),
-            status=api_pb2.TX_STATUS_COMMITTED,
+            receipt=receipt, envelope=envelope, status=api_pb2.TX_STATUS_COMMITTED
         )
         return out.SerializeToString()
 
@@ -103,7 +118,7 @@ class Queries:
                 f"(waited {self.min_height_wait_s:g}s)",
             )
 
-    async def get_account(self, raw: bytes) -> bytes:
+    async def get_account(self, raw: bytes, token: bytes | None) -> bytes:
         req = parse(api_pb2.GetAccountRequest, raw)
         account_id = req.account_id
         if not account_id or len(account_id.encode()) > self.genesis.limits.id_bytes_max:
@@ -111,12 +126,16 @@ class Queries:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"account_id must be 1..{self.genesis.limits.id_bytes_max} bytes",
             )
+        caller = self.authority.authenticate(
+            token, "GetAccount", account_id, "the account's owner key or the operator key of its bank"
+        )
         await self._reach(req.min_height)
         with self.node.read() as r:  # the account and its height: one snapshot
             acct = self.ledger.account(r, account_id)
             height = self.ledger.last_height(r)
-        if acct is None:
-            raise Abort(grpc.StatusCode.NOT_FOUND, f"no account {account_id!r} at height {height}")
+        found = (acct.owner_key, acct.member_id) if acct is not None else None
+        self.authority.may_read_account(caller, found, f"no account {account_id!r} at height {height}")
+        assert acct is not None
         out = api_pb2.Account(
             account_id=acct.account_id,
             member_id=acct.member_id,
@@ -128,15 +147,16 @@ class Queries:
             out.balances.add(asset=b.asset, available=b.available, held=b.held)
         return out.SerializeToString()
 
-    async def get_block(self, raw: bytes) -> bytes:
+    async def get_block(self, raw: bytes, token: bytes | None) -> bytes:
         req = parse(api_pb2.GetBlockRequest, raw)
+        caller = self.authority.known(token, "GetBlock", SCOPE_ALL)
         with self.node.read() as r:
             reply = block_reply(r, req.height, self.genesis.f + 1)
         if reply is None:
             raise Abort(grpc.StatusCode.NOT_FOUND, f"no block at height {req.height} here")
-        return reply
+        return reply if caller.member else header_view(reply)
 
-    async def get_blocks(self, raw: bytes) -> bytes:
+    async def get_blocks(self, raw: bytes, token: bytes | None) -> bytes:
         """GetBlocks: consecutive blocks from from_height, at most max_blocks (capped at
         BLOCKS_PER_REPLY_MAX) and BLOCKS_REPLY_BYTES_MAX bytes (a single larger block goes
         alone), read in one read transaction."""
@@ -145,6 +165,7 @@ class Queries:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "from_height must be >= 1 (blocks start at 1)")
         if req.max_blocks < 1:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "max_blocks must be >= 1")
+        caller = self.authority.known(token, "GetBlocks", SCOPE_ALL)
         count_max = min(req.max_blocks, BLOCKS_PER_REPLY_MAX)
         parts: list[bytes] = []
         size = 0
@@ -154,6 +175,8 @@ class Queries:
             while height <= last and len(parts) < count_max:
                 block = block_reply(r, height, self.genesis.f + 1)
                 assert block is not None, f"executed block {height} missing from the store"
+                if not caller.member:
+                    block = header_view(block)
                 entry = field_bytes(GET_BLOCKS_BLOCKS, block)
                 if parts and size + len(entry) > BLOCKS_REPLY_BYTES_MAX:
                     break
@@ -164,8 +187,9 @@ class Queries:
         parts.append(field_varint(GET_BLOCKS_LAST_HEIGHT, last))
         return b"".join(parts)
 
-    async def get_supply(self, raw: bytes) -> bytes:
+    async def get_supply(self, raw: bytes, token: bytes | None) -> bytes:
         req = parse(api_pb2.GetSupplyRequest, raw)
+        self.authority.known(token, "GetSupply", SCOPE_ALL)
         await self._reach(req.min_height)
         with self.node.read() as r:
             supply = self.ledger.supply(r)

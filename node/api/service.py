@@ -12,6 +12,7 @@ import grpc.aio
 
 from ledger.genesis import Genesis
 from node.api.admission import Admission
+from node.api.authority import ReadAuthority, token_of
 from node.api.common import SERVICE, Abort
 from node.api.port import NodePort
 from node.api.queries import Queries
@@ -42,8 +43,19 @@ class LedgerApi:
         proofs = ProofCache()
         self.admission = Admission(genesis, limits, node, checks, log, space_left)
         self.streams = Receipts(limits, node, self.admission, backfill, proofs)
+        self.authority = ReadAuthority(genesis, self.admission.known_keys, node)
         self.queries = Queries(
-            genesis, member_id, replica_id, node, ledger, replica_status, log, backfill, proofs, space
+            genesis,
+            member_id,
+            replica_id,
+            node,
+            ledger,
+            replica_status,
+            log,
+            backfill,
+            proofs,
+            space,
+            self.authority,
         )
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -51,6 +63,21 @@ class LedgerApi:
             async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
                 try:
                     result: bytes = await fn(raw)
+                    return result
+                except Abort as exc:
+                    await context.abort(exc.code, exc.message)
+                    raise AssertionError("unreachable") from None
+
+            return grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=_raw, response_serializer=_raw
+            )
+
+        def read(fn: Callable[[bytes, bytes | None], Any]) -> grpc.RpcMethodHandler[Any, Any]:
+            """A read: its handler also gets the call's read token (node/api/authority.py)."""
+
+            async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                try:
+                    result: bytes = await fn(raw, token_of(context.invocation_metadata()))
                     return result
                 except Abort as exc:
                     await context.abort(exc.code, exc.message)
@@ -97,11 +124,11 @@ class LedgerApi:
                 "WaitReceipts": stream(self.streams.wait_receipts),
                 "WaitReceiptBatches": stream(self.streams.wait_receipt_batches),
                 "SubmitStream": stream_stream(self.streams.submit_stream),
-                "GetTransaction": unary(self.queries.get_transaction),
-                "GetAccount": unary(self.queries.get_account),
-                "GetBlock": unary(self.queries.get_block),
-                "GetBlocks": unary(self.queries.get_blocks),
-                "GetSupply": unary(self.queries.get_supply),
+                "GetTransaction": read(self.queries.get_transaction),
+                "GetAccount": read(self.queries.get_account),
+                "GetBlock": read(self.queries.get_block),
+                "GetBlocks": read(self.queries.get_blocks),
+                "GetSupply": read(self.queries.get_supply),
                 "GetStatus": unary(self.queries.get_status),
             },
         )

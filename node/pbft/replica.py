@@ -210,7 +210,7 @@ class Replica(ViewChanging):
             return False  # _accept_pre_prepare rejects and counts it as bad_batch
         return header.timestamp_ms > self.now_ms + self.cfg.timestamp_skew_ms_max
 
-    def _dispatch(self, s: Signed, batch: bytes | None) -> None:
+    def _dispatch(self, s: Signed, batch: memoryview | None) -> None:
         m: Body = s.msg
         if isinstance(m, PrePrepare | Prepare | Commit):
             self._saw_vote(s.signer, m.view)
@@ -238,7 +238,7 @@ class Replica(ViewChanging):
         else:
             self._on_attestation(s)
 
-    def _batch_of(self, m: PrePrepare, batch: bytes) -> tuple[bytes, ...] | None:
+    def _batch_of(self, m: PrePrepare, batch: memoryview) -> tuple[bytes, ...] | None:
         """The envelopes of a signed pre-prepare's batch, parsed only now, and only as many as
         its signed header counts (so memory stays within about twice the message's size)."""
         try:

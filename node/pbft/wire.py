@@ -194,28 +194,30 @@ def decode_signed(raw: bytes) -> tuple[bytes, int, bytes]:
     return bytes(sm.body), sm.signer, bytes(sm.signature)
 
 
-def decode_peer(raw: bytes) -> tuple[bytes, bytes | None]:
+def decode_peer(raw: bytes) -> tuple[bytes, memoryview | None]:
     """(SignedMessage, serialized Batch or None) of a serialized PeerMessage, both exactly as
     received. The batch is not covered by the signature: it stays unparsed until the signature
     verifies and the signed header says how many envelopes it holds (decode_batch)."""
+    view = memoryview(raw)  # slices of it are not copies: a large batch is copied only once split
     try:
-        fields = wirescan.singular_fields(raw)
+        fields = wirescan.singular_fields(view)
     except wirescan.ScanError as exc:
         raise WireError(f"not a PeerMessage: {exc}") from exc
     signed = fields.get(1)
     if signed is None:
         raise WireError("peer message without a signed message")
-    return signed, fields.get(2)
+    batch = fields.get(2)
+    return bytes(signed), None if batch is None else memoryview(batch)
 
 
-def decode_batch(raw: bytes, count: int) -> tuple[bytes, ...]:
+def decode_batch(raw: bytes | memoryview, count: int) -> tuple[bytes, ...]:
     """The envelopes of a serialized Batch that must hold exactly ``count`` of them (the signed
     header's tx_count): counting stops past it, so a sender cannot make us build more."""
     try:
         if len(raw) <= wirescan.PARSE_DIRECT_BYTES_MAX:
-            envelopes = [bytes(e) for e in _parse(cpb.Batch, raw).envelopes]  # type: ignore[attr-defined]
+            envelopes = [bytes(e) for e in _parse(cpb.Batch, bytes(raw)).envelopes]  # type: ignore[attr-defined]
         else:
-            envelopes = wirescan.repeated_bytes(raw, 1, count)
+            envelopes = [bytes(e) for e in wirescan.repeated_bytes(memoryview(raw), 1, count)]
     except wirescan.ScanError as exc:
         raise WireError(f"not a batch of {count}: {exc}") from exc
     if len(envelopes) != count:

@@ -22,9 +22,10 @@ import grpc
 import pytest
 
 from client.cli import run
-from client.models import Committed, NotFound, Rejected
+from client.models import Committed, NotAuthorized, NotFound, Rejected
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction
+from client.wallet import Wallet
 from ledger import tls
 from ledger.crypto import SigningKey, load_key
 from ledger.genesis import Genesis
@@ -59,7 +60,8 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]
 
 @pytest.fixture(scope="module")
 def client(consortium: Consortium) -> Iterator[LedgerClient]:
-    with LedgerClient(consortium.genesis_path, timeout_s=15.0) as c:
+    # Reads with BANK-A's operator key: BANK-A's accounts, supply, whole blocks, any transaction.
+    with LedgerClient(consortium.genesis_path, timeout_s=15.0, reader=_op(consortium, "BANK-A")) as c:
         yield c
 
 
@@ -149,9 +151,27 @@ def test_every_transaction_kind_and_query_through_the_sdk(
     assert a.member_id == "BANK-A" and a.owner_key == alice.public_key and not a.frozen and a.height >= top
     assert a.balance("USD.BANK-A").available_minor == 50000 - 1000 - 2000 - 500 + 300 - 20
     assert a.balance("EUR.BANK-B").available_minor == 1800
-    assert client.account("sdk-bob", min_height=top).balance("USD.BANK-A").available_minor == (
+    assert client.account("sdk-bob", min_height=top, as_key=bob).balance("USD.BANK-A").available_minor == (
         1000 + 2000 + 200 - 700 + 20
     )
+    # Who may read (docs/ARCHITECTURE.md): BANK-A's operator may not read BANK-B's client, nor
+    # alice bob's account; bob's bank may.
+    with pytest.raises(NotAuthorized, match="PERMISSION_DENIED"):
+        client.account("sdk-bob")
+    with pytest.raises(NotAuthorized, match="PERMISSION_DENIED"):
+        client.account("sdk-bob", as_key=alice)
+    assert client.account("sdk-bob", as_key=_op(consortium, "BANK-B")).owner_key == bob.public_key
+    assert client.supply(as_key=alice).height >= top  # any key the ledger knows
+    headers = client.block(first.height, as_key=alice)  # a client: the block without bodies
+    assert not headers.bodies and not headers.envelopes and headers.attested is not None
+    assert client.transaction(pay.tx_id, as_key=alice).transaction is not None  # its signer
+    with pytest.raises(NotAuthorized, match="did not sign"):
+        client.transaction(pay.tx_id, as_key=bob)
+    with (
+        LedgerClient(consortium.genesis_path, timeout_s=5.0) as keyless,
+        pytest.raises(NotAuthorized, match=r"UNAUTHENTICATED GetSupply needs a read token"),
+    ):
+        keyless.supply()
     read = client.supply(min_height=top)
     assert read.height >= top
     supply = {s.asset: s for s in read.assets}
@@ -163,7 +183,7 @@ def test_every_transaction_kind_and_query_through_the_sdk(
     info = client.transaction(pay.tx_id)
     assert info.transaction is not None and info.transaction.body == pay.body
     block = client.block(first.height)
-    assert pay.tx_id in block.tx_ids and block.attested is not None
+    assert pay.tx_id in block.tx_ids and block.attested is not None and block.bodies
     chain = client.blocks(1, 10_000)  # more than a node serves at once: it caps the count
     assert [b.block.header.height for b in chain.blocks] == list(range(1, chain.next_height))
     assert chain.blocks[first.height - 1].block.digest == block.block.digest and chain.last_height >= top
@@ -188,7 +208,7 @@ def test_the_async_client_settles_many_over_one_submit_stream(
     op = _op(consortium, "BANK-A")
 
     async def scenario() -> list[Committed]:
-        async with AsyncLedgerClient(consortium.genesis_path, timeout_s=15.0) as c:
+        async with AsyncLedgerClient(consortium.genesis_path, timeout_s=15.0, reader=op) as c:
             b = c.tx
             setup = [
                 b.open_account("BANK-A", "aio-carol", carol.public_key).signed_by(op),
@@ -293,7 +313,7 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
         return forge_certificate(self.stub.WaitReceipt(request, timeout=10))
 
     def GetTransaction(self, request, context):  # type: ignore[no-untyped-def]
-        resp = self.stub.GetTransaction(request, timeout=5)
+        resp = self.stub.GetTransaction(request, timeout=5, metadata=context.invocation_metadata())
         forge_certificate(resp.receipt)
         return resp
 
@@ -316,17 +336,18 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
                 forge_certificate(r)
             yield reply
 
+    # Reads pass the caller's read token on (the node decides who may read).
     def GetAccount(self, request, context):  # type: ignore[no-untyped-def]
-        return self.stub.GetAccount(request, timeout=5)
+        return self.stub.GetAccount(request, timeout=5, metadata=context.invocation_metadata())
 
     def GetBlock(self, request, context):  # type: ignore[no-untyped-def]
-        return self.stub.GetBlock(request, timeout=5)
+        return self.stub.GetBlock(request, timeout=5, metadata=context.invocation_metadata())
 
     def GetBlocks(self, request, context):  # type: ignore[no-untyped-def]
-        return self.stub.GetBlocks(request, timeout=5)
+        return self.stub.GetBlocks(request, timeout=5, metadata=context.invocation_metadata())
 
     def GetSupply(self, request, context):  # type: ignore[no-untyped-def]
-        return self.stub.GetSupply(request, timeout=5)
+        return self.stub.GetSupply(request, timeout=5, metadata=context.invocation_metadata())
 
     def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetStatus(request, timeout=5)
@@ -346,7 +367,7 @@ def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -
     server.start()
     try:
         endpoints = [f"127.0.0.1:{port}", genesis.members[1].api_address]
-        with LedgerClient(genesis, endpoints, timeout_s=15.0) as c:
+        with LedgerClient(genesis, endpoints, timeout_s=15.0, reader=_op(consortium, "BANK-A")) as c:
             tx = c.tx.open_account("BANK-A", "sdk-liar-test", bytes(32)).signed_by(_op(consortium, "BANK-A"))
             out = c.submit(tx)
             assert proxy.receipts_served == 1  # asked first, its forged receipt refused
@@ -376,7 +397,7 @@ def _cli(consortium: Consortium, capsys: pytest.CaptureFixture[str], *argv: str)
 
 
 def test_ledgerctl_commands_and_error_paths(
-    consortium: Consortium, capsys: pytest.CaptureFixture[str]
+    consortium: Consortium, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     def ok(*argv: str) -> str:
         code, out, err = _cli(consortium, capsys, *argv)
@@ -434,6 +455,13 @@ def test_ledgerctl_commands_and_error_paths(
     ]:
         code, out, err = _cli(consortium, capsys, *argv)
         assert code == code_expected and message in out + err, (argv, code, out, err)
+    # Reads need a key that may read: a wallet with a stranger's key only, then no key at all.
+    elsewhere = ["--dir", str(tmp_path), "--genesis", str(consortium.genesis_path)]
+    code, out, err = _cli(consortium, capsys, *elsewhere, "balance", "cli-carol")
+    assert code == 7 and "reads need a key, and there is none" in err, (code, out, err)
+    Wallet(tmp_path / "wallet").create("stranger")
+    code, out, err = _cli(consortium, capsys, *elsewhere, "balance", "cli-carol")
+    assert code == 7 and "PERMISSION_DENIED" in err and "is neither the owner key" in err, (code, out, err)
 
 
 def test_the_package_docstring_example_runs(
@@ -461,7 +489,7 @@ def test_the_sdk_rides_through_a_primary_crash(consortium: Consortium, client: L
         )
         out = _ok(client.submit(tx, timeout_s=30.0))
         assert out.receipt.block.view >= 1 and primary not in out.receipt.block.commit_signers
-        assert client.account("sdk-after-crash").member_id == "BANK-B"
+        assert client.account("sdk-after-crash", as_key=_op(consortium, "BANK-B")).member_id == "BANK-B"
     finally:
         consortium.restart(bank)
 

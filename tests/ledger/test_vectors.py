@@ -20,8 +20,16 @@ import pytest
 from nacl.signing import VerifyKey
 
 from client.verify import ReceiptError, verify_attestations, verify_block, verify_certificate, verify_receipt
-from ledger import block, merkle
-from ledger.crypto import DOMAIN_CONSENSUS, DOMAIN_TX, SigningKey, signing_bytes, tx_id_of, verify
+from ledger import block, merkle, readtoken
+from ledger.crypto import (
+    DOMAIN_CONSENSUS,
+    DOMAIN_READ,
+    DOMAIN_TX,
+    SigningKey,
+    signing_bytes,
+    tx_id_of,
+    verify,
+)
 from ledger.genesis import Genesis, parse_genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.app.ledger import Ledger
@@ -304,6 +312,39 @@ def test_receipt_verifies_and_each_tampered_copy_fails_for_its_reason() -> None:
         with pytest.raises(ReceiptError) as err:
             verify_receipt(g, api_pb2.Receipt.FromString(h(bad["receipt"])), tx_id)
         assert err.value.reason == bad["reason"], bad["what"]
+
+
+def test_read_tokens_follow_the_stated_layout() -> None:
+    vec = load("readtoken.json")
+    assert h(vec["domain"]["hex"]) == vec["domain"]["ascii"].encode() == DOMAIN_READ
+    chain_id = vec["chain_id"]
+    for case in vec["cases"]:
+        method, scope = case["method"].encode(), case["scope"].encode()
+        by_hand = (
+            bytes([1, len(method)])
+            + method
+            + bytes([len(scope)])
+            + scope
+            + case["issued_ms"].to_bytes(8, "big")
+            + case["expires_ms"].to_bytes(8, "big")
+        )
+        assert h(case["body"]) == by_hand
+        chain = chain_id.encode()
+        signed = DOMAIN_READ + b"\x00" + bytes([len(chain)]) + chain + by_hand
+        assert h(case["signing_bytes"]) == signed == signing_bytes(DOMAIN_READ, chain_id, by_hand)
+        key = SigningKey(seed(case["key"]))
+        signature = key.sign(DOMAIN_READ, chain_id, by_hand)
+        assert h(case["signature"]) == signature and h(case["public_key"]) == key.public_key
+        VerifyKey(key.public_key).verify(signed, signature)  # plain Ed25519 over those bytes
+        assert h(case["token"]) == key.public_key + signature + by_hand
+        token = readtoken.decode(h(case["token"]))
+        assert (token.method, token.scope, token.issued_ms, token.expires_ms) == (
+            case["method"],
+            case["scope"],
+            case["issued_ms"],
+            case["expires_ms"],
+        )
+        assert token.verifies(chain_id) and not token.verifies(chain_id + "x")
 
 
 def test_generator_check_passes_on_the_committed_vectors() -> None:

@@ -14,7 +14,8 @@ from typing import TypeVar
 
 import grpc
 
-from ledger.crypto import load_key
+from ledger import readtoken
+from ledger.crypto import SigningKey, load_key
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 from tests.app.factory import Factory
 
@@ -58,6 +59,15 @@ def factory_for(c: Consortium) -> Factory:
 
 def stub(c: Consortium, bank: str) -> api_pb2_grpc.LedgerServiceStub:
     return api_pb2_grpc.LedgerServiceStub(c.ledger_channel(bank))
+
+
+def read_md(
+    c: Consortium, method: str, scope: str = readtoken.SCOPE_ALL, key: SigningKey | None = None
+) -> tuple[tuple[str, bytes], ...]:
+    """gRPC metadata with a fresh read token for one call: by ``key``, else BANK-A's operator
+    (who may read blocks, supply, any transaction and BANK-A's accounts)."""
+    reader = key or load_key(c.operator_key_path("BANK-A")).key
+    return readtoken.metadata(reader, c.genesis().chain_id, method, scope)
 
 
 def envelope(raw: bytes) -> tx_pb2.Envelope:

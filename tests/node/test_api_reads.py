@@ -6,12 +6,15 @@ backfill of attestations. Real Ledger and driver, in-memory store, scripted repl
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
 import pytest
 
+from ledger import readtoken
+from ledger.crypto import SigningKey
 from ledger.v1 import api_pb2
 from node import receipts
 from node.api import Abort as _Abort
@@ -44,6 +47,16 @@ def chain(blocks_count: int) -> tuple[Factory, Driver, LedgerApi, list[bytes]]:
     return fx, driver, api, opened
 
 
+def token(fx: Factory, method: str, scope: str = readtoken.SCOPE_ALL, key: SigningKey | None = None) -> bytes:
+    """A read token, by BANK-A's operator unless ``key`` (node/api/authority.py: tests of who
+    may read are in tests/node/test_read_authority.py)."""
+    return readtoken.build(key or fx.operators["BANK-A"], fx.chain_id, method, scope, readtoken_now())
+
+
+def readtoken_now() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def refused(call: Awaitable[bytes]) -> _Abort:
     async def run() -> _Abort:
         try:
@@ -56,18 +69,31 @@ def refused(call: Awaitable[bytes]) -> _Abort:
 
 
 def test_account_and_supply_carry_the_height_they_were_read_at() -> None:
-    _, _, api, _ = chain(3)
+    fx, _, api, _ = chain(3)
     account = api_pb2.Account.FromString(
         asyncio.run(
-            api.queries.get_account(api_pb2.GetAccountRequest(account_id="acct2").SerializeToString())
+            api.queries.get_account(
+                api_pb2.GetAccountRequest(account_id="acct2").SerializeToString(),
+                token(fx, "GetAccount", "acct2"),
+            )
         )
     )
-    supply = api_pb2.GetSupplyResponse.FromString(asyncio.run(api.queries.get_supply(b"")))
+    supply = api_pb2.GetSupplyResponse.FromString(
+        asyncio.run(api.queries.get_supply(b"", token(fx, "GetSupply")))
+    )
     assert (account.account_id, account.height, supply.height) == ("acct2", 3, 3)
     at_or_below = api_pb2.GetAccountRequest(account_id="acct1", min_height=3).SerializeToString()
-    assert api_pb2.Account.FromString(asyncio.run(api.queries.get_account(at_or_below))).height == 3
+    assert (
+        api_pb2.Account.FromString(
+            asyncio.run(api.queries.get_account(at_or_below, token(fx, "GetAccount", "acct1")))
+        ).height
+        == 3
+    )
     unknown = refused(
-        api.queries.get_account(api_pb2.GetAccountRequest(account_id="nobody").SerializeToString())
+        api.queries.get_account(
+            api_pb2.GetAccountRequest(account_id="nobody").SerializeToString(),
+            token(fx, "GetAccount", "nobody"),
+        )
     )
     assert unknown.code == grpc.StatusCode.NOT_FOUND and "at height 3" in unknown.message
 
@@ -79,11 +105,14 @@ def test_a_read_with_min_height_waits_for_the_node_to_reach_it() -> None:
     async def scenario() -> tuple[api_pb2.Account, api_pb2.GetSupplyResponse]:
         account = asyncio.ensure_future(
             api.queries.get_account(
-                api_pb2.GetAccountRequest(account_id="acct1", min_height=2).SerializeToString()
+                api_pb2.GetAccountRequest(account_id="acct1", min_height=2).SerializeToString(),
+                token(fx, "GetAccount", "acct1"),
             )
         )
         supply = asyncio.ensure_future(
-            api.queries.get_supply(api_pb2.GetSupplyRequest(min_height=2).SerializeToString())
+            api.queries.get_supply(
+                api_pb2.GetSupplyRequest(min_height=2).SerializeToString(), token(fx, "GetSupply")
+            )
         )
         await asyncio.sleep(0)  # both handlers run up to their wait
         assert not account.done() and not supply.done(), "answered below min_height"
@@ -100,15 +129,18 @@ def test_a_read_with_min_height_waits_for_the_node_to_reach_it() -> None:
 
 @pytest.mark.parametrize("what", ["account", "supply"])
 def test_a_min_height_the_node_does_not_reach_in_time_is_a_clear_failed_precondition(what: str) -> None:
-    _, driver, api, _ = chain(2)
+    fx, driver, api, _ = chain(2)
     api.queries.min_height_wait_s = 0.05
     future = 2**64 - 1
     call = (
         api.queries.get_account(
-            api_pb2.GetAccountRequest(account_id="acct1", min_height=future).SerializeToString()
+            api_pb2.GetAccountRequest(account_id="acct1", min_height=future).SerializeToString(),
+            token(fx, "GetAccount", "acct1"),
         )
         if what == "account"
-        else api.queries.get_supply(api_pb2.GetSupplyRequest(min_height=future).SerializeToString())
+        else api.queries.get_supply(
+            api_pb2.GetSupplyRequest(min_height=future).SerializeToString(), token(fx, "GetSupply")
+        )
     )
     exc = refused(call)
     assert exc.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -116,13 +148,22 @@ def test_a_min_height_the_node_does_not_reach_in_time_is_a_clear_failed_precondi
     assert not driver._height_waiters
 
 
+def operator_token(api: LedgerApi, method: str) -> bytes:
+    """BANK-A's operator key, from the API's genesis (the chain tests do not keep the Factory)."""
+    fx = Factory()  # the default Factory: the same seed, keys and chain as chain()'s
+    assert fx.chain_id == api.authority.chain_id
+    return token(fx, method)
+
+
 def get_blocks(api: LedgerApi, from_height: int, max_blocks: int) -> api_pb2.GetBlocksResponse:
     req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks)
-    return api_pb2.GetBlocksResponse.FromString(asyncio.run(api.queries.get_blocks(req.SerializeToString())))
+    raw = asyncio.run(api.queries.get_blocks(req.SerializeToString(), operator_token(api, "GetBlocks")))
+    return api_pb2.GetBlocksResponse.FromString(raw)
 
 
 def get_block(api: LedgerApi, height: int) -> api_pb2.GetBlockResponse:
-    raw = asyncio.run(api.queries.get_block(api_pb2.GetBlockRequest(height=height).SerializeToString()))
+    req = api_pb2.GetBlockRequest(height=height).SerializeToString()
+    raw = asyncio.run(api.queries.get_block(req, operator_token(api, "GetBlock")))
     return api_pb2.GetBlockResponse.FromString(raw)
 
 
@@ -166,9 +207,9 @@ def test_get_blocks_caps_blocks_and_bytes(monkeypatch: pytest.MonkeyPatch) -> No
 def test_get_blocks_refuses_bad_ranges(from_height: int, max_blocks: int, needle: str) -> None:
     _, _, api, _ = chain(1)
     req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks).SerializeToString()
-    exc = refused(api.queries.get_blocks(req))
+    exc = refused(api.queries.get_blocks(req, operator_token(api, "GetBlocks")))
     assert exc.code == grpc.StatusCode.INVALID_ARGUMENT and needle in exc.message
-    assert refused(api.queries.get_blocks(b"\xff\xff")).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused(api.queries.get_blocks(b"\xff\xff", None)).code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_get_block_says_whether_the_block_has_its_attestations() -> None:
@@ -177,8 +218,9 @@ def test_get_block_says_whether_the_block_has_its_attestations() -> None:
     assert (get_block(api, 3).attestations_complete, len(get_block(api, 3).attestations)) == (False, 0)
     driver.run([act.Attested(3, ATTESTATIONS)])
     assert get_block(api, 3).attestations_complete
-    assert refused(api.queries.get_block(api_pb2.GetBlockRequest(height=4).SerializeToString())).code == (
-        grpc.StatusCode.NOT_FOUND
+    req = api_pb2.GetBlockRequest(height=4).SerializeToString()
+    assert (
+        refused(api.queries.get_block(req, operator_token(api, "GetBlock"))).code == grpc.StatusCode.NOT_FOUND
     )
 
 
@@ -191,7 +233,8 @@ def test_get_transaction_tells_pending_from_unknown_and_old_clients_still_see_no
 
     def ask(tx_id: bytes, include_pending: bool) -> Callable[[], Coroutine[Any, Any, bytes]]:
         req = api_pb2.GetTransactionRequest(tx_id=tx_id, include_pending=include_pending)
-        return lambda: api.queries.get_transaction(req.SerializeToString())
+        auth = token(fx, "GetTransaction", readtoken.tx_scope(tx_id))
+        return lambda: api.queries.get_transaction(req.SerializeToString(), auth)
 
     for tx_id in (fx.tx_id(pending), fx.tx_id(relayed)):
         old = refused(ask(tx_id, False)())

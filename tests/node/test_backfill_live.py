@@ -13,6 +13,7 @@ from tests.node.helpers import (
     Consortium,
     factory_for,
     primary_of,
+    read_md,
     running_consortium,
     statuses,
     stub,
@@ -52,7 +53,9 @@ def test_blocks_replayed_without_their_attestations_are_backfilled_in_the_backgr
 
     def incomplete() -> list[int]:
         reply = stub(net, backup).GetBlocks(
-            api_pb2.GetBlocksRequest(from_height=1, max_blocks=1000), timeout=5
+            api_pb2.GetBlocksRequest(from_height=1, max_blocks=1000),
+            timeout=5,
+            metadata=read_md(net, "GetBlocks"),
         )
         assert reply.next_height > top, "the range call served fewer blocks than the node has"
         return [h for h, b in enumerate(reply.blocks[:top], start=1) if not b.attestations_complete]

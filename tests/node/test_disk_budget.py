@@ -15,6 +15,7 @@ from tests.node.helpers import (
     Consortium,
     envelope,
     factory_for,
+    read_md,
     running_consortium,
     stub,
     submit_all,
@@ -83,7 +84,11 @@ def test_a_node_near_its_disk_budget_refuses_new_work_keeps_executing_and_restar
         # Restart with the same config: it comes back, serves reads, still takes no new work.
         c.restart("BANK-A")
         s = stub(c, "BANK-A")
-        account = s.GetAccount(api_pb2.GetAccountRequest(account_id="bob"), timeout=5)
+        account = s.GetAccount(
+            api_pb2.GetAccountRequest(account_id="bob"),
+            timeout=5,
+            metadata=read_md(c, "GetAccount", "bob", bob),
+        )
         assert account.balances[0].available == len(accepted)
         more = fx.transfer([("alice", "bob", "USD.BANK-A", 1)])
         resp = s.SubmitBatch(api_pb2.SubmitBatchRequest(envelopes=[envelope(more)]), timeout=10)

@@ -665,22 +665,29 @@ def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_anot
     assert driver.log.counters["events_dropped_full"] == 0
 
 
-def test_a_source_whose_messages_the_replica_rejects_is_logged_at_each_power_of_ten(tmp_path: Path) -> None:
+def test_a_source_whose_messages_the_replica_rejects_is_logged_and_then_served_slowly(tmp_path: Path) -> None:
+    from node.driver import PENALTY_REJECTED_MIN, PENALTY_UNITS_PER_S
+
     driver, replica, _ = make(Factory())
     driver.log = EventLog("BANK-B", tmp_path / "events.log")
+    seen: list[bytes] = []
 
     def on_message(raw: bytes) -> list[act.Action]:
+        seen.append(raw)
         if raw == b"forged":
             replica.rejected += 1
         return []
 
     replica.on_message = on_message  # type: ignore[assignment,method-assign]
+    forged = 3 * PENALTY_REJECTED_MIN
 
     async def scenario() -> None:
         driver.start()
-        assert await driver.on_peer_messages("liar", [b"forged"] * 1000)
+        assert await driver.on_peer_messages("liar", [b"forged"] * forged)
+        while seen.count(b"forged") < PENALTY_REJECTED_MIN:  # until the liar is judged
+            await asyncio.sleep(0.01)
         assert await driver.on_peer_messages("honest", [b"fine"] * 50)
-        while driver._events.total_items:
+        while seen.count(b"fine") < 50:
             await asyncio.sleep(0.01)
         await driver.stop()
 
@@ -688,8 +695,11 @@ def test_a_source_whose_messages_the_replica_rejects_is_logged_at_each_power_of_
     driver.log.close()
     logged = [json.loads(line) for line in (tmp_path / "events.log").read_text().splitlines()]
     flagged = [(e["source"], e["rejected"]) for e in logged if e["event"] == "peer_source_rejected"]
-    assert flagged == [("liar", 100), ("liar", 1000)]
-    assert driver.sources["liar"].rejected_total == 1000 and driver.sources["honest"].rejected_total == 0
-    # Most of what the liar sent was rejected: it is served one event per group from now on.
+    assert flagged == [("liar", 100)]
+    assert driver.sources["honest"].rejected_total == 0
+    # Most of what the liar sent was rejected: from then on it is served at PENALTY_UNITS_PER_S,
+    # so the honest source's 50 went ahead of most of its backlog.
     assert "liar" in driver._penalized and "honest" not in driver._penalized
     assert driver.log.counters["peer_sources_penalized"] == 1
+    served_after = seen.count(b"forged") - PENALTY_REJECTED_MIN
+    assert served_after < forged - PENALTY_REJECTED_MIN, (served_after, PENALTY_UNITS_PER_S)

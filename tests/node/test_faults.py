@@ -20,6 +20,7 @@ from tests.node.helpers import (
     Consortium,
     factory_for,
     primary_of,
+    read_md,
     running_consortium,
     statuses,
     stub,
@@ -177,7 +178,13 @@ def test_kill9_at_random_points_never_yields_conflicting_votes(net: Consortium, 
     assert sum(conflicts.values()) == 0, conflicts
     assert load.committed > 0
     balances = {
-        b: stub(net, b).GetAccount(api_pb2.GetAccountRequest(account_id="bob"), timeout=5).SerializeToString()
+        b: stub(net, b)
+        .GetAccount(
+            api_pb2.GetAccountRequest(account_id="bob"),
+            timeout=5,
+            metadata=read_md(net, "GetAccount", "bob", fx.client("bob")),
+        )
+        .SerializeToString()
         for b in BANKS
     }
     assert len(set(balances.values())) == 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client.verify import verify_block, verify_receipt
-from ledger import merkle, tls
+from ledger import merkle, readtoken, tls
 from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.config import NodeLimits
@@ -25,6 +26,7 @@ from tests.node.helpers import (
     Consortium,
     envelope,
     factory_for,
+    read_md,
     rpc_code,
     running_consortium,
     statuses,
@@ -80,18 +82,26 @@ def test_commits_on_all_four_with_identical_roots_and_block_hashes(net: Consorti
     for height in range(1, top + 1):
         headers = set()
         for bank in BANKS:
-            block = stub(net, bank).GetBlock(api_pb2.GetBlockRequest(height=height), timeout=5)
+            block = stub(net, bank).GetBlock(
+                api_pb2.GetBlockRequest(height=height), timeout=5, metadata=read_md(net, "GetBlock")
+            )
             verify_block(genesis, block)
             headers.add(block.block.header)
         assert len(headers) == 1, f"block {height} differs between nodes"
     accounts = {
-        bank: stub(net, bank).GetAccount(api_pb2.GetAccountRequest(account_id="bob"), timeout=5)
+        bank: stub(net, bank).GetAccount(
+            api_pb2.GetAccountRequest(account_id="bob"),
+            timeout=5,
+            metadata=read_md(net, "GetAccount", "bob", fx.client("bob")),  # bob's own key
+        )
         for bank in BANKS
     }
     assert len({a.SerializeToString() for a in accounts.values()}) == 1
     expected = sum(25 * (100 + i) for i in range(4))
     assert [(b.asset, b.available) for b in accounts["BANK-A"].balances] == [("USD.BANK-A", expected)]
-    supply = stub(net, "BANK-D").GetSupply(api_pb2.GetSupplyRequest(), timeout=5)
+    supply = stub(net, "BANK-D").GetSupply(
+        api_pb2.GetSupplyRequest(), timeout=5, metadata=read_md(net, "GetSupply", key=fx.client("alice"))
+    )
     usd = [a for a in supply.assets if a.asset == "USD.BANK-A"]
     assert usd[0].minted == 100_000 and usd[0].outstanding == 100_000
 
@@ -105,9 +115,15 @@ def test_retry_of_committed_tx_returns_first_result(net: Consortium, funded: Fac
     first = submit_one(net, "BANK-B", raw)
     again = submit_one(net, "BANK-D", raw)
     assert first.result == again.result
-    tx = stub(net, "BANK-C").GetTransaction(api_pb2.GetTransactionRequest(tx_id=tx_id(raw)), timeout=5)
+    tx = stub(net, "BANK-C").GetTransaction(
+        api_pb2.GetTransactionRequest(tx_id=tx_id(raw)),
+        timeout=5,
+        metadata=read_md(net, "GetTransaction", tx_id(raw).hex(), funded.client("alice")),  # its signer
+    )
     assert tx.envelope.SerializeToString() == raw and tx.receipt.result == first.result
-    block = stub(net, "BANK-A").GetBlock(api_pb2.GetBlockRequest(height=first.result.height), timeout=5)
+    block = stub(net, "BANK-A").GetBlock(
+        api_pb2.GetBlockRequest(height=first.result.height), timeout=5, metadata=read_md(net, "GetBlock")
+    )
     ids = [tx_id(bytes(e)) for e in block.block.batch.envelopes]
     assert bytes(block.block.batch.envelopes[first.result.index]) == raw  # the exact bytes, not a re-encoding
     header = tx_pb2.BlockHeader.FromString(block.block.header)
@@ -229,7 +245,13 @@ def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) 
     assert rpc_code(lambda: s.SubmitBatch(too_many, timeout=5)) == code.INVALID_ARGUMENT
     # Queries of things that do not exist.
     assert (
-        rpc_code(lambda: s.GetAccount(api_pb2.GetAccountRequest(account_id="nobody"), timeout=5))
+        rpc_code(
+            lambda: s.GetAccount(
+                api_pb2.GetAccountRequest(account_id="nobody"),
+                timeout=5,
+                metadata=read_md(net, "GetAccount", "nobody"),
+            )
+        )
         == code.NOT_FOUND
     )
     assert (
@@ -237,10 +259,17 @@ def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) 
         == code.INVALID_ARGUMENT
     )
     assert (
-        rpc_code(lambda: s.GetTransaction(api_pb2.GetTransactionRequest(tx_id=bytes(32)), timeout=5))
+        rpc_code(
+            lambda: s.GetTransaction(
+                api_pb2.GetTransactionRequest(tx_id=bytes(32)),
+                timeout=5,
+                metadata=read_md(net, "GetTransaction", bytes(32).hex()),
+            )
+        )
         == code.NOT_FOUND
     )
-    assert rpc_code(lambda: s.GetBlock(api_pb2.GetBlockRequest(height=10**9), timeout=5)) == code.NOT_FOUND
+    far = api_pb2.GetBlockRequest(height=10**9)
+    assert rpc_code(lambda: s.GetBlock(far, timeout=5, metadata=read_md(net, "GetBlock"))) == code.NOT_FOUND
     assert (
         rpc_code(lambda: s.WaitReceipt(api_pb2.WaitReceiptRequest(tx_id=b"short"), timeout=5))
         == code.INVALID_ARGUMENT
@@ -267,7 +296,8 @@ def test_bad_client_input_gets_precise_status(net: Consortium, funded: Factory) 
         request = api_pb2.SubmitRequest(envelope=envelope(keyless))
         assert rpc_code(functools.partial(s.Submit, request, timeout=5)) == code.UNAUTHENTICATED
         ghost = api_pb2.GetTransactionRequest(tx_id=tx_id(keyless))
-        assert rpc_code(functools.partial(s.GetTransaction, ghost, timeout=5)) == code.NOT_FOUND
+        md = read_md(net, "GetTransaction", tx_id(keyless).hex())
+        assert rpc_code(functools.partial(s.GetTransaction, ghost, timeout=5, metadata=md)) == code.NOT_FOUND
     counters = stub(net, "BANK-B").GetStatus(api_pb2.GetStatusRequest(), timeout=5).counters
     assert counters["rejected_WRONG_CHAIN"] >= 1 and counters["rejected_BAD_SIGNATURE"] >= 1
     assert all(net.health(b) for b in BANKS)
@@ -483,3 +513,98 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
     )
     assert after[("ledger_peers", ())] == 3 and after[("ledger_store_used_bytes", ())] > 0
     assert 2 <= after[("ledger_peers_up", ())] <= 3  # a quorum of links (earlier tests restart nodes)
+
+
+def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    raise AssertionError("call succeeded; expected a refusal")
+
+
+def test_reads_need_a_token_of_a_key_that_may_read_them(net: Consortium, funded: Factory) -> None:
+    """Issue 17 item 3 over gRPC: every refusal with its status and message, then what is allowed."""
+    fx = funded
+    s = stub(net, "BANK-C")
+    chain_id = net.genesis().chain_id
+    alice, bob = fx.client("alice"), fx.client("bob")
+    op_a, op_b = fx.operators["BANK-A"], fx.operators["BANK-B"]
+    req = api_pb2.GetAccountRequest(account_id="alice")
+    now = time.time_ns() // 1_000_000
+
+    def token(key: SigningKey, method: str = "GetAccount", scope: str = "alice", **kw: int) -> bytes:
+        return readtoken.build(
+            key, chain_id, method, scope, kw.get("issued", now), kw.get("lifetime", 60_000)
+        )
+
+    good = token(alice)
+    not_owner = "is neither the owner key of this account nor the operator key of the bank that opened it"
+    code = grpc.StatusCode
+    cases: list[tuple[str, bytes | None, grpc.StatusCode, str]] = [
+        ("no token", None, code.UNAUTHENTICATED, "GetAccount needs a read token (x-ledger-read-token-bin"),
+        (
+            "expired",
+            token(alice, issued=now - 400_000, lifetime=60_000),
+            code.UNAUTHENTICATED,
+            "read token expired at",
+        ),
+        ("another method", token(alice, "GetSupply"), code.UNAUTHENTICATED, "read token is for GetSupply"),
+        ("another scope", token(alice, scope="bob"), code.UNAUTHENTICATED, "is for scope 'bob', not 'alice'"),
+        ("not the owner", token(bob), code.PERMISSION_DENIED, not_owner),
+        ("another bank's operator", token(op_b), code.PERMISSION_DENIED, not_owner),
+        (
+            "forged signature",
+            good[:40] + bytes([good[40] ^ 1]) + good[41:],
+            code.UNAUTHENTICATED,
+            "read token signature does not verify",
+        ),
+        (
+            "valid too long",
+            token(alice, lifetime=10 * 60_000),
+            code.UNAUTHENTICATED,
+            "read token valid for 600000 ms; at most 300000 ms",
+        ),
+    ]
+    for name, tok, want, message in cases:
+        md: tuple[tuple[str, bytes], ...] = () if tok is None else ((readtoken.METADATA_KEY, tok),)
+        got = _refusal(functools.partial(s.GetAccount, req, timeout=5, metadata=md))
+        assert got[0] == want and message in got[1], (name, got)
+    # Allowed: the owner and its bank's operator; supply and headers for a known key; whole
+    # blocks for an operator; a transaction for its signer.
+    for key in (alice, op_a):
+        assert (
+            s.GetAccount(req, timeout=5, metadata=((readtoken.METADATA_KEY, token(key)),)).account_id
+            == "alice"
+        )
+    assert s.GetSupply(
+        api_pb2.GetSupplyRequest(), timeout=5, metadata=read_md(net, "GetSupply", key=bob)
+    ).assets
+    stranger = SigningKey.generate()
+    assert _refusal(
+        lambda: s.GetSupply(
+            api_pb2.GetSupplyRequest(), timeout=5, metadata=read_md(net, "GetSupply", key=stranger)
+        )
+    ) == (
+        code.PERMISSION_DENIED,
+        f"GetSupply: key {stranger.public_key.hex()[:16]} is not a key the ledger knows: "
+        "a member's operator key or the owner key of an account that is not frozen",
+    )
+    one = api_pb2.GetBlockRequest(height=1)
+    headers = s.GetBlock(one, timeout=5, metadata=read_md(net, "GetBlock", key=bob))
+    assert headers.block.header and not headers.block.batch.envelopes and not headers.results
+    full = s.GetBlock(one, timeout=5, metadata=read_md(net, "GetBlock", key=op_b))
+    assert full.block.header == headers.block.header and full.block.batch.envelopes and full.results
+    raw = fx.transfer([("alice", "bob", "USD.BANK-A", 1)])
+    submit_one(net, "BANK-C", raw)
+    ask = api_pb2.GetTransactionRequest(tx_id=tx_id(raw))
+    signed = s.GetTransaction(
+        ask, timeout=5, metadata=read_md(net, "GetTransaction", tx_id(raw).hex(), alice)
+    )
+    assert signed.envelope.SerializeToString() == raw
+    got = _refusal(
+        lambda: s.GetTransaction(
+            ask, timeout=5, metadata=read_md(net, "GetTransaction", tx_id(raw).hex(), bob)
+        )
+    )
+    assert got[0] == code.PERMISSION_DENIED and "did not sign transaction" in got[1]

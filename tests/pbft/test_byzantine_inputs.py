@@ -157,7 +157,7 @@ def test_a_batch_is_parsed_only_after_the_signature_verifies_and_only_as_counted
     calls: list[int] = []
     real = wire.decode_batch
 
-    def counting(raw: bytes, count: int) -> tuple[bytes, ...]:
+    def counting(raw: bytes | memoryview, count: int) -> tuple[bytes, ...]:
         calls.append(count)
         return real(raw, count)
 
