@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 from ledger.crypto import tx_id_of
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node import feed, history
 from node.admission import KnownKeys
 from node.app.codec import envelope_tx_id
 from node.app.ledger import Ledger
@@ -550,6 +551,31 @@ class LedgerApi:
             out.counters[name] = value
         return out.SerializeToString()
 
+    # --- history, escrows and the feed (node/history.py, node/feed.py) -----------------
+
+    def _history_query(self, query: Callable[[Genesis, KVReader, bytes], bytes], raw: bytes) -> bytes:
+        try:
+            with self.driver.store.read() as r:
+                return query(self.genesis, r, raw)
+        except history.QueryError as exc:
+            raise _Abort(exc.code, exc.message) from exc
+
+    async def get_account_history(self, raw: bytes) -> bytes:
+        return self._history_query(history.account_history, raw)
+
+    async def get_escrow(self, raw: bytes) -> bytes:
+        return self._history_query(history.get_escrow, raw)
+
+    async def list_escrows(self, raw: bytes) -> bytes:
+        return self._history_query(history.list_escrows, raw)
+
+    async def feed(self, raw: bytes) -> AsyncIterator[bytes]:
+        try:
+            async for message in feed.feed(self.genesis, self.driver, self.backfill, raw):
+                yield message
+        except history.QueryError as exc:
+            raise _Abort(exc.code, exc.message) from exc
+
     # --- registration -------------------------------------------------------------------
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -609,6 +635,10 @@ class LedgerApi:
                 "GetBlocks": unary(self.get_blocks),
                 "GetSupply": unary(self.get_supply),
                 "GetStatus": unary(self.get_status),
+                "GetAccountHistory": unary(self.get_account_history),
+                "GetEscrow": unary(self.get_escrow),
+                "ListEscrows": unary(self.list_escrows),
+                "Feed": stream(self.feed),
             },
         )
 

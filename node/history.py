@@ -30,7 +30,7 @@ REPLY_BYTES_MAX = 1 << 20
 SCAN_MAX = 20_000
 KINDS_MAX = len(KIND_NAMES)
 # GetAccountHistoryResponse and ListEscrowsResponse field numbers
-_ENTRIES, _NEXT_CURSOR, _HEIGHT = 1, 2, 3
+_ENTRIES, _NEXT_CURSOR, _HEIGHT, _OPENING = 1, 2, 3, 4
 
 
 class QueryError(Exception):
@@ -114,7 +114,24 @@ def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
     if cursor:
         parts.append(field_bytes(_NEXT_CURSOR, cursor))
     parts.append(field_varint(_HEIGHT, queries.last_height(r)))
+    if not req.after:
+        parts += [field_bytes(_OPENING, b.SerializeToString()) for b in opening(genesis, r, req)]
     return b"".join(parts)
+
+
+def opening(genesis: Genesis, r: KVReader, req: api_pb2.GetAccountHistoryRequest) -> list[api_pb2.Balance]:
+    """The account's balance in each asset just before from_time_ms (its latest balance point
+    then), for the assets it had entries in by then: one seek per genesis asset."""
+    out: list[api_pb2.Balance] = []
+    if req.from_time_ms <= -index.TIME_OFFSET:
+        return out  # nothing is before the first time
+    for asset in genesis.assets:
+        prefix = index.balances_prefix(req.account_id, asset.asset)
+        for _, value in r.scan(prefix, prefix + index.balance_position(req.from_time_ms - 1)):
+            available, held = index.balance_of(value)
+            out.append(api_pb2.Balance(asset=asset.asset, available=available, held=held))
+            break
+    return out
 
 
 def _escrow(rec: st.EscrowRecord) -> api_pb2.Escrow:

@@ -910,7 +910,7 @@ class GetAccountHistoryRequest(_message.Message):
     after: _builtins.bytes
     """the previous page's next_cursor; empty: from the start"""
     limit: _builtins.int
-    """1..the node's cap (larger is read as the cap); 0: the cap"""
+    """>= 1; more than the node's cap (1000) is read as the cap"""
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___PostingKind.ValueType]:
         """empty: every kind"""
@@ -940,6 +940,7 @@ class GetAccountHistoryResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
+    OPENING_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.bytes
     """empty: no more entries (as of `height`)"""
     height: _builtins.int
@@ -948,16 +949,24 @@ class GetAccountHistoryResponse(_message.Message):
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """oldest first"""
 
+    @_builtins.property
+    def opening(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """First page only (no `after`): the account's balance in each asset it had entries in,
+        just before from_time_ms (an asset not listed: 0 and 0). With the entries' deltas these
+        give a statement's closing balances (available_after, held_after of the last entry).
+        """
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
         next_cursor: _builtins.bytes = ...,
         height: _builtins.int = ...,
+        opening: _abc.Iterable[Global___Balance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "height", b"height", "next_cursor", b"next_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "height", b"height", "next_cursor", b"next_cursor", "opening", b"opening"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1030,7 +1039,7 @@ class ListEscrowsRequest(_message.Message):
     after: _builtins.str
     """the last escrow_id of the previous page; empty: from the start"""
     limit: _builtins.int
-    """as GetAccountHistoryRequest.limit"""
+    """>= 1, as GetAccountHistoryRequest.limit"""
     def __init__(
         self,
         *,

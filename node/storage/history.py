@@ -8,6 +8,10 @@ Key spaces owned here (see node/storage/kv.py):
         time: consensus time ms + 2^63 (an unsigned big-endian sort of a signed time); it never
         decreases with height, so the keys of one account are in time and execution order at
         once and a time range is a key range. seq: the entry's position in its block.
+  b"x/a/" <account> 0x00 <asset> 0x00 <~time(8)> <~height(8)> <~seq(4)>
+        available_after(8) held_after(8), signed: the balance points of one (account, asset),
+        newest first (~: bitwise complement), so the balance just before a time is the first
+        key at or after that time's complement (a forward scan, no reverse seek)
   b"x/e/" <account> 0x00 <escrow_id>                      b"\\x01": the account pays or is
         paid by the escrow (its record is the ledger's s/e/ one)
 Ids never contain 0x00 (node/app/state.py), so an account's keys are exactly those under
@@ -24,10 +28,13 @@ from node.app.postings import ESCROW_CREATE, Posting
 from node.storage.kv import KVWriter
 
 HISTORY = b"x/h/"
+BALANCES = b"x/a/"
 ESCROWS = b"x/e/"
 TIME_OFFSET = 1 << 63
 POSITION_BYTES = 20  # time(8) height(8) seq(4): what follows an account's history prefix
 _POSITION = struct.Struct(">QQI")
+_AMOUNTS = struct.Struct(">qq")
+_U64_MAX, _U32_MAX = (1 << 64) - 1, (1 << 32) - 1
 
 
 def history_prefix(account: str) -> bytes:
@@ -36,6 +43,21 @@ def history_prefix(account: str) -> bytes:
 
 def escrows_prefix(account: str) -> bytes:
     return ESCROWS + account.encode() + b"\x00"
+
+
+def balances_prefix(account: str, asset: str) -> bytes:
+    return BALANCES + f"{account}\x00{asset}\x00".encode()
+
+
+def balance_position(time_ms: int, height: int = _U64_MAX, seq: int = _U32_MAX) -> bytes:
+    """A balance point's key suffix; with the defaults, the first key at or before time_ms."""
+    return _POSITION.pack(_U64_MAX - (time_ms + TIME_OFFSET), _U64_MAX - height, _U32_MAX - seq)
+
+
+def balance_of(value: bytes) -> tuple[int, int]:
+    """(available, held) of a balance point."""
+    available, held = _AMOUNTS.unpack(value)
+    return int(available), int(held)
 
 
 def position(time_ms: int, height: int, seq: int) -> bytes:
@@ -66,6 +88,10 @@ def put_postings(w: KVWriter, height: int, time_ms: int, postings: Sequence[Post
             seq=seq,
         )
         w.put(history_prefix(p.account) + position(time_ms, height, seq), entry.SerializeToString())
+        w.put(
+            balances_prefix(p.account, p.asset) + balance_position(time_ms, height, seq),
+            _AMOUNTS.pack(p.available_after, p.held_after),
+        )
         if p.kind == ESCROW_CREATE:
             w.put(escrows_prefix(p.account) + p.escrow_id.encode(), b"\x01")
             w.put(escrows_prefix(p.counterparty) + p.escrow_id.encode(), b"\x01")
