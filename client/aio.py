@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import grpc.aio
 
+from client.history import (
+    FEED_RETRY_S,
+    PAGE_MAX,
+    EscrowInfo,
+    FeedBlock,
+    FeedFailover,
+    HistoryPage,
+    Statement,
+    build_statement,
+    check_feed_message,
+    feed_request,
+    history_request,
+)
 from client.models import (
     AccountInfo,
     BalanceInfo,
@@ -401,3 +414,92 @@ class AsyncLedgerClient:
             "status", call, timeout_s, endpoints=[endpoint] if endpoint else None
         )
         return NodeStatusInfo.from_proto(answered, resp)
+
+    # --- history, escrows and the feed (see LedgerClient) -----------------------------------
+
+    async def history(
+        self,
+        account_id: str,
+        *,
+        from_ms: int = 0,
+        to_ms: int = 0,
+        kinds: Sequence[str] = (),
+        after: bytes = b"",
+        limit: int = 100,
+        timeout_s: float | None = None,
+    ) -> HistoryPage:
+        """One page of the account's entries (see LedgerClient.history)."""
+        req = history_request(account_id, from_ms, to_ms, tuple(kinds), after, limit)
+
+        async def call(stub: Stub, t: float) -> api_pb2.GetAccountHistoryResponse:
+            return await stub.GetAccountHistory(req, timeout=t)
+
+        return HistoryPage.from_proto((await self._query(f"history of {account_id!r}", call, timeout_s))[1])
+
+    async def statement(
+        self, account_id: str, from_ms: int, to_ms: int, *, timeout_s: float | None = None
+    ) -> Statement:
+        """Opening and closing balance per asset, reconciled (see LedgerClient.statement)."""
+        pages: list[HistoryPage] = []
+        after = b""
+        while True:
+            page = await self.history(
+                account_id, from_ms=from_ms, to_ms=to_ms, after=after, limit=PAGE_MAX, timeout_s=timeout_s
+            )
+            pages.append(page)
+            after = page.next_cursor
+            if not after:
+                return build_statement(account_id, from_ms, to_ms, pages[0].opening, pages)
+
+    async def escrow(self, escrow_id: str, *, timeout_s: float | None = None) -> EscrowInfo:
+        async def call(stub: Stub, t: float) -> api_pb2.Escrow:
+            return await stub.GetEscrow(api_pb2.GetEscrowRequest(escrow_id=escrow_id), timeout=t)
+
+        return EscrowInfo.from_proto((await self._query(f"escrow {escrow_id!r}", call, timeout_s))[1])
+
+    async def escrows(self, account_id: str, *, timeout_s: float | None = None) -> list[EscrowInfo]:
+        out: list[EscrowInfo] = []
+        after = ""
+        while True:
+            req = api_pb2.ListEscrowsRequest(account_id=account_id, after=after, limit=PAGE_MAX)
+
+            async def call(
+                stub: Stub, t: float, req: api_pb2.ListEscrowsRequest = req
+            ) -> api_pb2.ListEscrowsResponse:
+                return await stub.ListEscrows(req, timeout=t)
+
+            resp = (await self._query(f"escrows of {account_id!r}", call, timeout_s))[1]
+            out += [EscrowInfo.from_proto(e) for e in resp.escrows]
+            after = resp.next_after
+            if not after:
+                return out
+
+    async def feed(
+        self,
+        from_height: int = 1,
+        *,
+        accounts: Sequence[str] = (),
+        assets: Sequence[str] = (),
+        banks: Sequence[str] = (),
+    ) -> AsyncIterator[FeedBlock]:
+        """Verified committed blocks from ``from_height``, following the head, with failover
+        (see LedgerClient.feed)."""
+        next_height = from_height
+        failover = FeedFailover(len(self.endpoints))
+        while True:
+            for endpoint in self._order():
+                req = feed_request(next_height, tuple(accounts), tuple(assets), tuple(banks))
+                call = self._stub(endpoint).Feed(req)
+                error: Exception | None = None
+                try:
+                    async for msg in call:
+                        fb = check_feed_message(self.genesis, next_height, msg)
+                        failover.progressed()
+                        next_height = max(next_height, fb.height + 1)
+                        yield fb
+                except (grpc.RpcError, ReceiptError) as exc:
+                    error = exc
+                finally:
+                    call.cancel()
+                failover.failed(endpoint, error)
+            await asyncio.sleep(FEED_RETRY_S)  # every node failed this round

@@ -17,9 +17,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from client import cli_history
 from client import cli_output as out
 from client.amounts import AmountError, find_asset, parse_amount
 from client.cli_parser import build_parser
+from client.history import StatementMismatch
 from client.models import (
     Committed,
     Indefinite,
@@ -380,6 +382,9 @@ COMMANDS = {
     "supply": cmd_supply,
     "sign": cmd_sign,
     "submit": cmd_submit,
+    "history": cli_history.cmd_history,
+    "statement": cli_history.cmd_statement,
+    "feed": cli_history.cmd_feed,
 }
 
 
@@ -395,7 +400,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.cmd](ctx, args)
     except CliError as exc:
         code, message = exc.code, str(exc)
-    except (AmountError, TxBuildError, WalletError) as exc:
+    except (AmountError, TxBuildError, WalletError, cli_history.UsageError) as exc:
         code, message = EXIT_USAGE, str(exc)
     except NotFound as exc:
         code, message = EXIT_NOT_FOUND, str(exc)
@@ -404,7 +409,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             EXIT_INDEFINITE,
             f"{exc}; are the nodes running? (--node HOST:PORT, `ledgerctl status`)",
         )
-    except (Unverified, ReceiptError) as exc:
+    except (Unverified, ReceiptError, StatementMismatch) as exc:
         code, message = EXIT_UNVERIFIED, str(exc)
     except LedgerError as exc:
         code, message = EXIT_INDEFINITE, str(exc)
