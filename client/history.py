@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from client.models import LedgerError, NotFound, Unreachable
+from client.models import LedgerError, NotFound, Unreachable, Unverified
 from client.policy import describe, status_code
 from client.verify import ReceiptError, VerifiedBlock, verify_block
 from ledger.genesis import Genesis
@@ -282,15 +282,17 @@ FEED_RETRY_S = 0.5  # between rounds over every node
 class FeedFailover:
     """When a feed's node fails, the feed goes on from the next height on another node.
     Definite answers end it (NOT_FOUND: unknown filter id; INVALID_ARGUMENT); it gives up
-    (Unreachable) after two rounds over every node without a verified message."""
+    after two rounds over every node without a verified message: Unverified when every
+    failure was an answer that did not verify, Unreachable otherwise."""
 
     def __init__(self, endpoints: int) -> None:
         self.endpoints = endpoints
         self.failures = 0
+        self.unverified = 0
         self.errors: list[str] = []
 
     def progressed(self) -> None:
-        self.failures = 0
+        self.failures = self.unverified = 0
 
     def failed(self, endpoint: str, exc: Exception | None) -> None:
         if isinstance(exc, grpc.RpcError):
@@ -300,8 +302,13 @@ class FeedFailover:
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise LedgerError(describe(endpoint, "feed", exc)) from exc
             self.errors.append(describe(endpoint, "feed", exc))
+        elif isinstance(exc, ReceiptError):
+            self.unverified += 1
+            self.errors.append(f"{endpoint} feed: did not verify: {exc}")
         else:
-            self.errors.append(f"{endpoint} feed: {exc or 'stream ended'}")
+            self.errors.append(f"{endpoint} feed: stream ended")
         self.failures += 1
         if self.failures >= 2 * self.endpoints:
+            if self.unverified == self.failures:
+                raise Unverified("feed: no node gave blocks that verify", tuple(self.errors))
             raise Unreachable("feed: no node served it", tuple(self.errors))

@@ -98,7 +98,7 @@ def entries(store: KVStore, ledger: Ledger, account: str, **kw: object) -> api_p
 
 
 def test_postings_chain_to_the_balances_and_leave_state_roots_alone(store: KVStore, tmp_path: Path) -> None:
-    fx, ledger, outs = run_scenario(store)
+    _, ledger, outs = run_scenario(store)
     assert [o.expired_escrows for o in outs][4] == ("e1",)
     # The same blocks without the index: the same results and state roots, byte for byte.
     other = MemoryStore()
