@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -38,13 +39,14 @@ class UsageError(ValueError):
 
 def add_commands(sub: Any) -> None:
     """The three subcommands, on ledgerctl's subparsers."""
-    h = sub.add_parser("history", help="an account's entries, oldest first (newest last)")
+    h = sub.add_parser("history", help="an account's entries, newest last")
     h.add_argument("account")
     h.add_argument("--from", dest="from_time", metavar="TIME", help="ISO-8601 or epoch ms (inclusive)")
     h.add_argument("--to", dest="to_time", metavar="TIME", help="ISO-8601 or epoch ms (exclusive)")
     h.add_argument(
         "--kind", action="append", choices=[k.lower() for k in KINDS], help="only these (repeatable)"
     )
+    h.add_argument("--limit", type=int, metavar="N", help="only the newest N entries")
     h.add_argument("--csv", action="store_true", help="print CSV")
     _json_flag(h)
     s = sub.add_parser("statement", help="opening and closing balance per asset, and the entries between")
@@ -133,9 +135,12 @@ def cmd_history(ctx: Ctx, args: argparse.Namespace) -> int:
     to_ms = parse_time(args.to_time, "--to")
     if to_ms and to_ms <= from_ms:
         raise UsageError("--to must be after --from")
-    entries = list(
-        ctx.client.history_entries(args.account, from_ms=from_ms, to_ms=to_ms, kinds=tuple(args.kind or ()))
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be >= 1")
+    newest = ctx.client.history_entries(
+        args.account, from_ms=from_ms, to_ms=to_ms, kinds=tuple(args.kind or ())
     )
+    entries = list(itertools.islice(newest, args.limit))[::-1]  # newest last
     if ctx.as_json:
         out.emit_json([entry_doc(e, ctx.genesis) for e in entries])
     elif args.csv:

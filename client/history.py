@@ -95,8 +95,8 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class HistoryPage:
-    entries: tuple[HistoryEntry, ...]
-    next_cursor: bytes  # empty: no more entries
+    entries: tuple[HistoryEntry, ...]  # newest first
+    next_cursor: bytes  # empty: no more (older) entries
     height: int  # the node's last executed block when read
     opening: dict[str, tuple[int, int]]  # first page only: (available, held) by asset before from_ms
 
@@ -148,7 +148,7 @@ class Statement:
     to_ms: int
     height: int
     assets: tuple[AssetStatement, ...]
-    entries: tuple[HistoryEntry, ...]
+    entries: tuple[HistoryEntry, ...]  # oldest first
 
 
 def build_statement(
@@ -156,7 +156,7 @@ def build_statement(
 ) -> Statement:
     """Opening balances, entries and closing balances per asset; raises StatementMismatch
     unless opening + sum(deltas) == the balance after each asset's last entry."""
-    entries = tuple(e for page in pages for e in page.entries)
+    entries = tuple(reversed([e for page in pages for e in page.entries]))  # oldest first
     totals = {asset: [available, held, 0, 0, 0] for asset, (available, held) in opening.items()}
     for e in entries:
         t = totals.setdefault(e.asset, [0, 0, 0, 0, 0])

@@ -541,9 +541,10 @@ class LedgerClient:
         limit: int = 100,
         timeout_s: float | None = None,
     ) -> HistoryPage:
-        """One page of the account's entries, oldest first: consensus time in [from_ms, to_ms)
+        """One page of the account's entries, newest first: consensus time in [from_ms, to_ms)
         (to_ms 0: no end), of ``kinds`` (names, e.g. "TRANSFER"; none: all); go on with
-        ``after=page.next_cursor``. A node-local read; NotFound for an unknown account."""
+        ``after=page.next_cursor`` to older ones. A node-local read; NotFound for an unknown
+        account."""
         req = history_request(account_id, from_ms, to_ms, tuple(kinds), after, limit)
         _, resp = self._query(
             f"history of {account_id!r}", lambda stub, t: stub.GetAccountHistory(req, timeout=t), timeout_s
@@ -559,7 +560,7 @@ class LedgerClient:
         kinds: Sequence[str] = (),
         timeout_s: float | None = None,
     ) -> Iterator[HistoryEntry]:
-        """Every entry of the range, oldest first, page by page."""
+        """Every entry of the range, newest first, page by page (stop early for the latest N)."""
         after = b""
         while True:
             page = self.history(

@@ -11,6 +11,8 @@ Read authority: as GetAccount's (none yet; issue 17 adds it).
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from typing import TypeVar
 
 import grpc
@@ -29,6 +31,7 @@ ENTRIES_MAX = 1000
 REPLY_BYTES_MAX = 1 << 20
 SCAN_MAX = 20_000
 KINDS_MAX = len(KIND_NAMES)
+ENTRY_BYTES_MAX = 1024  # a serialized HistoryEntry is well under this (ids are bounded)
 # GetAccountHistoryResponse and ListEscrowsResponse field numbers
 _ENTRIES, _NEXT_CURSOR, _HEIGHT, _OPENING = 1, 2, 3, 4
 
@@ -75,8 +78,8 @@ def _limit(limit: int) -> int:
 
 
 def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
-    """GetAccountHistory: the account's entries oldest first, from the cursor or from_time_ms,
-    before to_time_ms, of the given kinds."""
+    """GetAccountHistory: the account's entries newest first, from the cursor (or to_time_ms)
+    back to from_time_ms, of the given kinds; the first page also gives the opening balances."""
     req = parse(api_pb2.GetAccountHistoryRequest, raw)
     limit = _limit(req.limit)
     kinds = set(req.kinds)
@@ -87,30 +90,29 @@ def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
     if req.after and len(req.after) != index.POSITION_BYTES:
         raise invalid(f"after must be a next_cursor of this call ({index.POSITION_BYTES} bytes)")
     known_account(genesis, r, req.account_id)
-    prefix = index.history_prefix(req.account_id)
-    start = prefix + index.time_position(req.from_time_ms)
+    first = index.position(req.to_time_ms - 1) if req.to_time_ms else b""
     if req.after:
-        start = max(start, prefix + bytes(req.after) + b"\x00")  # just past the cursor's entry
-    end = prefix + index.time_position(req.to_time_ms) if req.to_time_ms else None
+        first = max(first, bytes(req.after) + b"\x00")  # just past (older than) the cursor's entry
+    # One newest-first scan per asset, merged: positions are unique within a block's entries.
+    merged = heapq.merge(
+        *(_entries(r, req.account_id, a.asset, first, req.from_time_ms) for a in genesis.assets)
+    )
     parts: list[bytes] = []
     size = 0
     cursor = b""
     scanned = 0
-    for key, value in r.scan(prefix, start):
-        if end is not None and key >= end:
-            cursor = b""
-            break
-        if len(parts) >= limit or size + len(value) > REPLY_BYTES_MAX or scanned >= SCAN_MAX:
+    for position, asset, value in merged:
+        if len(parts) >= limit or size > REPLY_BYTES_MAX - ENTRY_BYTES_MAX or scanned >= SCAN_MAX:
             break  # there is more: the cursor names the last entry taken or skipped
         scanned += 1
-        cursor = key[len(prefix) :]
-        if kinds and api_pb2.HistoryEntry.FromString(value).kind not in kinds:
+        cursor = position
+        if kinds and value[index.KIND_OFFSET] not in kinds:
             continue
-        entry = field_bytes(_ENTRIES, value)
+        entry = field_bytes(_ENTRIES, index.read_entry(asset, position, value).SerializeToString())
         parts.append(entry)
         size += len(entry)
     else:
-        cursor = b""  # the scan ended: nothing more
+        cursor = b""  # the scans ended: nothing more
     if cursor:
         parts.append(field_bytes(_NEXT_CURSOR, cursor))
     parts.append(field_varint(_HEIGHT, queries.last_height(r)))
@@ -119,16 +121,29 @@ def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _entries(
+    r: KVReader, account: str, asset: str, first: bytes, from_time_ms: int
+) -> Iterator[tuple[bytes, str, bytes]]:
+    """(position, asset, value) of one (account, asset)'s entries, newest first, from position
+    ``first`` back to from_time_ms (inclusive)."""
+    prefix = index.history_prefix(account, asset)
+    for key, value in r.scan(prefix, prefix + first):
+        position = key[len(prefix) :]
+        if index.time_of(position) < from_time_ms:
+            return
+        yield position, asset, value
+
+
 def opening(genesis: Genesis, r: KVReader, req: api_pb2.GetAccountHistoryRequest) -> list[api_pb2.Balance]:
-    """The account's balance in each asset just before from_time_ms (its latest balance point
-    then), for the assets it had entries in by then: one seek per genesis asset."""
+    """The account's balance in each asset just before from_time_ms (after its newest entry
+    before then), for the assets it had entries in by then: one seek per genesis asset."""
     out: list[api_pb2.Balance] = []
     if req.from_time_ms <= -index.TIME_OFFSET:
         return out  # nothing is before the first time
     for asset in genesis.assets:
-        prefix = index.balances_prefix(req.account_id, asset.asset)
-        for _, value in r.scan(prefix, prefix + index.balance_position(req.from_time_ms - 1)):
-            available, held = index.balance_of(value)
+        prefix = index.history_prefix(req.account_id, asset.asset)
+        for _, value in r.scan(prefix, prefix + index.position(req.from_time_ms - 1)):
+            available, held = index.balances_of(value)
             out.append(api_pb2.Balance(asset=asset.asset, available=available, held=held))
             break
     return out

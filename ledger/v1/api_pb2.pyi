@@ -830,7 +830,7 @@ Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
 
 @_typing.final
 class HistoryEntry(_message.Message):
-    """One movement of one account's balance in one asset, in execution order."""
+    """One movement of one account's balance in one asset."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -908,7 +908,7 @@ class GetAccountHistoryRequest(_message.Message):
     to_time_ms: _builtins.int
     """exclusive; 0: no upper bound"""
     after: _builtins.bytes
-    """the previous page's next_cursor; empty: from the start"""
+    """the previous page's next_cursor; empty: from the newest"""
     limit: _builtins.int
     """>= 1; more than the node's cap (1000) is read as the cap"""
     @_builtins.property
@@ -947,7 +947,7 @@ class GetAccountHistoryResponse(_message.Message):
     """the last executed block when read"""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
-        """oldest first"""
+        """newest first; next_cursor goes on to older ones"""
 
     @_builtins.property
     def opening(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:

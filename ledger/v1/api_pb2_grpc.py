@@ -206,7 +206,7 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAccountHistory(self, request, context):
-        """An account's entries (postings), oldest first, paged; NOT_FOUND for an unknown account.
+        """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,7 +61,7 @@ class LedgerServiceStub:
     GetSupply: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]
     GetAccountHistory: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountHistoryRequest, _api_pb2.GetAccountHistoryResponse]
-    """An account's entries (postings), oldest first, paged; NOT_FOUND for an unknown account."""
+    """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account."""
     GetEscrow: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetEscrowRequest, _api_pb2.Escrow]
     ListEscrows: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListEscrowsRequest, _api_pb2.ListEscrowsResponse]
     Feed: _grpc.UnaryStreamMultiCallable[_api_pb2.FeedRequest, _api_pb2.FeedMessage]
@@ -100,7 +100,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     GetSupply: _aio.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]  # type: ignore[assignment]
     GetAccountHistory: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountHistoryRequest, _api_pb2.GetAccountHistoryResponse]  # type: ignore[assignment]
-    """An account's entries (postings), oldest first, paged; NOT_FOUND for an unknown account."""
+    """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account."""
     GetEscrow: _aio.UnaryUnaryMultiCallable[_api_pb2.GetEscrowRequest, _api_pb2.Escrow]  # type: ignore[assignment]
     ListEscrows: _aio.UnaryUnaryMultiCallable[_api_pb2.ListEscrowsRequest, _api_pb2.ListEscrowsResponse]  # type: ignore[assignment]
     Feed: _aio.UnaryStreamMultiCallable[_api_pb2.FeedRequest, _api_pb2.FeedMessage]  # type: ignore[assignment]
@@ -214,7 +214,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.GetAccountHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.GetAccountHistoryResponse, _abc.Awaitable[_api_pb2.GetAccountHistoryResponse]]:
-        """An account's entries (postings), oldest first, paged; NOT_FOUND for an unknown account."""
+        """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account."""
 
     @_abc_1.abstractmethod
     def GetEscrow(

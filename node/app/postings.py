@@ -53,11 +53,17 @@ def _with_balances(r: st.Reader, raw: list[Posting]) -> list[Posting]:
     """Fill in the balances after each posting: the state after the transaction (``r``) is
     the balance after the last posting of each (account, asset); earlier ones subtract."""
     after: dict[tuple[str, str], list[int]] = {}
+    get = r.get
     for p in reversed(raw):
         key = (p.account, p.asset)
         cur = after.get(key)
         if cur is None:
-            cur = after[key] = [st.get_balance(r, p.account, p.asset), st.get_held(r, p.account, p.asset)]
+            pair = f"{p.account}\x00{p.asset}".encode()
+            available, held = get(st.BALANCE + pair), get(st.HELD + pair)
+            cur = after[key] = [
+                0 if available is None else st.read_u64(available),
+                0 if held is None else st.read_u64(held),
+            ]
         p.available_after, p.held_after = cur
         cur[0] -= p.delta_available
         cur[1] -= p.delta_held

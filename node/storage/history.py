@@ -4,18 +4,18 @@ Written in the block's own write transaction (node/driver.py, beside put_execute
 the index is always exactly the executed blocks' postings; never part of the state root.
 
 Key spaces owned here (see node/storage/kv.py):
-  b"x/h/" <account> 0x00 <time(8)> <height(8)> <seq(4)>   serialized ledger.v1.HistoryEntry
-        time: consensus time ms + 2^63 (an unsigned big-endian sort of a signed time); it never
-        decreases with height, so the keys of one account are in time and execution order at
-        once and a time range is a key range. seq: the entry's position in its block.
-  b"x/a/" <account> 0x00 <asset> 0x00 <~time(8)> <~height(8)> <~seq(4)>
-        available_after(8) held_after(8), signed: the balance points of one (account, asset),
-        newest first (~: bitwise complement), so the balance just before a time is the first
-        key at or after that time's complement (a forward scan, no reverse seek)
+  b"x/h/" <account> 0x00 <asset> 0x00 <~time(8)> <~height(8)> <~seq(4)>   one entry
+        ~x is the bitwise complement (2^bits - 1 - x) and time is consensus time ms + 2^63, so
+        one (account, asset)'s entries run newest first: the entry just before a time (an
+        opening balance) and the newest entries of a range are each one seek, with forward
+        scans only. Consensus time never decreases with height, so this order is the reverse
+        of execution order. seq: the entry's position among its block's entries.
+        Value: index(4) kind(1), delta available, delta held, available after, held after (8
+        each, signed), then counterparty, escrow id, tx_id, each 1-byte length prefixed. Packed
+        by hand: a protobuf message per entry cost more than the rest of the index write.
   b"x/e/" <account> 0x00 <escrow_id>                      b"\\x01": the account pays or is
         paid by the escrow (its record is the ledger's s/e/ one)
-Ids never contain 0x00 (node/app/state.py), so an account's keys are exactly those under
-``<prefix><account> 0x00``.
+Ids never contain 0x00 (node/app/state.py), so the separators are unambiguous.
 """
 
 from __future__ import annotations
@@ -28,70 +28,94 @@ from node.app.postings import ESCROW_CREATE, Posting
 from node.storage.kv import KVWriter
 
 HISTORY = b"x/h/"
-BALANCES = b"x/a/"
 ESCROWS = b"x/e/"
 TIME_OFFSET = 1 << 63
-POSITION_BYTES = 20  # time(8) height(8) seq(4): what follows an account's history prefix
+POSITION_BYTES = 20  # ~time(8) ~height(8) ~seq(4): what follows an (account, asset) prefix
+KIND_OFFSET = 4  # where an entry value's kind byte is
 _POSITION = struct.Struct(">QQI")
-_AMOUNTS = struct.Struct(">qq")
+_ENTRY = struct.Struct(">IBqqqq")
 _U64_MAX, _U32_MAX = (1 << 64) - 1, (1 << 32) - 1
 
 
-def history_prefix(account: str) -> bytes:
-    return HISTORY + account.encode() + b"\x00"
+def history_prefix(account: str, asset: str) -> bytes:
+    return HISTORY + f"{account}\x00{asset}\x00".encode()
 
 
 def escrows_prefix(account: str) -> bytes:
     return ESCROWS + account.encode() + b"\x00"
 
 
-def balances_prefix(account: str, asset: str) -> bytes:
-    return BALANCES + f"{account}\x00{asset}\x00".encode()
-
-
-def balance_position(time_ms: int, height: int = _U64_MAX, seq: int = _U32_MAX) -> bytes:
-    """A balance point's key suffix; with the defaults, the first key at or before time_ms."""
+def position(time_ms: int, height: int = _U64_MAX, seq: int = _U32_MAX) -> bytes:
+    """An entry's key suffix. With the defaults: the first position at or before time_ms
+    (the newest entry of time_ms sorts first)."""
     return _POSITION.pack(_U64_MAX - (time_ms + TIME_OFFSET), _U64_MAX - height, _U32_MAX - seq)
 
 
-def balance_of(value: bytes) -> tuple[int, int]:
-    """(available, held) of a balance point."""
-    available, held = _AMOUNTS.unpack(value)
-    return int(available), int(held)
-
-
-def position(time_ms: int, height: int, seq: int) -> bytes:
-    return _POSITION.pack(time_ms + TIME_OFFSET, height, seq)
-
-
-def time_position(time_ms: int) -> bytes:
-    """The first position at time_ms (a key range start)."""
-    return struct.pack(">Q", time_ms + TIME_OFFSET)
+def _short(data: bytes) -> bytes:
+    return bytes((len(data),)) + data  # ids are bounded well under 256 bytes (genesis limits)
 
 
 def put_postings(w: KVWriter, height: int, time_ms: int, postings: Sequence[Posting]) -> None:
-    """Index a block's postings (in the block's write transaction)."""
+    """Index a block's postings (in the block's write transaction): one put per posting, and
+    two per escrow created (x/e/ of payer and payee)."""
+    time_key = _U64_MAX - (time_ms + TIME_OFFSET)
+    height_key = _U64_MAX - height
     for seq, p in enumerate(postings):
-        entry = api_pb2.HistoryEntry(
-            height=height,
-            index=p.index,
-            time_ms=time_ms,
-            kind=p.kind,  # type: ignore[arg-type]  # node/app/postings.py uses the enum's values
-            asset=p.asset,
-            delta_available=p.delta_available,
-            delta_held=p.delta_held,
-            available_after=p.available_after,
-            held_after=p.held_after,
-            tx_id=p.tx_id,
-            escrow_id=p.escrow_id,
-            counterparty=p.counterparty,
-            seq=seq,
+        entry = b"".join(
+            (
+                _ENTRY.pack(
+                    p.index, p.kind, p.delta_available, p.delta_held, p.available_after, p.held_after
+                ),
+                _short(p.counterparty.encode()),
+                _short(p.escrow_id.encode()),
+                _short(p.tx_id),
+            )
         )
-        w.put(history_prefix(p.account) + position(time_ms, height, seq), entry.SerializeToString())
-        w.put(
-            balances_prefix(p.account, p.asset) + balance_position(time_ms, height, seq),
-            _AMOUNTS.pack(p.available_after, p.held_after),
+        key = (
+            HISTORY
+            + f"{p.account}\x00{p.asset}\x00".encode()
+            + _POSITION.pack(time_key, height_key, _U32_MAX - seq)
         )
+        w.put(key, entry)
         if p.kind == ESCROW_CREATE:
             w.put(escrows_prefix(p.account) + p.escrow_id.encode(), b"\x01")
             w.put(escrows_prefix(p.counterparty) + p.escrow_id.encode(), b"\x01")
+
+
+def time_of(position_bytes: bytes) -> int:
+    return _U64_MAX - int.from_bytes(position_bytes[:8], "big") - TIME_OFFSET
+
+
+def balances_of(value: bytes) -> tuple[int, int]:
+    """(available, held) right after an entry."""
+    _, _, _, _, available, held = _ENTRY.unpack_from(value)
+    return int(available), int(held)
+
+
+def read_entry(asset: str, position_bytes: bytes, value: bytes) -> api_pb2.HistoryEntry:
+    """The ledger.v1.HistoryEntry of an index entry (its asset, key position and value)."""
+    time_key, height_key, seq_key = _POSITION.unpack(position_bytes)
+    index, kind, delta_available, delta_held, available_after, held_after = _ENTRY.unpack_from(value)
+    strings: list[bytes] = []
+    pos = _ENTRY.size
+    for _ in range(3):
+        size = value[pos]
+        strings.append(value[pos + 1 : pos + 1 + size])
+        pos += 1 + size
+    assert pos == len(value), "corrupt history entry"
+    counterparty, escrow_id, tx_id = strings
+    return api_pb2.HistoryEntry(
+        height=_U64_MAX - height_key,
+        index=index,
+        time_ms=_U64_MAX - time_key - TIME_OFFSET,
+        kind=kind,  # node/app/postings.py uses PostingKind's values
+        asset=asset,
+        delta_available=delta_available,
+        delta_held=delta_held,
+        available_after=available_after,
+        held_after=held_after,
+        tx_id=tx_id,
+        escrow_id=escrow_id.decode(),
+        counterparty=counterparty.decode(),
+        seq=_U32_MAX - seq_key,
+    )

@@ -110,14 +110,14 @@ def test_postings_chain_to_the_balances_and_leave_state_roots_alone(store: KVSto
     assert kinds == set(postings.KIND_NAMES), f"kinds seen: {kinds}"
     chain = Chain(ledger, store)
     for account in ("alice", "bob"):
-        got = entries(store, ledger, account).entries
+        got = list(reversed(entries(store, ledger, account).entries))  # oldest first
         available = held = 0
         for e in got:
             available += e.delta_available
             held += e.delta_held
             assert (e.available_after, e.held_after) == (available, held), f"{account}: {e}"
         assert (available, held) == chain.balance(account, USD_A)
-    alice = entries(store, ledger, "alice").entries
+    alice = list(reversed(entries(store, ledger, "alice").entries))
     assert [api_pb2.PostingKind.Name(e.kind).removeprefix("POSTING_KIND_") for e in alice] == [
         "MINT",
         "TRANSFER",
@@ -161,10 +161,13 @@ def test_history_pages_kinds_time_range_and_opening(store: KVStore) -> None:
     assert paged == everything
     transfers = entries(store, ledger, "alice", kinds=[postings.TRANSFER]).entries
     assert [e.kind for e in transfers] == [postings.TRANSFER] * 3
+    assert [e.delta_available for e in transfers] == [20, -50, -100]  # newest first
+    times = [e.time_ms for e in everything]
+    assert times == sorted(times, reverse=True) and len(everything) == 8
     window = entries(store, ledger, "alice", from_time_ms=3_000, to_time_ms=6_000)
     assert {e.time_ms for e in window.entries} <= {3_000, 4_000} and window.entries
     (opening,) = window.opening
-    first = window.entries[0]
+    first = window.entries[-1]  # the oldest of the window
     assert (opening.asset, opening.available, opening.held) == (
         USD_A,
         first.available_after - first.delta_available,

@@ -83,6 +83,8 @@ def test_history_statement_and_escrows_through_ledgerctl_and_the_sdk(
     assert (entries[-1]["available_after_minor"], entries[-1]["held_after_minor"]) == (6_500, 1_000)
     assert entries[0]["tx_id"] == first[0].result.tx_id.hex() and entries[0]["counterparty"] == "BANK-A"
 
+    assert run(["--dir", str(net.dir), "history", "h-alice", "--limit", "1", "--json"]) == 0
+    assert [e["kind"] for e in json.loads(capsys.readouterr().out)] == ["ESCROW_CREATE"]
     assert run(["--dir", str(net.dir), "history", "h-bob", "--csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("time,height,index") and len(lines) == 3  # TRANSFER in, REDEEM
@@ -102,9 +104,9 @@ def test_history_statement_and_escrows_through_ledgerctl_and_the_sdk(
 
     with LedgerClient(net.genesis_path, timeout_s=10) as client:
         page = client.history("h-alice", limit=2)
-        assert len(page.entries) == 2 and page.next_cursor
+        assert [e.kind for e in page.entries] == ["ESCROW_CREATE", "TRANSFER"] and page.next_cursor
         rest = client.history("h-alice", limit=2, after=page.next_cursor)
-        assert [e.kind for e in rest.entries] == ["ESCROW_CREATE"] and not rest.next_cursor
+        assert [e.kind for e in rest.entries] == ["MINT"] and not rest.next_cursor
         transfers = client.history("h-alice", kinds=["transfer"])
         assert [e.delta_available for e in transfers.entries] == [-2_500]
         whole = client.statement("h-alice", 0, to_ms)
