@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -481,7 +481,7 @@ class AsyncLedgerClient:
         accounts: Sequence[str] = (),
         assets: Sequence[str] = (),
         banks: Sequence[str] = (),
-    ) -> AsyncIterator[FeedBlock]:
+    ) -> AsyncGenerator[FeedBlock, None]:
         """Verified committed blocks from ``from_height``, following the head, with failover
         (see LedgerClient.feed)."""
         next_height = from_height

@@ -19,6 +19,8 @@ the node to get there, then OUT_OF_RANGE.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -168,8 +170,11 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
             if skipped:
                 yield _marker(height - 1, driver.head.last_executed)
                 skipped = 0
+            began = time.monotonic()
             if not await driver.wait_height(height, IDLE_S):
                 yield _marker(height - 1, driver.head.last_executed)  # heartbeat
+                # wait_height refuses at once when too many reads wait: pace the heartbeats.
+                await asyncio.sleep(max(0.0, IDLE_S - (time.monotonic() - began)))
                 continue
         with driver.store.read() as r:
             raw_block = blocks.get_block(r, height)
