@@ -93,7 +93,7 @@ class _Inbound:
         return await self._driver.on_peer_messages(source, messages)
 
     def on_forward(self, source: Hashable, envelopes: list[bytes]) -> None:
-        self._driver.on_forward(source, envelopes, self._api.admit_forwarded)
+        self._driver.on_forward(source, envelopes, self._api.admission.admit_forwarded)
 
     def closed(self, source: Hashable) -> None:
         self._driver.forget_source(source)

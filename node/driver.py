@@ -28,6 +28,7 @@ import functools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -366,7 +367,31 @@ class Driver:
         for i in range(0, len(envelopes), FORWARD_BATCH_MAX):
             self.transport.forward(to, envelopes[i : i + FORWARD_BATCH_MAX])
 
-    # --- queries from the API and peers -------------------------------------------------
+    # --- the API's port (node/api/port.py) and peers' queries --------------------------
+
+    def read(self) -> AbstractContextManager[KVReader]:
+        return self.store.read()
+
+    def held_by_replica(self) -> Mapping[bytes, bytes]:
+        return self.replica.pending
+
+    def holds(self, tx_id: bytes) -> bool:
+        """Admitted here (until pending_ttl_ms) or held by the replica (from a client or a
+        peer's relay) until it executes."""
+        return tx_id in self.pending or tx_id in self.replica.pending
+
+    def pending_count(self) -> int:
+        return len(self.pending)
+
+    def peer_up(self, replica: int) -> bool:
+        return self.transport.is_up(replica)
+
+    def status_counters(self) -> dict[str, int]:
+        return {
+            "executed_blocks": self.stats.executed_blocks,
+            "executed_txs": self.stats.executed_txs,
+            "fetched_blocks": self.stats.fetched_blocks,
+        }
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
         out: list[bytes] = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import grpc
@@ -34,7 +35,7 @@ from node.history import QueryError, check_id, invalid, known_account, parse
 from node.pbft import wire
 from node.receipts import block_reply, field_bytes
 from node.storage import blocks
-from node.storage.kv import KVReader, KVStore
+from node.storage.kv import KVReader
 
 FILTER_IDS_MAX = 64
 FUTURE_WAIT_S = 3.0
@@ -45,10 +46,12 @@ _BLOCK = 2  # FeedMessage.block
 
 
 class FeedDriver(Protocol):
-    """What the feed needs of node/driver.py's Driver."""
+    """What the feed needs of the node (node/api/port.py's NodePort has it)."""
 
-    store: KVStore
-    head: blocks.Head
+    @property
+    def head(self) -> blocks.Head: ...
+
+    def read(self) -> AbstractContextManager[KVReader]: ...
 
     async def wait_height(self, height: int, timeout_s: float) -> bool: ...
 
@@ -153,7 +156,7 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
     req = parse(api_pb2.FeedRequest, raw)
     if req.from_height < 1:
         raise invalid("from_height must be >= 1 (blocks start at 1)")
-    with driver.store.read() as r:
+    with driver.read() as r:
         chooser = Filter(genesis, req, r)
     if req.from_height > driver.head.last_executed + 1 and not await driver.wait_height(
         req.from_height - 1, FUTURE_WAIT_S
@@ -176,7 +179,7 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
                 # wait_height refuses at once when too many reads wait: pace the heartbeats.
                 await asyncio.sleep(max(0.0, IDLE_S - (time.monotonic() - began)))
                 continue
-        with driver.store.read() as r:
+        with driver.read() as r:
             raw_block = blocks.get_block(r, height)
             assert raw_block is not None, f"executed block {height} missing from the store"
             envelopes = list(wire.decode_certified_block(raw_block)[1])
@@ -186,7 +189,7 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
                 yield _marker(height - 1, driver.head.last_executed)
                 skipped = 0
             await _attested(driver, backfill, height)
-            with driver.store.read() as r:
+            with driver.read() as r:
                 reply = block_reply(r, height, genesis.f + 1)
             assert reply is not None
             head = api_pb2.FeedMessage(height=height, matches=matches, last_height=driver.head.last_executed)
@@ -206,7 +209,7 @@ async def _attested(driver: FeedDriver, backfill: Backfill, height: int) -> None
     probably not come by consensus. Without them the block still goes: the SDK refuses it, and
     its consumer goes on from another node."""
     if driver.unlikely_to_be_attested(height):
-        with driver.store.read() as r:
+        with driver.read() as r:
             if blocks.get_attestations(r, height):
                 return
         await backfill.fill(height)

@@ -12,7 +12,7 @@ Keys (ids are validated to exclude b"\\x00" and b"/", so the separators are unam
                                  account -> tx_id (one holder cannot consume another's ref)
   s/t/<tx_id>                    serialized TxResult of the first authorized execution
   s/k/<owner_key:32>             how many accounts the key owns that are not frozen (absent
-                                 = 0): the keys admission knows (node/admission.py)
+                                 = 0): the keys admission knows (node/api/admission.py)
   s/_/height, s/_/time, s/_/root last executed height, consensus time, state root
 Values: unsigned/signed 64-bit (supply counters: unsigned 128-bit) big-endian integers and length-prefixed UTF-8 strings; never
 JSON, never floats, so every node writes the same bytes.

@@ -139,7 +139,7 @@ def _check_formats(genesis: Genesis, body: TxBody) -> None:
         raise AssertionError(f"unknown op {op!r}")
 
 
-# Whether the ledger knows a public key (admission only: node/admission.py). Asked before any
+# Whether the ledger knows a public key (admission only: node/api/admission.py). Asked before any
 # signature is verified, so an envelope signed by strangers costs no Ed25519 check.
 KnownKey = Callable[[bytes], bool]
 

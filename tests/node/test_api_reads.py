@@ -13,9 +13,10 @@ import grpc
 import pytest
 
 from ledger.v1 import api_pb2
-from node import api as api_module
 from node import receipts
-from node.api import LedgerApi, _Abort
+from node.api import Abort as _Abort
+from node.api import LedgerApi
+from node.api import queries as api_module
 from node.driver import Driver
 from node.pbft import actions as act
 from node.pbft import wire
@@ -57,13 +58,17 @@ def refused(call: Awaitable[bytes]) -> _Abort:
 def test_account_and_supply_carry_the_height_they_were_read_at() -> None:
     _, _, api, _ = chain(3)
     account = api_pb2.Account.FromString(
-        asyncio.run(api.get_account(api_pb2.GetAccountRequest(account_id="acct2").SerializeToString()))
+        asyncio.run(
+            api.queries.get_account(api_pb2.GetAccountRequest(account_id="acct2").SerializeToString())
+        )
     )
-    supply = api_pb2.GetSupplyResponse.FromString(asyncio.run(api.get_supply(b"")))
+    supply = api_pb2.GetSupplyResponse.FromString(asyncio.run(api.queries.get_supply(b"")))
     assert (account.account_id, account.height, supply.height) == ("acct2", 3, 3)
     at_or_below = api_pb2.GetAccountRequest(account_id="acct1", min_height=3).SerializeToString()
-    assert api_pb2.Account.FromString(asyncio.run(api.get_account(at_or_below))).height == 3
-    unknown = refused(api.get_account(api_pb2.GetAccountRequest(account_id="nobody").SerializeToString()))
+    assert api_pb2.Account.FromString(asyncio.run(api.queries.get_account(at_or_below))).height == 3
+    unknown = refused(
+        api.queries.get_account(api_pb2.GetAccountRequest(account_id="nobody").SerializeToString())
+    )
     assert unknown.code == grpc.StatusCode.NOT_FOUND and "at height 3" in unknown.message
 
 
@@ -73,10 +78,12 @@ def test_a_read_with_min_height_waits_for_the_node_to_reach_it() -> None:
 
     async def scenario() -> tuple[api_pb2.Account, api_pb2.GetSupplyResponse]:
         account = asyncio.ensure_future(
-            api.get_account(api_pb2.GetAccountRequest(account_id="acct1", min_height=2).SerializeToString())
+            api.queries.get_account(
+                api_pb2.GetAccountRequest(account_id="acct1", min_height=2).SerializeToString()
+            )
         )
         supply = asyncio.ensure_future(
-            api.get_supply(api_pb2.GetSupplyRequest(min_height=2).SerializeToString())
+            api.queries.get_supply(api_pb2.GetSupplyRequest(min_height=2).SerializeToString())
         )
         await asyncio.sleep(0)  # both handlers run up to their wait
         assert not account.done() and not supply.done(), "answered below min_height"
@@ -94,12 +101,14 @@ def test_a_read_with_min_height_waits_for_the_node_to_reach_it() -> None:
 @pytest.mark.parametrize("what", ["account", "supply"])
 def test_a_min_height_the_node_does_not_reach_in_time_is_a_clear_failed_precondition(what: str) -> None:
     _, driver, api, _ = chain(2)
-    api.min_height_wait_s = 0.05
+    api.queries.min_height_wait_s = 0.05
     future = 2**64 - 1
     call = (
-        api.get_account(api_pb2.GetAccountRequest(account_id="acct1", min_height=future).SerializeToString())
+        api.queries.get_account(
+            api_pb2.GetAccountRequest(account_id="acct1", min_height=future).SerializeToString()
+        )
         if what == "account"
-        else api.get_supply(api_pb2.GetSupplyRequest(min_height=future).SerializeToString())
+        else api.queries.get_supply(api_pb2.GetSupplyRequest(min_height=future).SerializeToString())
     )
     exc = refused(call)
     assert exc.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -109,11 +118,11 @@ def test_a_min_height_the_node_does_not_reach_in_time_is_a_clear_failed_precondi
 
 def get_blocks(api: LedgerApi, from_height: int, max_blocks: int) -> api_pb2.GetBlocksResponse:
     req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks)
-    return api_pb2.GetBlocksResponse.FromString(asyncio.run(api.get_blocks(req.SerializeToString())))
+    return api_pb2.GetBlocksResponse.FromString(asyncio.run(api.queries.get_blocks(req.SerializeToString())))
 
 
 def get_block(api: LedgerApi, height: int) -> api_pb2.GetBlockResponse:
-    raw = asyncio.run(api.get_block(api_pb2.GetBlockRequest(height=height).SerializeToString()))
+    raw = asyncio.run(api.queries.get_block(api_pb2.GetBlockRequest(height=height).SerializeToString()))
     return api_pb2.GetBlockResponse.FromString(raw)
 
 
@@ -157,9 +166,9 @@ def test_get_blocks_caps_blocks_and_bytes(monkeypatch: pytest.MonkeyPatch) -> No
 def test_get_blocks_refuses_bad_ranges(from_height: int, max_blocks: int, needle: str) -> None:
     _, _, api, _ = chain(1)
     req = api_pb2.GetBlocksRequest(from_height=from_height, max_blocks=max_blocks).SerializeToString()
-    exc = refused(api.get_blocks(req))
+    exc = refused(api.queries.get_blocks(req))
     assert exc.code == grpc.StatusCode.INVALID_ARGUMENT and needle in exc.message
-    assert refused(api.get_blocks(b"\xff\xff")).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused(api.queries.get_blocks(b"\xff\xff")).code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_get_block_says_whether_the_block_has_its_attestations() -> None:
@@ -168,7 +177,7 @@ def test_get_block_says_whether_the_block_has_its_attestations() -> None:
     assert (get_block(api, 3).attestations_complete, len(get_block(api, 3).attestations)) == (False, 0)
     driver.run([act.Attested(3, ATTESTATIONS)])
     assert get_block(api, 3).attestations_complete
-    assert refused(api.get_block(api_pb2.GetBlockRequest(height=4).SerializeToString())).code == (
+    assert refused(api.queries.get_block(api_pb2.GetBlockRequest(height=4).SerializeToString())).code == (
         grpc.StatusCode.NOT_FOUND
     )
 
@@ -182,7 +191,7 @@ def test_get_transaction_tells_pending_from_unknown_and_old_clients_still_see_no
 
     def ask(tx_id: bytes, include_pending: bool) -> Callable[[], Coroutine[Any, Any, bytes]]:
         req = api_pb2.GetTransactionRequest(tx_id=tx_id, include_pending=include_pending)
-        return lambda: api.get_transaction(req.SerializeToString())
+        return lambda: api.queries.get_transaction(req.SerializeToString())
 
     for tx_id in (fx.tx_id(pending), fx.tx_id(relayed)):
         old = refused(ask(tx_id, False)())
@@ -208,7 +217,7 @@ def test_the_background_backfill_fills_every_block_unlikely_to_be_attested_once(
     monkeypatch.setattr(receipts, "BACKFILL_IDLE_S", 0.001)
     monkeypatch.setattr(receipts, "BACKFILL_RETRY_S", 0.001)
     monkeypatch.setattr(receipts, "BACKFILL_SCAN_BLOCKS", 2)  # several scan chunks
-    backfill = api.backfill
+    backfill = api.queries.backfill
     fetched: list[int] = []
     fail_once = {4}
 
@@ -258,15 +267,15 @@ def test_concurrent_fills_of_one_block_share_one_fetch(monkeypatch: pytest.Monke
             await gate.wait()
             return True
 
-        monkeypatch.setattr(api.backfill, "_fill", fetch)
-        first = asyncio.ensure_future(api.backfill.fill(3))
-        second = asyncio.ensure_future(api.backfill.fill(3))
+        monkeypatch.setattr(api.queries.backfill, "_fill", fetch)
+        first = asyncio.ensure_future(api.queries.backfill.fill(3))
+        second = asyncio.ensure_future(api.queries.backfill.fill(3))
         await asyncio.sleep(0)
         first.cancel()  # one caller gives up: the fetch goes on for the other
         await asyncio.sleep(0)
         gate.set()
-        return [await second, await api.backfill.fill(3)]
+        return [await second, await api.queries.backfill.fill(3)]
 
     assert asyncio.run(scenario()) == [True, True]
     assert calls == [3, 3], "the two concurrent calls shared one fetch; a later call fetched again"
-    assert not api.backfill._filling
+    assert not api.queries.backfill._filling

@@ -299,7 +299,7 @@ def test_relayed_copies_skip_the_signature_check_only_when_held_byte_for_byte_or
     executed = fx.open_account("BANK-A", "bob", bob)
     driver.run([_block(fx, 1, [executed])])
     replica.pending[fx.tx_id(genuine)] = stripped  # a stranger's copy got here first
-    relayed = api.admit_forwarded([stripped, genuine, executed])
+    relayed = api.admission.admit_forwarded([stripped, genuine, executed])
     # The genuine copy still reaches the replica (which keeps it as a variant); the exact copy
     # of what it holds and the executed transaction are dropped unchecked.
     assert relayed == [(fx.tx_id(genuine), genuine)]
@@ -334,7 +334,7 @@ def test_a_receipt_woken_for_an_unrecorded_copy_waits_for_the_recorded_one() -> 
         driver.receipt_waiters = recording  # type: ignore[method-assign]
         driver.run([_block(fx, 1, [stripped])])
         request = api_pb2.WaitReceiptsRequest(tx_ids=[tx_id], timeout_ms=5_000).SerializeToString()
-        stream = cast(AsyncGenerator[bytes, None], api.wait_receipt_batches(request))
+        stream = cast(AsyncGenerator[bytes, None], api.streams.wait_receipt_batches(request))
         first = asyncio.ensure_future(anext(stream))
         assert await asyncio.wait_for(registered.get(), 5) == [tx_id]  # the handler waits
         driver.run([act.Attested(1, (attestation,))])
@@ -373,7 +373,7 @@ def test_submit_stream_answers_first_caps_what_waits_and_drops_what_never_commit
             await more.wait()
             yield request(c)  # then the client half-closes
 
-        stream = cast(AsyncGenerator[bytes, None], api.submit_stream(requests()))
+        stream = cast(AsyncGenerator[bytes, None], api.streams.submit_stream(requests()))
         answer = api_pb2.SubmitStreamReply.FromString(await anext(stream)).submitted
         # One transaction may wait per stream here: b is refused, and says why.
         assert [i.accepted for i in answer.items] == [True, False]
@@ -414,7 +414,7 @@ def test_a_submit_stream_the_client_abandons_releases_its_waiters_and_stops_read
             reading[0] += 1
             await asyncio.Event().wait()  # the client never half-closes
 
-        stream = cast(AsyncGenerator[bytes, None], api.submit_stream(requests()))
+        stream = cast(AsyncGenerator[bytes, None], api.streams.submit_stream(requests()))
         answer = api_pb2.SubmitStreamReply.FromString(await anext(stream)).submitted
         assert [i.accepted for i in answer.items] == [True]
         assert fx.tx_id(a) in driver._waiters

@@ -472,4 +472,5 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
     assert (
         after[("ledger_store_commit_seconds_count", ())] > before[("ledger_store_commit_seconds_count", ())]
     )
-    assert after[("ledger_peers_up", ())] == 3 and after[("ledger_store_used_bytes", ())] > 0
+    assert after[("ledger_peers", ())] == 3 and after[("ledger_store_used_bytes", ())] > 0
+    assert 2 <= after[("ledger_peers_up", ())] <= 3  # a quorum of links (earlier tests restart nodes)
