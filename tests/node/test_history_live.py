@@ -347,5 +347,8 @@ def test_feed_consumer_fails_over_when_its_node_dies_and_reconciles_with_supply(
             book = IssuerBook(book_path, client.genesis, "BANK-A")
             try:
                 assert book.outstanding() == {USD_A: supply[USD_A].outstanding_minor}
+                # ... and with the balances: k-a and k-b hold every USD.BANK-A there is.
+                held = [client.account(a, min_height=height).balance(USD_A) for a in ("k-a", "k-b")]
+                assert sum(b.available_minor + b.held_minor for b in held) == book.outstanding()[USD_A]
             finally:
                 book.close()
