@@ -101,14 +101,14 @@ def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
     size = 0
     cursor = b""
     scanned = 0
-    for position, asset, value in merged:
+    for position, asset, value, held in merged:
         if len(parts) >= limit or size > REPLY_BYTES_MAX - ENTRY_BYTES_MAX or scanned >= SCAN_MAX:
             break  # there is more: the cursor names the last entry taken or skipped
         scanned += 1
         cursor = position
         if kinds and value[index.KIND_OFFSET] not in kinds:
             continue
-        entry = field_bytes(_ENTRIES, index.read_entry(asset, position, value).SerializeToString())
+        entry = field_bytes(_ENTRIES, index.read_entry(asset, position, value, held).SerializeToString())
         parts.append(entry)
         size += len(entry)
     else:
@@ -123,15 +123,17 @@ def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
 
 def _entries(
     r: KVReader, account: str, asset: str, first: bytes, from_time_ms: int
-) -> Iterator[tuple[bytes, str, bytes]]:
-    """(position, asset, value) of one (account, asset)'s entries, newest first, from position
-    ``first`` back to from_time_ms (inclusive)."""
+) -> Iterator[tuple[bytes, str, bytes, int]]:
+    """(position, asset, value, held after) of one (account, asset)'s entries, newest first,
+    from position ``first`` back to from_time_ms (inclusive)."""
     prefix = index.history_prefix(account, asset)
+    held = index.held_at(r, account, asset, first)
     for key, value in r.scan(prefix, prefix + first):
         position = key[len(prefix) :]
         if index.time_of(position) < from_time_ms:
             return
-        yield position, asset, value
+        yield position, asset, value, held
+        held -= index.delta_held_of(value)  # the held after the next (older) entry
 
 
 def opening(genesis: Genesis, r: KVReader, req: api_pb2.GetAccountHistoryRequest) -> list[api_pb2.Balance]:
@@ -142,9 +144,10 @@ def opening(genesis: Genesis, r: KVReader, req: api_pb2.GetAccountHistoryRequest
         return out  # nothing is before the first time
     for asset in genesis.assets:
         prefix = index.history_prefix(req.account_id, asset.asset)
-        for _, value in r.scan(prefix, prefix + index.position(req.from_time_ms - 1)):
-            available, held = index.balances_of(value)
-            out.append(api_pb2.Balance(asset=asset.asset, available=available, held=held))
+        before = index.position(req.from_time_ms - 1)
+        for _, value in r.scan(prefix, prefix + before):
+            held = index.held_at(r, req.account_id, asset.asset, before)
+            out.append(api_pb2.Balance(asset=asset.asset, available=index.available_of(value), held=held))
             break
     return out
 

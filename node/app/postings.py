@@ -3,8 +3,8 @@ history index (node/storage/history.py). Not part of the state root and never re
 
 A posting is one movement of one (account, asset): deltas of available and held, and the
 balances right after it. They are built from the operation and the transaction's own writes
-(the overlay, after a successful handler): the handlers change nothing, and the only extra read
-is the held amount of an account a transfer touches (cached for the block).
+(the overlay, after a successful handler): the handlers change nothing and nothing more is
+read (a held amount only where the transaction changed it).
 """
 
 from __future__ import annotations
@@ -46,27 +46,34 @@ class Posting:
     tx_id: bytes = b""  # empty for an expiry
     escrow_id: str = ""
     available_after: int = 0
-    held_after: int = 0
+    held_after: int | None = None  # None: this transaction did not change the held amount
 
 
 def _with_balances(r: st.Reader, raw: list[Posting]) -> list[Posting]:
-    """Fill in the balances after each posting: the state after the transaction (``r``) is
-    the balance after the last posting of each (account, asset); earlier ones subtract."""
-    after: dict[tuple[str, str], list[int]] = {}
+    """Fill in the balances after each posting from the transaction's own writes (``r`` reads
+    the state after it; every balance a posting moves was written by its handler): the last
+    posting of each (account, asset) has the written value, earlier ones subtract. Held is
+    read only where the transaction changed it; elsewhere held_after stays None (unchanged:
+    the index knows it from its last change, node/storage/history.py)."""
+    available: dict[tuple[str, str], int] = {}
+    held: dict[tuple[str, str], int | None] = {}
+    moved_held = {(p.account, p.asset) for p in raw if p.delta_held}
     get = r.get
     for p in reversed(raw):
         key = (p.account, p.asset)
-        cur = after.get(key)
-        if cur is None:
+        if key not in available:
             pair = f"{p.account}\x00{p.asset}".encode()
-            available, held = get(st.BALANCE + pair), get(st.HELD + pair)
-            cur = after[key] = [
-                0 if available is None else st.read_u64(available),
-                0 if held is None else st.read_u64(held),
-            ]
-        p.available_after, p.held_after = cur
-        cur[0] -= p.delta_available
-        cur[1] -= p.delta_held
+            value = get(st.BALANCE + pair)
+            available[key] = 0 if value is None else st.read_u64(value)
+            held[key] = None
+            if key in moved_held:
+                value = get(st.HELD + pair)
+                held[key] = 0 if value is None else st.read_u64(value)
+        p.available_after = available[key]
+        p.held_after = now_held = held[key]
+        available[key] -= p.delta_available
+        if now_held is not None:
+            held[key] = now_held - p.delta_held
     return raw
 
 

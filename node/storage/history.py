@@ -10,9 +10,13 @@ Key spaces owned here (see node/storage/kv.py):
         opening balance) and the newest entries of a range are each one seek, with forward
         scans only. Consensus time never decreases with height, so this order is the reverse
         of execution order. seq: the entry's position among its block's entries.
-        Value: index(4) kind(1), delta available, delta held, available after, held after (8
-        each, signed), then counterparty, escrow id, tx_id, each 1-byte length prefixed. Packed
-        by hand: a protobuf message per entry cost more than the rest of the index write.
+        Value: index(4) kind(1), delta available, delta held, available after (8 each, signed),
+        then counterparty, escrow id, tx_id, each 1-byte length prefixed. Packed by hand: a
+        protobuf message per entry cost more than the rest of the index write.
+  b"x/k/" <account> 0x00 <asset> 0x00 <position as x/h/'s>   held after (8, signed): written
+        only by the entries that change held (escrows), so that execution reads no held amount
+        it did not change; the held after any entry is that of the newest x/k/ point at or
+        before it (one seek, then walking older entries subtracts their delta held).
   b"x/e/" <account> 0x00 <escrow_id>                      b"\\x01": the account pays or is
         paid by the escrow (its record is the ledger's s/e/ one)
 Ids never contain 0x00 (node/app/state.py), so the separators are unambiguous.
@@ -25,20 +29,26 @@ from collections.abc import Sequence
 
 from ledger.v1 import api_pb2
 from node.app.postings import ESCROW_CREATE, Posting
-from node.storage.kv import KVWriter
+from node.storage.kv import KVReader, KVWriter
 
 HISTORY = b"x/h/"
+HELD = b"x/k/"
 ESCROWS = b"x/e/"
 TIME_OFFSET = 1 << 63
 POSITION_BYTES = 20  # ~time(8) ~height(8) ~seq(4): what follows an (account, asset) prefix
 KIND_OFFSET = 4  # where an entry value's kind byte is
 _POSITION = struct.Struct(">QQI")
-_ENTRY = struct.Struct(">IBqqqq")
+_ENTRY = struct.Struct(">IBqqq")
+_HELD = struct.Struct(">q")
 _U64_MAX, _U32_MAX = (1 << 64) - 1, (1 << 32) - 1
 
 
 def history_prefix(account: str, asset: str) -> bytes:
     return HISTORY + f"{account}\x00{asset}\x00".encode()
+
+
+def held_prefix(account: str, asset: str) -> bytes:
+    return HELD + f"{account}\x00{asset}\x00".encode()
 
 
 def escrows_prefix(account: str) -> bytes:
@@ -57,26 +67,23 @@ def _short(data: bytes) -> bytes:
 
 def put_postings(w: KVWriter, height: int, time_ms: int, postings: Sequence[Posting]) -> None:
     """Index a block's postings (in the block's write transaction): one put per posting, and
-    two per escrow created (x/e/ of payer and payee)."""
+    one more per entry that changes held (x/k/), two more per escrow created (x/e/)."""
     time_key = _U64_MAX - (time_ms + TIME_OFFSET)
     height_key = _U64_MAX - height
     for seq, p in enumerate(postings):
         entry = b"".join(
             (
-                _ENTRY.pack(
-                    p.index, p.kind, p.delta_available, p.delta_held, p.available_after, p.held_after
-                ),
+                _ENTRY.pack(p.index, p.kind, p.delta_available, p.delta_held, p.available_after),
                 _short(p.counterparty.encode()),
                 _short(p.escrow_id.encode()),
                 _short(p.tx_id),
             )
         )
-        key = (
-            HISTORY
-            + f"{p.account}\x00{p.asset}\x00".encode()
-            + _POSITION.pack(time_key, height_key, _U32_MAX - seq)
-        )
-        w.put(key, entry)
+        pair = f"{p.account}\x00{p.asset}\x00".encode()
+        where = _POSITION.pack(time_key, height_key, _U32_MAX - seq)
+        w.put(HISTORY + pair + where, entry)
+        if p.held_after is not None:
+            w.put(HELD + pair + where, _HELD.pack(p.held_after))
         if p.kind == ESCROW_CREATE:
             w.put(escrows_prefix(p.account) + p.escrow_id.encode(), b"\x01")
             w.put(escrows_prefix(p.counterparty) + p.escrow_id.encode(), b"\x01")
@@ -86,16 +93,28 @@ def time_of(position_bytes: bytes) -> int:
     return _U64_MAX - int.from_bytes(position_bytes[:8], "big") - TIME_OFFSET
 
 
-def balances_of(value: bytes) -> tuple[int, int]:
-    """(available, held) right after an entry."""
-    _, _, _, _, available, held = _ENTRY.unpack_from(value)
-    return int(available), int(held)
+def available_of(value: bytes) -> int:
+    """The available balance right after an entry."""
+    return int(_ENTRY.unpack_from(value)[4])
 
 
-def read_entry(asset: str, position_bytes: bytes, value: bytes) -> api_pb2.HistoryEntry:
-    """The ledger.v1.HistoryEntry of an index entry (its asset, key position and value)."""
+def delta_held_of(value: bytes) -> int:
+    return int(_ENTRY.unpack_from(value)[3])
+
+
+def held_at(r: KVReader, account: str, asset: str, first: bytes) -> int:
+    """The held amount after the newest entry at or older than position ``first``."""
+    prefix = held_prefix(account, asset)
+    for _, value in r.scan(prefix, prefix + first):
+        return int(_HELD.unpack(value)[0])
+    return 0
+
+
+def read_entry(asset: str, position_bytes: bytes, value: bytes, held_after: int) -> api_pb2.HistoryEntry:
+    """The ledger.v1.HistoryEntry of an index entry (its asset, key position and value, and
+    the held amount after it, from held_at)."""
     time_key, height_key, seq_key = _POSITION.unpack(position_bytes)
-    index, kind, delta_available, delta_held, available_after, held_after = _ENTRY.unpack_from(value)
+    index, kind, delta_available, delta_held, available_after = _ENTRY.unpack_from(value)
     strings: list[bytes] = []
     pos = _ENTRY.size
     for _ in range(3):

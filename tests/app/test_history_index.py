@@ -20,6 +20,7 @@ from node.storage.lmdb_store import LmdbStore
 from node.storage.memory import MemoryStore
 from tests.app.factory import Factory
 from tests.app.helpers import Chain
+from tests.storage.test_stores import count_reads
 
 USD_A = "USD.BANK-A"
 
@@ -246,3 +247,27 @@ def test_a_failed_transaction_has_no_postings() -> None:
     assert [(p.account, p.kind, p.delta_available, p.available_after) for p in out.postings] == [
         ("alice", postings.MINT, 5, 5)
     ]
+
+
+def test_postings_read_nothing_more_from_the_store() -> None:
+    """Execution with postings reads exactly the records execution without them reads: the
+    balances come from the transactions' own writes (held only where they changed it)."""
+    reads: dict[bool, int] = {}
+    for history_on in (False, True):
+        fx = Factory(banks=4, currencies=("USD",), seed=11)
+        s = MemoryStore()
+        ledger = Ledger(fx.genesis, history=history_on)
+        chain = IndexedChain(ledger, s)
+        names = [f"r-{i}" for i in range(6)]
+        chain.run([fx.open_account("BANK-A", n, fx.client(n)) for n in names])
+        chain.run([fx.mint(USD_A, n, 1_000, f"d-{n}") for n in names])
+        chain.run([fx.escrow_create("r-e", "r-0", "r-1", USD_A, 5, 10_000)])
+        block = [fx.transfer([(names[i], names[(i + 1) % 6], USD_A, 7)]) for i in range(6)]
+        block += [fx.escrow_post("r-e", 5, payer="r-0"), fx.redeem("r-2", USD_A, 3, "p")]
+        with s.write() as w:
+            counter = count_reads(s, w)
+            out = ledger.execute(w, chain.height + 1, 5_000, block)
+        assert set(out.codes) == {"OK"}
+        reads[history_on] = counter[0]
+        assert bool(out.postings) == history_on
+    assert reads[True] == reads[False], reads
