@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import functools
 import gc
 import os
+import resource
 import signal
 import sys
 import time
@@ -45,10 +47,15 @@ from node.receipts import AttestationBackfill
 from node.reflection import enable_reflection
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
-from node.transport import PeerLinks, ReplicaServer, grpc_options
+from node.transport import PeerLinks, ReplicaServer, server_options
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
 PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
+# Open files kept out of the connection caps: LMDB, the logs, outgoing peer channels, gRPC's
+# own descriptors (its pollers, wakeup fds, threads). A node needs a few dozen of these.
+FD_RESERVE = 512
+SERVER_PORTS = 2  # the API port and the replica port each get a share of the rest
+CONNECTIONS_MIN = 64  # a per-port cap below this means the open-file limit is unusable
 
 
 class StartupError(Exception):
@@ -105,6 +112,9 @@ class _Inbound:
 async def run(loaded: Loaded, key: SigningKey) -> int:
     config, genesis, member = loaded.config, loaded.genesis, loaded.member
     limits = config.limits
+    # First: LMDB, the log and every socket count against the open-file limit.
+    open_files = raise_open_files_limit()
+    connections_max = connections_cap(limits.connections_max, open_files)
     log = EventLog(member.member_id, config.log_path)
     lmdb_store = LmdbStore(
         config.data_dir,
@@ -194,13 +204,14 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     metrics = start_metrics(config, genesis, driver, replica, links, lmdb_store, log)
 
     peer_bytes = limits.peer_message_bytes_max
-    backoff = limits.peer_backoff_ms_max
-    replica_server = grpc.aio.server(options=grpc_options(peer_bytes, peer_bytes, backoff))
+    replica_server = grpc.aio.server(options=server_options(limits, peer_bytes, peer_bytes, connections_max))
     replica_server.add_generic_rpc_handlers(
         (ReplicaServer(genesis, limits, _Inbound(driver, api), log).handler(),)
     )
     # Client requests are bounded tightly; replies (a whole block) may be as large as a peer's.
-    api_server = grpc.aio.server(options=grpc_options(limits.message_bytes_max, peer_bytes, backoff))
+    api_server = grpc.aio.server(
+        options=server_options(limits, limits.message_bytes_max, peer_bytes, connections_max)
+    )
     api_server.add_generic_rpc_handlers((api.handler(),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, api_server)
@@ -271,6 +282,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         replica_port=config.replica_listen,
         last_executed=head.last_executed,
         journal_records=len(journal),
+        open_files=open_files,
+        connections_max=connections_max,
     )
     stopper = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(driver.wait_failed())
@@ -294,6 +307,33 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     log.event("node_stopped", exit_code=exit_code, last_executed=driver.head.last_executed)
     log.close()
     return exit_code
+
+
+def raise_open_files_limit() -> int:
+    """Raise the open-file soft limit to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses an infinite RLIMIT_NOFILE soft limit; 2^20 is its default fs.nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return target
+    with contextlib.suppress(ValueError, OSError):  # refused (past fs.nr_open): keep the soft limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def connections_cap(configured: int, open_files: int) -> int:
+    """The per-port connection cap: the configured one, lowered so that both ports full still
+    leave FD_RESERVE descriptors free (a node at its open-file limit cannot accept, open LMDB
+    or dial a peer). StartupError when the limit leaves less than CONNECTIONS_MIN per port."""
+    budget = (open_files - FD_RESERVE) // SERVER_PORTS
+    if budget < CONNECTIONS_MIN:
+        raise StartupError(
+            f"open-file limit {open_files} is too low: need {FD_RESERVE + SERVER_PORTS * CONNECTIONS_MIN}"
+            " (raise the hard limit, e.g. ulimit -Hn)",
+            2,
+        )
+    return min(configured, budget)
 
 
 # Collector thresholds for a node under load. It allocates fast (messages, parsed transactions)

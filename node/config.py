@@ -48,6 +48,18 @@ class NodeLimits:
     # New client transactions are refused (RESOURCE_EXHAUSTED) within this of the budget or of a
     # full filesystem; what was already ordered still executes into it.
     disk_reserve_bytes: int = 256 << 20
+    # Connections (both ports; docs/ARCHITECTURE.md "Connections"). gRPC core can cap the
+    # connections of a listening port, not those of one source address, so the cap is per port,
+    # lowered at start to fit the open-file limit minus a reserve (node/__main__.py).
+    connections_max: int = 8_192  # open connections per listening port; past it, closed at accept
+    handshake_timeout_ms: int = 5_000  # a connection that has not sent HTTP/2 SETTINGS by then is closed
+    connection_idle_ms: int = 120_000  # a connection with no call for this long gets GOAWAY
+    streams_per_connection_max: int = 1_000  # concurrent calls per connection (HTTP/2 setting)
+    # Our keepalive pings on the connections we dial, every keepalive_ms; a peer that does not
+    # answer one within keepalive_timeout_ms is dropped. Our servers accept pings spaced at
+    # least keepalive_ms / 2 apart (what our own channels send, with room for timer jitter).
+    keepalive_ms: int = 10_000
+    keepalive_timeout_ms: int = 5_000
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ from node.storage.kv import KVReader, KVStore, KVWriter
 
 # The event queue, per source (node/fairqueue.py): the ticker, the clients, each peer connection.
 SOURCE_EVENTS_MAX = 50_000
+# A peer stream waits (is not read) past this many queued messages: a member's burst is a few
+# hundred votes, and a flood should sit in the sender's buffers, not in this process.
+PEER_STREAM_EVENTS_MAX = 2_048
 SOURCE_EVENT_BYTES_MAX = 32 << 20
 EVENT_BYTES_MAX = 256 << 20  # all sources together (an empty source may still put one)
 INTERNAL = "internal"  # ticks, link-ups, fetched blocks
@@ -49,10 +52,20 @@ CLIENTS = "clients"  # transactions admitted by the API (already bounded by pend
 # A peer connection whose messages the replica rejected this many times is logged (and again at
 # each power of ten); its share of the loop was bounded all along by the fair queue.
 REJECTED_LOG_AT = 100
-REJECTED_SOURCES_MAX = 1_000  # sources whose rejections are remembered (the most recent)
+REJECTED_SOURCES_MAX = 1_000  # sources whose record is kept (the most recent)
+# A peer connection most of whose recent messages the replica rejected (at least this many) is
+# served one event per group until its record improves: its queue then stays full, its stream
+# stops being read, and what it sends costs the node little CPU (honest peers see a rejection
+# now and then, around view changes, never most of their messages). Halved every
+# SOURCE_RECORD_WINDOW events, so the record is of the recent past.
+PENALTY_REJECTED_MIN = 100
+SOURCE_RECORD_WINDOW = 2_000
 ATTEST_LAG_BLOCKS = 3  # a block this far behind the head with no attestations will not get any
 REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for the above
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
+# ... and at most this many from one source: a flooding peer cannot make a group long (the
+# group's votes and replies go out only when it ends), whatever it has queued.
+GROUP_PER_SOURCE_MAX = 32
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
 EXECUTED_QUIET_LOG_MS = 500  # a block executed this long after the previous one is logged
 HEIGHT_WAITERS_MAX = 10_000  # reads waiting for a min_height (wait_height); past it, no wait
@@ -137,6 +150,15 @@ class _Pending:
 
 
 @dataclass
+class SourceRecord:
+    """What one peer connection sent lately (halved every SOURCE_RECORD_WINDOW events)."""
+
+    seen: int = 0
+    rejected: int = 0
+    rejected_total: int = 0  # since the connection opened: for the log
+
+
+@dataclass
 class DriverStats:
     executed_blocks: int = 0
     executed_txs: int = 0
@@ -186,7 +208,8 @@ class Driver:
         )
         self._wake = asyncio.Event()  # set when an event is queued
         self._room = asyncio.Event()  # set when the loop took events (sources may have room)
-        self.rejected_by_source: dict[Hashable, int] = {}
+        self.sources: dict[Hashable, SourceRecord] = {}  # peer connections: what they sent lately
+        self._penalized: dict[Hashable, int] = {}  # source -> events per group (FairQueue caps)
         self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self._fetching = False
         self._fetch_rounds = 0
@@ -251,14 +274,14 @@ class Driver:
         at no cost to the other sources. False when the connection should be closed: the node
         is stopping, or the replica rejected too many of its messages."""
         for raw in messages:
-            while not self._events.has_room(source, len(raw)):
+            while not self._events.has_room(source, len(raw), PEER_STREAM_EVENTS_MAX):
                 if self._stopped:
                     return False
                 self._room.clear()
                 await self._room.wait()
-            self._enqueue(
-                functools.partial(self.replica.on_message, raw), "events_dropped_full", source, len(raw)
-            )
+            event = functools.partial(self.replica.on_message, raw)
+            if self._events.put(source, (source, event), len(raw), PEER_STREAM_EVENTS_MAX):
+                self._wake.set()
         return not self._stopped
 
     def queue_depths(self) -> dict[str, int]:
@@ -503,11 +526,16 @@ class Driver:
     async def _consume(self) -> None:
         replica = self.replica
         while True:
-            group = self._events.take(GROUP_EVENTS_MAX)
+            group = self._events.take(GROUP_EVENTS_MAX, GROUP_PER_SOURCE_MAX, self._penalized)
             if not group:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            # Let the rest of the loop run between groups (gRPC reads and writes, the ticker, the
+            # API) even while events keep coming: taking a queued event does not suspend, so a
+            # source with 50,000 events queued (a flood, served one per group) used to hold the
+            # loop for seconds, and the honest peers' streams went unread meanwhile.
+            await asyncio.sleep(0)
             self._room.set()
             for source, event in group:
                 self.stats.events += 1
@@ -517,23 +545,43 @@ class Driver:
                 except Exception as exc:  # a replica bug: log it loudly and stop the node
                     self.log.event("replica_crash", error=repr(exc))
                     raise
-                if replica.rejected != rejected and source not in (INTERNAL, CLIENTS):
-                    self._rejected(source)
+                if source not in (INTERNAL, CLIENTS):
+                    self._judge(source, replica.rejected != rejected)
                 self._apply(actions)
             self._flush()
             self._flush_relay()
 
-    def _rejected(self, source: Hashable) -> None:
-        count = self.rejected_by_source.pop(source, 0) + 1
-        self.rejected_by_source[source] = count  # most recent last
-        while len(self.rejected_by_source) > REJECTED_SOURCES_MAX:
-            del self.rejected_by_source[next(iter(self.rejected_by_source))]
-        if count >= REJECTED_LOG_AT and str(count).rstrip("0") == "1":  # 100, 1000, 10000, ...
-            self.log.event("peer_source_rejected", source=str(source), rejected=count)
+    def _judge(self, source: Hashable, rejected: bool) -> None:
+        """Keep a peer connection's record: events seen, and rejected by the replica."""
+        record = self.sources.pop(source, None) or SourceRecord()
+        self.sources[source] = record  # most recent last
+        while len(self.sources) > REJECTED_SOURCES_MAX:
+            self._penalized.pop(next(iter(self.sources)), None)
+            del self.sources[next(iter(self.sources))]
+        record.seen += 1
+        if rejected:
+            record.rejected += 1
+            record.rejected_total += 1
+            count = record.rejected_total
+            if count >= REJECTED_LOG_AT and str(count).rstrip("0") == "1":  # 100, 1000, 10000, ...
+                self.log.event("peer_source_rejected", source=str(source), rejected=count)
+        if record.seen >= SOURCE_RECORD_WINDOW:
+            record.seen //= 2
+            record.rejected //= 2
+        penalized = record.rejected >= PENALTY_REJECTED_MIN and 2 * record.rejected > record.seen
+        if penalized and source not in self._penalized:
+            self._penalized[source] = 1
+            self.log.count("peer_sources_penalized")
+            self.log.event(
+                "peer_source_penalized", source=str(source), rejected=record.rejected, seen=record.seen
+            )
+        elif not penalized and source in self._penalized:
+            del self._penalized[source]
 
     def forget_source(self, source: Hashable) -> None:
-        """A peer connection closed: its rejection count goes (its queued events still run)."""
-        self.rejected_by_source.pop(source, None)
+        """A peer connection closed: its record goes (its queued events still run)."""
+        self.sources.pop(source, None)
+        self._penalized.pop(source, None)
 
     def run(self, actions: list[act.Action]) -> None:
         """Run actions strictly in order, then persist what they recorded and send what they

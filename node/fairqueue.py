@@ -16,7 +16,7 @@ sender) or drop, as the caller chooses.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -48,19 +48,21 @@ class FairQueue(Generic[T]):
         s = self._sources.get(source)
         return (0, 0) if s is None else (len(s.items), s.bytes)
 
-    def has_room(self, source: Hashable, size: int) -> bool:
+    def has_room(self, source: Hashable, size: int, items_max: int | None = None) -> bool:
+        """Whether ``source`` may queue ``size`` more bytes (``items_max``: a lower item bound
+        for this source than the queue's)."""
         s = self._sources.get(source)
         if s is None:
             return True  # one item at a time, whatever the others hold
         return (
-            len(s.items) < self.items_max
+            len(s.items) < min(self.items_max, items_max or self.items_max)
             and s.bytes + size <= self.bytes_max
             and self.total_bytes + size <= self.total_bytes_max
         )
 
-    def put(self, source: Hashable, item: T, size: int) -> bool:
+    def put(self, source: Hashable, item: T, size: int, items_max: int | None = None) -> bool:
         """Queue ``item`` (``size`` bytes) from ``source``; False (nothing queued) when full."""
-        if not self.has_room(source, size):
+        if not self.has_room(source, size, items_max):
             return False
         s = self._sources.get(source)
         if s is None:
@@ -72,20 +74,38 @@ class FairQueue(Generic[T]):
         self.total_bytes += size
         return True
 
-    def take(self, items_max: int) -> list[T]:
-        """Up to ``items_max`` items, one from each source in turn, round after round."""
+    def take(
+        self, items_max: int, per_source_max: int | None = None, caps: Mapping[Hashable, int] | None = None
+    ) -> list[T]:
+        """Up to ``items_max`` items, one from each source in turn, round after round: at most
+        ``per_source_max`` from any one source, and at most ``caps[source]`` from a source
+        named there (a source the caller has reason to serve less)."""
         out: list[T] = []
         ring, sources = self._ring, self._sources
+        parked: list[Hashable] = []  # sources that reached their cap: back in the ring after
+        taken: dict[Hashable, int] = {}
+        rounds = 0
         while ring and len(out) < items_max:
-            source = ring.popleft()
-            s = sources[source]
-            item, size = s.items.popleft()
-            s.bytes -= size
-            self.total_items -= 1
-            self.total_bytes -= size
-            out.append(item)
-            if s.items:
-                ring.append(source)
-            else:
-                del sources[source]
+            if per_source_max is not None:
+                rounds += 1
+                if rounds > per_source_max:
+                    break
+            for _ in range(len(ring)):
+                if len(out) >= items_max:
+                    break
+                source = ring.popleft()
+                s = sources[source]
+                item, size = s.items.popleft()
+                s.bytes -= size
+                self.total_items -= 1
+                self.total_bytes -= size
+                out.append(item)
+                if not s.items:
+                    del sources[source]
+                elif caps and source in caps:
+                    taken[source] = taken.get(source, 0) + 1
+                    (parked if taken[source] >= caps[source] else ring).append(source)
+                else:
+                    ring.append(source)
+        ring.extend(parked)
         return out

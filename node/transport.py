@@ -46,12 +46,13 @@ BAD_FRAMES_MAX = 16
 FRAME_OVERHEAD_BYTES = 16
 
 
-def grpc_options(receive_bytes_max: int, send_bytes_max: int, backoff_ms_max: int) -> list[tuple[str, Any]]:
+def grpc_options(limits: NodeLimits, receive_bytes_max: int, send_bytes_max: int) -> list[tuple[str, Any]]:
+    """Options of every channel the node dials and (with server_options) of its servers."""
     return [
         ("grpc.max_receive_message_length", receive_bytes_max),
         ("grpc.max_send_message_length", send_bytes_max),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_time_ms", limits.keepalive_ms),
+        ("grpc.keepalive_timeout_ms", limits.keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
@@ -59,7 +60,40 @@ def grpc_options(receive_bytes_max: int, send_bytes_max: int, backoff_ms_max: in
         # restarting) should find each other in tens of milliseconds.
         ("grpc.initial_reconnect_backoff_ms", 50),
         ("grpc.min_reconnect_backoff_ms", 50),
-        ("grpc.max_reconnect_backoff_ms", backoff_ms_max),
+        ("grpc.max_reconnect_backoff_ms", limits.peer_backoff_ms_max),
+    ]
+
+
+def server_options(
+    limits: NodeLimits, receive_bytes_max: int, send_bytes_max: int, connections_max: int
+) -> list[tuple[str, Any]]:
+    """grpc_options plus what bounds the connections a server holds (gRPC core channel args,
+    include/grpc/impl/channel_arg_names.h). connections_max is the per-port cap after the
+    open-file budget (node/__main__.py); gRPC core counts connections per listening port and
+    cannot count them per source address (ConnectionQuota ignores the peer)."""
+    return [
+        *grpc_options(limits, receive_bytes_max, send_bytes_max),
+        # Closed at accept past this many open connections on the port.
+        ("grpc.max_allowed_incoming_connections", connections_max),
+        # A connection must complete its handshake and send HTTP/2 SETTINGS within this; a
+        # silent TCP connection or a half-sent preface is closed then (gRPC's default: 120 s).
+        ("grpc.server_handshake_timeout_ms", limits.handshake_timeout_ms),
+        # A connection with no call in flight for this long gets GOAWAY (default: never).
+        ("grpc.max_connection_idle_ms", limits.connection_idle_ms),
+        ("grpc.max_concurrent_streams", limits.streams_per_connection_max),
+        # Ping enforcement must accept our own keepalive (every keepalive_ms, even with no data
+        # and no call). gRPC's default allows one ping per 5 minutes without data and sends
+        # GOAWAY ENHANCE_YOUR_CALM "too_many_pings" at the third early one: peer links were cut
+        # and re-dialled 40-110 s after start on an idle consortium. Half the period leaves room
+        # for timer jitter; a client pinging faster still gets GOAWAY after 2 strikes.
+        ("grpc.http2.min_ping_interval_without_data_ms", limits.keepalive_ms // 2),
+        ("grpc.http2.max_ping_strikes", 2),
+        # No bandwidth-delay probing: it grows each stream's receive window far past what the
+        # node reads, so a sender could park hundreds of MB in gRPC's buffers (a forged-vote flood
+        # took a node to 633 MB and the machine's CPU to receiving junk, while the node consumed
+        # a few thousand messages a second). With the fixed window a flooding stream stalls at
+        # the rate its (fair) share of the loop reads it.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
@@ -259,9 +293,7 @@ class PeerLinks:
             peer.channel = grpc.aio.insecure_channel(
                 peer.address,
                 options=grpc_options(
-                    self._limits.peer_message_bytes_max,
-                    self._limits.peer_message_bytes_max,
-                    self._limits.peer_backoff_ms_max,
+                    self._limits, self._limits.peer_message_bytes_max, self._limits.peer_message_bytes_max
                 ),
             )
             peer.task = asyncio.get_running_loop().create_task(self._run(peer))

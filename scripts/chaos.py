@@ -5,11 +5,16 @@ Starts a local consortium, opens accounts at every bank, mints every asset into 
 a continuous load of transfers, payment-versus-payment and escrows from several client
 processes through the SDK. Each client records every transaction it submitted and what it was
 told. Meanwhile, fault rounds chosen by --seed: SIGKILL of a backup, of the primary, of f nodes
-at once, of a node during a view change, SIGSTOP/SIGCONT, and one node restarted many times in
-a row. Never more than f nodes are down or paused at once; each is brought back after a random
-delay. Then the load stops, the nodes settle, and scripts/audit.py checks them without trusting
-their own claims: every acknowledged transaction present everywhere with its result (lost),
-no id executed twice (duplicated), identical chains (divergent_nodes), conservation per asset.
+at once, of a node during a view change, of every node during a view change, SIGSTOP/SIGCONT,
+and one node restarted many times in a row. Apart from the kill of every node, never more than
+f nodes are down or paused at once; each is brought back after a random delay. Then the load
+stops, the nodes settle, and scripts/audit.py checks them without trusting their own claims:
+every acknowledged transaction present everywhere with its result (lost), no id executed twice
+(duplicated), identical chains (divergent_nodes), conservation per asset.
+
+Throughout the rounds every node's view is sampled: isolated_s_max is the longest any live node
+spent in another view (or view-change state) than most live nodes, and past ISOLATED_S_MAX the
+run fails (issue 21: a node back alone in the view it had asked for stayed there for minutes).
 
 Every fault is also written, as it happens, to faults.log in the work dir: one JSON line per
 kill, start, SIGSTOP and SIGCONT, with ts_ms on the same wall clock as the nodes' events.log
@@ -31,6 +36,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -40,24 +46,29 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
 from audit import audit  # noqa: E402
-from consortium import Consortium, exit_cleanly_on_sigterm  # noqa: E402
+from consortium import Consortium, ConsortiumError, exit_cleanly_on_sigterm  # noqa: E402
 
 from client.models import Committed, Indefinite  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
 from client.tx import LegSpec  # noqa: E402
 from ledger.crypto import SigningKey, load_key  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
-from ledger.v1 import api_pb2  # noqa: E402
+from ledger.v1 import api_pb2, api_pb2_grpc  # noqa: E402
 
 PROGRESS_TIMEOUT_S = 30.0  # a fault after which nothing commits for this long fails the run
 VIEW_CHANGE_START_WAIT_S = 10.0  # several view-change timeouts
 SETTLE_TIMEOUT_S = 60.0
+ISOLATED_S_MAX = 10.0  # a live node longer than this in another view than most fails the run
+VIEW_SAMPLE_EVERY_S = 0.25
+START_ATTEMPTS_MAX = 5
 INITIAL_MINOR = 1_000_000_00
 
 
@@ -137,6 +148,62 @@ def client_main(plan: ClientPlan, stop: EventType) -> None:
     client.close()
 
 
+# --- views ---------------------------------------------------------------------------------
+
+
+ViewState = tuple[int, bool]  # (view, in view change)
+
+
+class IsolationWatch:
+    """Samples every node's view in a thread: worst_s is the longest any live node (one that
+    answers GetStatus) spent in another view state than most live nodes (none when two states
+    tie: a view change in flight)."""
+
+    def __init__(self, addresses: Mapping[str, str]) -> None:
+        self.addresses = dict(addresses)
+        self.worst_s = 0.0
+        self.worst = ""
+        self._since: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="isolation-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def sample(self, states: Mapping[str, ViewState], now: float) -> None:
+        top = Counter(states.values()).most_common(2)
+        tie = len(top) == 2 and top[0][1] == top[1][1]
+        most = top[0][0] if top and not tie else None
+        for bank in self.addresses:
+            state = states.get(bank)
+            if state is None or most is None or state == most:
+                self._since.pop(bank, None)
+                continue
+            took = now - self._since.setdefault(bank, now)
+            if took > self.worst_s:
+                self.worst_s = took
+                self.worst = f"{bank} in (view, changing) {state} while most were in {most}"
+
+    def _state(self, address: str) -> ViewState | None:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                st = api_pb2_grpc.LedgerServiceStub(channel).GetStatus(
+                    api_pb2.GetStatusRequest(), timeout=0.5
+                )
+            except grpc.RpcError:
+                return None  # down or paused: not live
+        return int(st.view), bool(st.in_view_change)
+
+    def _run(self) -> None:
+        while not self._stop.wait(VIEW_SAMPLE_EVERY_S):  # the sampling period
+            states = {b: st for b, a in self.addresses.items() if (st := self._state(a)) is not None}
+            self.sample(states, time.monotonic())
+
+
 # --- faults -------------------------------------------------------------------------------
 
 
@@ -160,12 +227,13 @@ class Chaos:
         self.round_no = 0
 
     def fault(self, action: str, bank: str) -> None:
-        """Do one fault action to a node ("kill", "start", "stop", "cont") and journal it."""
+        """Do one fault action to a node ("kill", "start", "stop", "cont") and journal it;
+        "exited" only journals that a node we started died during its start-up."""
         if action == "kill":
             self.c.kill(bank)
         elif action == "start":
             self.c.start(bank)
-        else:
+        elif action != "exited":
             pid = self.c.pid(bank)
             assert pid is not None, f"{bank} should be running"
             os.kill(pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
@@ -228,6 +296,50 @@ class Chaos:
         self.stats.failures.append(f"no commit in a new view for {PROGRESS_TIMEOUT_S:.0f}s after {what}")
         return None
 
+    def start_all(self) -> None:
+        """Start every node (all are down) and wait until each serves. One whose port another
+        process holds exits at start-up (node ports come from the ephemeral range: issue 21,
+        item 3), most likely when every port is free at once: it is started again."""
+        for b in self.banks:
+            self.fault("start", b)
+        for _ in range(START_ATTEMPTS_MAX):
+            try:
+                self.c.wait_healthy(self.banks)
+                return
+            except ConsortiumError as exc:
+                log(f"  note: {str(exc).splitlines()[0]}; starting it again")
+                for b in self.banks:
+                    if self.c.pid(b) is None:
+                        self.fault("exited", b)
+                        self.fault("start", b)
+        self.stats.failures.append(f"not every node started after {START_ATTEMPTS_MAX} attempts")
+
+    def wait_one_view(self, timeout_s: float) -> bool:
+        """Whether every node came to report one view, not changing views, within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = self.statuses()
+            views = {s.view for s in st.values()}
+            if (
+                len(st) == len(self.banks)
+                and len(views) == 1
+                and not any(s.in_view_change for s in st.values())
+            ):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def wait_view_change_start(self) -> dict[str, int] | None:
+        """The live nodes changing views and the view each is changing to, as soon as one is
+        (None if none starts within VIEW_CHANGE_START_WAIT_S)."""
+        deadline = time.monotonic() + VIEW_CHANGE_START_WAIT_S
+        while time.monotonic() < deadline:
+            changing = {b: int(s.view) for b, s in self.statuses().items() if s.in_view_change}
+            if changing:
+                return changing
+            time.sleep(0.02)
+        return None
+
     def bring_back(self, bank: str) -> None:
         """Restart a killed node and time its catch-up to the others' height at restart."""
         target = max(self.heights().values(), default=0)
@@ -274,14 +386,8 @@ class Chaos:
             # interrupted.
             v0, h_kill = self.view_and_height()
             self.fault("kill", primary)
-            target: int | None = None
-            deadline = time.monotonic() + VIEW_CHANGE_START_WAIT_S
-            while target is None and time.monotonic() < deadline:
-                changing = [int(s.view) for s in self.statuses().values() if s.in_view_change]
-                target = max(changing) if changing else None
-                if target is None:
-                    time.sleep(0.02)
-            if target is None:
+            changing = self.wait_view_change_start()
+            if changing is None:
                 # The cluster went on committing: the node most peers named was not (or no
                 # longer) the primary. Not a failure of the ledger; say so and go on.
                 log(f"  note: no view change within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing {primary}")
@@ -289,7 +395,7 @@ class Chaos:
                     self.stats.failures.append(f"no view change and no commit after killing {primary}")
                 self.bring_back(primary)
                 return f"{primary} (no view change)"
-            designate = self.banks[target % self.g.n]
+            designate = self.banks[max(changing.values()) % self.g.n]
             self.bring_back(primary)
             # Recovery here is the issue's plain measure, fault to next committed batch: which view
             # the cluster settles in depends on races (the restarted old primary may simply resume
@@ -305,6 +411,29 @@ class Chaos:
                 time.sleep(self.rng.uniform(0.2, 1.0))
                 self.bring_back(designate)
             return f"{primary}->{designate}"
+        if kind == "kill_all_in_view_change":
+            # Issue 21: kill the primary, then every other node as soon as one reports a view
+            # change, then start them all. The one that had asked for the next view comes back
+            # there from its journal, maybe alone; the others may go on under the old primary.
+            self.fault("kill", primary)
+            changing = self.wait_view_change_start()
+            if changing is None:
+                log(f"  note: no view change within {VIEW_CHANGE_START_WAIT_S:.0f}s of killing {primary}")
+                self.bring_back(primary)
+                return f"{primary} (no view change)"
+            for b in backups:
+                self.fault("kill", b)
+            self.start_all()
+            _, h_now = self.view_and_height()
+            t_restart = time.monotonic()
+            if self.wait_progress(h_now, "killing every node during a view change") is not None:
+                self.stats.recovery_s.append(time.monotonic() - t_restart)
+            # No fault until every node is back in one view (bounded): the next one would end a
+            # node's time alone and hide it (a lone node in view v+1 joins when the others leave
+            # view v), which is how the chaos runs missed it.
+            if not self.wait_one_view(ISOLATED_S_MAX + 5):
+                log(f"  note: not in one view {ISOLATED_S_MAX + 5:.0f}s after restarting every node")
+            return f"all; changing {','.join(sorted(changing))}"
         if kind == "pause":
             victim = self.rng.choice(self.banks)
             v0, h0 = self.view_and_height()
@@ -333,14 +462,25 @@ class Chaos:
         raise ValueError(kind)
 
 
-FAULTS = ("kill_backup", "kill_primary", "kill_f", "kill_in_view_change", "pause", "restart_loop")
+FAULTS = (
+    "kill_backup",
+    "kill_primary",
+    "kill_f",
+    "kill_in_view_change",
+    "pause",
+    "restart_loop",
+    "kill_all_in_view_change",
+)
 
 
 # --- the run ------------------------------------------------------------------------------
 
 
-def setup_accounts(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple[str, str]]:
-    """Open per_bank accounts at every bank and mint every asset into each; (id, seed hex)."""
+def setup_accounts(
+    c: Consortium, genesis: Genesis, per_bank: int, tag: str = "acct"
+) -> list[tuple[str, str]]:
+    """Open per_bank accounts at every bank and mint every asset into each; (id, seed hex).
+    Account ids are <bank>-<tag>-<i>: a run on an existing consortium passes a fresh tag."""
     client = LedgerClient(genesis, timeout_s=30.0)
     accounts: list[tuple[str, str]] = []
     operators = {m.member_id: load_key(c.operator_key_path(m.member_id)).key for m in genesis.members}
@@ -348,7 +488,7 @@ def setup_accounts(c: Consortium, genesis: Genesis, per_bank: int) -> list[tuple
         for m in genesis.members:
             for i in range(per_bank):
                 owner = SigningKey.generate()
-                account_id = f"{m.member_id.lower()}-acct-{i}"
+                account_id = f"{m.member_id.lower()}-{tag}-{i}"
                 tx = client.tx.open_account(m.member_id, account_id, owner.public_key)
                 _expect_ok(client.submit(tx.signed_by(operators[m.member_id])), f"open {account_id}")
                 accounts.append((account_id, owner.seed.hex()))
@@ -388,6 +528,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     stop = mp.get_context("spawn").Event()
     stats = Stats()
     started = time.monotonic()
+    watch: IsolationWatch | None = None
     try:
         c.up(banks=args.banks)
         genesis = c.genesis()
@@ -410,6 +551,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             proc.start()
             procs.append(proc)
         chaos = Chaos(c, genesis, rng, stats, workdir / "faults.log")
+        watch = IsolationWatch({m.member_id: m.api_address for m in genesis.members})
+        watch.start()
         by_kind: dict[str, list[float]] = {}
         for r in range(1, args.rounds + 1):
             kind = rng.choice(FAULTS)
@@ -430,8 +573,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for proc in procs:
             proc.join(timeout=30)
         settled = settle(chaos)
+        watch.stop()
         if not settled:
             stats.failures.append(f"nodes did not settle to one height within {SETTLE_TIMEOUT_S:.0f}s")
+        if watch.worst_s > ISOLATED_S_MAX:
+            log(f"  ! isolated for {watch.worst_s:.1f}s (over {ISOLATED_S_MAX:.0f}s): {watch.worst}")
+        elif watch.worst:
+            log(f"chaos: longest isolation {watch.worst_s:.1f}s: {watch.worst}")
         acknowledged: dict[bytes, int] = {}
         counts = {"committed": 0, "indefinite": 0, "rejected": 0}
         for k in range(args.clients):
@@ -461,11 +609,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "recovery_s_max": round(max(rec), 2) if rec else None,
             "catchup_s_max": round(max(stats.catchup_s), 2) if stats.catchup_s else None,
             "recovery_s_max_by_fault": {k: round(max(v), 2) for k, v in sorted(by_kind.items()) if v},
+            "isolated_s_max": round(watch.worst_s, 1),
             "failures": len(stats.failures) + len(report.unreachable),
             "seconds": round(time.monotonic() - started, 1),
         }
     finally:
         stop.set()
+        if watch is not None:
+            watch.stop()
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -487,7 +638,7 @@ def passed(result: dict[str, Any]) -> bool:
         "replay_mismatches",
         "failures",
     )
-    return all(result[k] == 0 for k in zero)
+    return all(result[k] == 0 for k in zero) and result["isolated_s_max"] <= ISOLATED_S_MAX
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,20 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(r) if not ok else f"seed {a.seed} ok")
         print(
             f"sequences_executed={r.sequences_executed} view_changes={r.view_changes} "
-            f"messages={r.messages} end_ms={r.end_ms} rejected={dict(sorted(r.counters.items()))}"
+            f"messages={r.messages} end_ms={r.end_ms} isolated_ms_max={r.isolated_ms_max} rejected={dict(sorted(r.counters.items()))}"
         )
         return 0 if ok else 1
 
     started = time.monotonic()
     seeds = [(s, a.app) for s in range(a.start, a.start + a.seeds)]
-    unsafe = live = executed = view_changes = done = 0
+    unsafe = live = executed = view_changes = done = isolated_ms_max = 0
     failing: list[int] = []
     recovery_ms: list[int] = []  # virtual time from faults stopping to every request executed
     last_progress = started
 
     def account(r: Result) -> None:
-        nonlocal unsafe, live, executed, view_changes, done, last_progress
+        nonlocal unsafe, live, executed, view_changes, done, last_progress, isolated_ms_max
         done += 1
+        isolated_ms_max = max(isolated_ms_max, r.isolated_ms_max)
         executed += r.sequences_executed
         view_changes += r.view_changes
         if r.safety_violations:
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "liveness_failures": live,
         "sequences_executed": executed,
         "view_changes": view_changes,
+        # the longest an honest replica sat in another view than most, after faults stopped
+        "isolated_ms_max": isolated_ms_max,
         "seconds": round(time.monotonic() - started, 1),
     }
     if recovery_ms:

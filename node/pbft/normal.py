@@ -77,6 +77,10 @@ class ReplicaCore:
         self._vc_certs: dict[int, list[CheckedCert]] = {}
         self._own_view_change: bytes | None = None
         self._new_view_peer: bytes | None = None  # as primary: the NEW-VIEW of this view
+        # replica -> (first, latest) ms we heard it ask for a view above ours since we entered
+        # ours: a replica alone ahead of us, which we follow after a while (views.py)
+        self._ahead: dict[int, tuple[int, int]] = {}
+        self._voted_in: dict[int, int] = {}  # replica -> highest view of its votes we verified
 
         # The clock from birth, not from the first tick: a request or pre-prepare that arrives
         # before it would otherwise arm the view-change timer at time 0 plus one timeout, and

@@ -99,7 +99,7 @@ class Replica(ViewChanging):
             return self._out
         s = self.verifier.signed(signed_raw)
         if s is None:
-            self._reject(self._why_bad(signed_raw))
+            self._reject(self.verifier.failure)
             return self._out
         if s.signer == self.id:
             return self._out  # our own message echoed back (a replayer): nothing to learn
@@ -122,6 +122,7 @@ class Replica(ViewChanging):
             self._deadline = self.now_ms + self._timeout()
         if self.next_execute <= self.stable_seq:
             self._fetch(tuple(r for r in range(self.cfg.n) if r != self.id))
+        self._follow_lone_view()
         self._maybe_propose()
         if self.now_ms - self._last_retransmit_ms >= self.cfg.retransmit_ms:
             self._last_retransmit_ms = self.now_ms
@@ -186,6 +187,10 @@ class Replica(ViewChanging):
             if not self.verifier.commit_certificate(header.height, digest, commits):
                 self._reject("bad_certificate")
                 break
+            for raw_commit in commits:  # verified just now: cached
+                c = self.verifier.signed(raw_commit)
+                if c is not None and isinstance(c.msg, Commit):
+                    self._saw_vote(c.signer, c.msg.view)
             self._execute(header.height, header_raw, envelopes, commits, digest, tx_ids)
             progressed = True
         if progressed:
@@ -207,6 +212,8 @@ class Replica(ViewChanging):
 
     def _dispatch(self, s: Signed, batch: bytes | None) -> None:
         m: Body = s.msg
+        if isinstance(m, PrePrepare | Prepare | Commit):
+            self._saw_vote(s.signer, m.view)
         if isinstance(m, PrePrepare):
             if batch is None:
                 self._reject("missing_batch")
@@ -239,19 +246,6 @@ class Replica(ViewChanging):
         except wire.WireError:
             self._reject("bad_batch")
             return None
-
-    def _why_bad(self, signed_raw: bytes) -> str:
-        try:
-            body, signer, _ = wire.decode_signed(signed_raw)
-        except wire.WireError:
-            return "garbage"
-        if not 0 <= signer < self.cfg.n:
-            return "non_member"
-        try:
-            wire.decode_body(body)
-        except wire.WireError:
-            return "garbage"
-        return "bad_signature"  # or a body that names another replica / a non-primary proposer
 
     def _restore(self, journal: Mapping[bytes, bytes]) -> None:
         r = jr.restore(journal)

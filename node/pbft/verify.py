@@ -31,6 +31,7 @@ class Verifier:
         self.cfg = config
         self.crypto = crypto
         self._cache: dict[bytes, Signed] = {}  # verified SignedMessage bytes (retransmits repeat)
+        self.failure = ""  # why the last signed() returned None: garbage, non_member, bad_signature
 
     def signed(self, raw: bytes) -> Signed | None:
         """Decode and verify a serialized SignedMessage; None when anything is wrong."""
@@ -39,17 +40,26 @@ class Verifier:
             return hit
         try:
             body, signer, signature = wire.decode_signed(raw)
-            if not 0 <= signer < self.cfg.n or not self.crypto.verify(signer, body, signature):
-                return None
+        except wire.WireError:
+            self.failure = "garbage"
+            return None
+        if not 0 <= signer < self.cfg.n:
+            self.failure = "non_member"
+            return None
+        if not self.crypto.verify(signer, body, signature):
+            self.failure = "bad_signature"  # the body is never decoded (it may be large)
+            return None
+        try:
             msg = wire.decode_body(body)
         except wire.WireError:
+            self.failure = "garbage"  # signed, but no consensus message
             return None
         claimed = getattr(msg, "replica", signer)
         if claimed != signer:
+            self.failure = "bad_signature"  # a body that names another replica
             return None
-        if isinstance(msg, PrePrepare) and signer != self.cfg.primary(msg.view):
-            return None
-        if isinstance(msg, wire.NewView) and signer != self.cfg.primary(msg.view):
+        if isinstance(msg, PrePrepare | wire.NewView) and signer != self.cfg.primary(msg.view):
+            self.failure = "bad_signature"  # a proposal not by the view's primary
             return None
         s = Signed(raw=raw, body=body, signer=signer, signature=signature, msg=msg)
         if len(self._cache) >= _CACHE_MAX:

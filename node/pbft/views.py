@@ -46,10 +46,50 @@ class ViewChanging(ReplicaCore):
             if self._own_view_change is not None:
                 self._out.append(Broadcast(wire.encode_peer(self._own_view_change)))
 
+    def _follow_lone_view(self) -> None:
+        """Join the view change of a replica that has asked, alone, for a view above ours for
+        two view-change timeouts and still asks (docs/ARCHITECTURE.md, "A replica alone in
+        another view"). It cannot come back down to us without risking safety, and neither a
+        quorum nor f+1 would ever move us to it: after a crash of every node during a view
+        change it stayed there for minutes, voting in no view (issue 21)."""
+        if self.in_view_change or not self._ahead:
+            return
+        wait = 2 * self.cfg.view_change_timeout_ms
+        still = 2 * self.cfg.retransmit_ms  # it re-sends its VIEW-CHANGE every retransmit_ms
+        views = [
+            vc.msg.new_view
+            for r, (first, latest) in self._ahead.items()
+            if self.now_ms - first >= wait
+            and self.now_ms - latest <= still
+            and isinstance(vc := self._view_changes.get(r), Signed)
+            and isinstance(vc.msg, ViewChange)
+            # A liar must not push view numbers far in one step; a correct replica is never
+            # more than one view above f+1 correct ones.
+            and self.view < vc.msg.new_view <= self.view + self.cfg.n
+        ]
+        if views:
+            self.counters["followed_lone_view"] += 1
+            self._start_view_change(min(views))
+
+    def _saw_vote(self, replica: int, view: int) -> None:
+        """A verified pre-prepare, prepare or commit of ``view`` by ``replica``. Once f+1 replicas
+        (one of them correct, so that view's NEW-VIEW exists) vote in views above ours, we were
+        left behind: a partition or pause hid the view change from us, and executing what they
+        commit by catch-up would keep us out of every quorum for good. Asking for their view
+        makes its primary send us its NEW-VIEW (_bring_up_to_date)."""
+        if replica == self.id or view <= self._voted_in.get(replica, -1):
+            return
+        self._voted_in[replica] = view
+        above = sorted((v for v in self._voted_in.values() if v > self.view), reverse=True)
+        if len(above) > self.cfg.f:
+            self.counters["followed_voting_view"] += 1
+            self._start_view_change(above[self.cfg.f])
+
     def _start_view_change(self, new_view: int) -> None:
         assert new_view > self.view or (new_view == self.view and not self.in_view_change)
         self.view = new_view
         self.in_view_change = True
+        self._ahead.clear()
         self.view_changes_started += 1
         self._persist(jr.VIEW, jr.encode_view(self.view, True))
         certs = tuple(
@@ -80,6 +120,8 @@ class ViewChanging(ReplicaCore):
             self._bring_up_to_date(s.signer)
         prev = self._view_changes.get(s.signer)
         if m.new_view < self.view or (prev is not None and getattr(prev.msg, "new_view", -1) >= m.new_view):
+            if prev is not None and getattr(prev.msg, "new_view", -1) == m.new_view > self.view:
+                self._heard_ahead(s.signer)  # it still asks for the view we hold its request for
             return
         certs = self.verifier.view_change(s)
         if certs is None:
@@ -87,6 +129,8 @@ class ViewChanging(ReplicaCore):
             return
         self._view_changes[s.signer] = s
         self._vc_certs[s.signer] = certs
+        if m.new_view > self.view:
+            self._heard_ahead(s.signer)
         higher = sorted(
             v.msg.new_view
             for r, v in self._view_changes.items()
@@ -96,6 +140,10 @@ class ViewChanging(ReplicaCore):
             self._start_view_change(higher[0])  # f+1 include a correct replica: join it
         elif self.in_view_change and m.new_view == self.view and self.is_primary:
             self._try_new_view()
+
+    def _heard_ahead(self, replica: int) -> None:
+        first, _ = self._ahead.get(replica, (self.now_ms, 0))
+        self._ahead[replica] = (first, self.now_ms)
 
     def _try_new_view(self) -> None:
         chosen = [
@@ -172,6 +220,7 @@ class ViewChanging(ReplicaCore):
     def _install_new_view(self, view: int, plan: Plan, pps: list[tuple[Signed, tuple[bytes, ...]]]) -> None:
         self.view = view
         self.in_view_change = False
+        self._ahead.clear()  # how long a replica has been alone ahead counts from our new view
         self._persist(jr.VIEW, jr.encode_view(view, False))
         if plan.stable_sequence > self.stable_seq:
             root = self.verifier.checkpoint_proof(plan.stable_sequence, plan.stable_proof)

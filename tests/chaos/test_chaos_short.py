@@ -33,6 +33,7 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
         for checker in ("lost", "duplicated", "divergent_nodes", "conservation_violations"):
             assert result[checker] == 0, (checker, result)
         assert result["acknowledged"] > 0, "the load acknowledged nothing: the run proves nothing"
+        assert 0 <= result["isolated_s_max"] <= 10, result  # issue 21: no node left alone in a view
         assert result["height"] > 0
         # The fault journal: every round's faults, in time order, each node killed or paused
         # brought back (a node left down would make the audit's "all agree" vacuous for it).
@@ -41,7 +42,7 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
         assert [f["ts_ms"] for f in faults] == sorted(f["ts_ms"] for f in faults)
         down: set[str] = set()
         for f in faults:
-            if f["action"] in ("kill", "stop"):
+            if f["action"] in ("kill", "stop", "exited"):
                 down.add(f["bank"])
             else:
                 assert f["bank"] in down, f"{f} brings back a node that was not down"
@@ -109,3 +110,21 @@ def test_a_second_sigterm_cannot_cut_the_cleanup_short() -> None:
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_isolation_watch_measures_the_longest_time_a_live_node_is_alone() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    chaos = importlib.import_module("chaos")
+    watch = chaos.IsolationWatch({b: "" for b in "ABCD"})
+    normal = {b: (0, False) for b in "ABCD"}
+    watch.sample(normal, 0.0)
+    for t in (1.0, 2.0, 5.0):  # C back alone in the view it asked for
+        watch.sample({**normal, "C": (1, True)}, t)
+    watch.sample(normal, 6.0)
+    watch.sample({**normal, "D": (1, True)}, 7.0)
+    watch.sample({b: normal[b] for b in "ABC"}, 7.5)  # D down (or paused): not live, not alone
+    watch.sample({**normal, "D": (1, True)}, 8.0)
+    tie = {"A": (0, False), "B": (0, False), "C": (1, True), "D": (1, True)}
+    watch.sample(tie, 10.0)  # a view change in flight: no view most share, nobody alone
+    watch.sample(tie, 30.0)
+    assert watch.worst_s == 4.0 and watch.worst.startswith("C "), (watch.worst_s, watch.worst)

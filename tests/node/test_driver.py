@@ -630,7 +630,7 @@ def test_the_first_block_after_a_quiet_spell_is_logged_with_the_gap(
 def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_another() -> None:
     # Issue 16: one FIFO queue for every source let 4 streams of forged votes starve the
     # honest peers (8 of 9 canary transfers failed). Each source now has its own bounded queue.
-    from node.driver import SOURCE_EVENTS_MAX
+    from node.driver import PEER_STREAM_EVENTS_MAX as SOURCE_EVENTS_MAX
 
     driver, replica, _ = make(Factory())
     seen: list[bytes] = []
@@ -649,6 +649,8 @@ def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_anot
         assert await driver.on_peer_messages("honest", [b"h"])
         driver.start()
         await asyncio.wait_for(flood, timeout=30)
+        while driver._events.total_items:  # the last of the flood is still queued
+            await asyncio.sleep(0.01)
         await driver.stop()
 
     asyncio.run(scenario())
@@ -681,4 +683,7 @@ def test_a_source_whose_messages_the_replica_rejects_is_logged_at_each_power_of_
     logged = [json.loads(line) for line in (tmp_path / "events.log").read_text().splitlines()]
     flagged = [(e["source"], e["rejected"]) for e in logged if e["event"] == "peer_source_rejected"]
     assert flagged == [("liar", 100), ("liar", 1000)]
-    assert driver.rejected_by_source == {"liar": 1000}
+    assert driver.sources["liar"].rejected_total == 1000 and driver.sources["honest"].rejected_total == 0
+    # Most of what the liar sent was rejected: it is served one event per group from now on.
+    assert "liar" in driver._penalized and "honest" not in driver._penalized
+    assert driver.log.counters["peer_sources_penalized"] == 1

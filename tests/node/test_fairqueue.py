@@ -32,3 +32,22 @@ def test_items_bound_per_source() -> None:
     q: FairQueue[int] = FairQueue(items_max=2, bytes_max=1000, total_bytes_max=1000)
     assert q.put("a", 1, 0) and q.put("a", 2, 0) and not q.put("a", 3, 0)
     assert q.take(1) == [1] and q.put("a", 3, 0)
+
+
+def test_take_stops_after_per_source_max_rounds() -> None:
+    q: FairQueue[str] = FairQueue(items_max=100, bytes_max=1000, total_bytes_max=10_000)
+    for i in range(10):
+        q.put("a", f"a{i}", 1)
+    q.put("b", "b0", 1)
+    assert q.take(100, per_source_max=3) == ["a0", "b0", "a1", "a2"]
+    assert q.take(2) == ["a3", "a4"]
+
+
+def test_a_capped_source_gives_at_most_its_cap_per_take_and_keeps_its_place() -> None:
+    q: FairQueue[str] = FairQueue(items_max=100, bytes_max=1000, total_bytes_max=10_000)
+    for i in range(5):
+        q.put("liar", f"l{i}", 1)
+        q.put("honest", f"h{i}", 1)
+    assert q.take(100, caps={"liar": 1}) == ["l0", "h0", "h1", "h2", "h3", "h4"]
+    assert q.take(100, caps={"liar": 1}) == ["l1"]
+    assert q.take(100) == ["l2", "l3", "l4"]

@@ -97,6 +97,12 @@ def extra(
     if behaviour == "replay" and heard and rng.random() < 0.3:
         for _ in range(rng.randint(1, 4)):
             out.append((rng.randrange(n), rng.choice(heard)))
+    if behaviour == "pusher" and rng.random() < 0.1:
+        # A valid VIEW-CHANGE for the next view, over and over, alone: the correct replicas
+        # follow a replica alone ahead after two timeouts (views.py), so it makes them change
+        # views, at most once per two timeouts.
+        vc = ViewChange(replica.view + 1, replica.stable_seq, replica.stable_proof, (), me)
+        out.append((None, wire.encode_peer(_sign(crypto, me, vc))))
     if behaviour != "forge" or rng.random() > 0.3:
         return out
     seq = replica.next_execute + rng.randint(0, 2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,9 @@ class Result:
     sequences_executed: int = 0
     view_changes: int = 0
     messages: int = 0
+    # The longest an honest replica that was up spent, after faults stopped, in another view
+    # (or view-change state) than most honest replicas: a replica left behind or alone ahead.
+    isolated_ms_max: int = 0
     end_ms: int = 0
     trace: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
@@ -110,6 +113,8 @@ class Simulation:
         self.digest_at: dict[int, bytes] = {}
         self.root_at: dict[int, bytes] = {}
         self.requests = self._make_requests()
+        self._crashed_all = False
+        self._isolated_since: dict[int, int] = {}
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -214,6 +219,7 @@ class Simulation:
                     self.trace.append(f"{self.now:>6} r{node.id} {a.kind} {a.detail}")
                 if a.kind == "view_change" and node.honest:
                     self.result.view_changes += 1
+                    self._maybe_crash_all()
 
     def _execute(self, node: SimNode, a: Execute) -> None:
         header = wire.decode_header(a.header)
@@ -260,7 +266,35 @@ class Simulation:
             return False
         if any(len(n.executed_ids) < len(self.submitted) for n in honest):
             return False
-        return len({n.app.last_executed for n in honest}) == 1
+        if len({n.app.last_executed for n in honest}) != 1:
+            return False
+        # Every honest replica votes in one view again: executing by catch-up alone while stuck
+        # in a view nobody else is in leaves the consortium without its fault margin (issue 21).
+        states = {_view_state(n) for n in honest if n.up}
+        return len(states) == 1 and not next(iter(states))[1]
+
+    def _track_isolation(self) -> None:
+        honest = [n for n in self.nodes if n.honest and n.up]
+        counts = Counter(_view_state(n) for n in honest).most_common(2)
+        tie = len(counts) == 2 and counts[0][1] == counts[1][1]  # a view change in flight
+        majority = counts[0][0] if counts and not tie else None
+        for n in self.nodes:
+            if not (n.honest and n.up) or majority is None or _view_state(n) == majority:
+                self._isolated_since.pop(n.id, None)
+                continue
+            since = self._isolated_since.setdefault(n.id, self.now)
+            if self.now > self.sc.faults_until_ms:
+                isolated = self.now - max(since, self.sc.faults_until_ms)
+                self.result.isolated_ms_max = max(self.result.isolated_ms_max, isolated)
+
+    def _maybe_crash_all(self) -> None:
+        plan = self.sc.crash_all_on_view_change
+        if plan is None or self._crashed_all or self.now < plan[0]:
+            return
+        self._crashed_all = True
+        self._push(self.now, "crash_all")
+        for r in range(self.sc.n):
+            self._push(self.now + plan[1], "restart", r)
 
     # --- events ------------------------------------------------------------------------------
 
@@ -294,8 +328,10 @@ class Simulation:
         if not self._live_done():
             missing = [n.id for n in self.nodes if n.honest and len(n.executed_ids) < len(self.submitted)]
             lasts = {n.id: n.app.last_executed for n in self.nodes if n.honest}
+            views = {n.id: _view_state(n) for n in self.nodes if n.honest and n.up}
             res.liveness_failure = (
-                f"not done by {deadline} ms: replicas missing requests {missing}, last executed {lasts}"
+                f"not done by {deadline} ms: replicas missing requests {missing}, last executed {lasts}, "
+                f"(view, in view change) {views}"
             )
         res.sequences_executed = max((n.app.last_executed for n in self.nodes if n.honest), default=0)
         for n in self.nodes:
@@ -309,12 +345,13 @@ class Simulation:
             for node in self.nodes:
                 if node.up:
                     self.apply(node, node.replica.on_tick(self.now))
-                    if node.behaviour in ("forge", "replay"):
+                    if node.behaviour in ("forge", "replay", "pusher"):
                         for dst, m in byzantine.extra(
                             node.behaviour, node.replica, node.crypto, self.rng, node.heard
                         ):
                             for d in range(self.sc.n) if dst is None else (dst,):
                                 self.send(node.id, d, "msg", m)
+            self._track_isolation()
             self._push(self.now + TICK_MS, "tick")
         elif kind == "msg":
             dst, _src, message = args
@@ -359,6 +396,11 @@ class Simulation:
             (r,) = args
             self.nodes[r].up = False
             self.trace.append(f"{self.now:>6} r{r} crash")
+        elif kind == "crash_all":
+            for node in self.nodes:
+                node.up = False
+            views = {n.id: (n.replica.view, n.replica.in_view_change) for n in self.nodes}
+            self.trace.append(f"{self.now:>6} crash all (view, in view change): {views}")
         elif kind == "restart":
             (r,) = args
             self.nodes[r].restart()
@@ -373,6 +415,10 @@ class Simulation:
         if node.up:
             tx_id = hashlib.sha256(wire_body(env)).digest()
             self.apply(node, node.replica.on_request(tx_id, env))
+
+
+def _view_state(node: SimNode) -> tuple[int, bool]:
+    return node.replica.view, node.replica.in_view_change
 
 
 def wire_body(env: bytes) -> bytes:

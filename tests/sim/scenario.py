@@ -26,6 +26,10 @@ class Scenario:
     )  # start, end, cut-off group
     faulty: dict[int, str] = field(default_factory=dict)  # replica -> behaviour
     crashes: list[tuple[int, int, int]] = field(default_factory=list)  # replica, crash at, restart at
+    # (after_ms, down_ms): the first time an honest replica starts a view change at or after
+    # after_ms, every replica crashes at once; all restart down_ms later (issue 21: a replica
+    # back alone in the view it asked for, the others in the view they never left).
+    crash_all_on_view_change: tuple[int, int] | None = None
     batch_size_max: int = 4
     checkpoint_interval: int = 4
     log_window: int = 8

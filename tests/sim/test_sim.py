@@ -103,6 +103,48 @@ def test_replica_restarts_in_the_middle_of_a_view_change() -> None:
     assert any("r2 restart (view 1)" in line for line in r.trace[crash:])
 
 
+@pytest.mark.parametrize(("f", "seed"), [(1, 1), (1, 2), (1, 3), (2, 0)])
+def test_every_replica_crashes_during_a_view_change_and_the_lone_one_rejoins(f: int, seed: int) -> None:
+    """Issue 21. The primary crashes; the first replica to time out asks for view 1 and at that
+    moment every replica crashes; all restart. The one that asked comes back in view 1 from its
+    journal, alone, the others in view 0 under the restarted primary. A view moves only on a
+    quorum or f+1 view changes, and one is neither: it stayed in view 1 for good, following the
+    chain by catch-up and voting in no view. Now the others follow it after two view-change
+    timeouts, and every honest replica must end in one view (the liveness check)."""
+    sc = Scenario(
+        seed=seed,
+        f=f,
+        faulty={0: "crash"},
+        crashes=[(0, 400, 10**9)],  # down until every replica restarts
+        crash_all_on_view_change=(400, 200),
+        requests=20,
+        faults_until_ms=0,  # no network faults: measure isolation from the start
+        liveness_bound_ms=10_000,
+    )
+    r = Simulation(sc).run()
+    crash = next(line for line in r.trace if "crash all" in line)
+    assert crash.count("(1, True)") == 1 and crash.count("(0, False)") == sc.n - 1, crash  # one alone
+    restarts = [line for line in r.trace if "restart (view" in line]
+    assert len(restarts) == sc.n and sum("restart (view 1)" in line for line in restarts) == 1, restarts
+    _ok(r)
+    # Back in the others' view within a few view-change timeouts (two to notice, one to change).
+    assert r.isolated_ms_max <= 4 * sc.view_change_timeout_ms, r.isolated_ms_max
+
+
+def test_a_liar_asking_alone_for_the_next_view_costs_view_changes_not_liveness() -> None:
+    """The price of following a replica alone ahead: a liar that keeps asking for the next view
+    makes the correct replicas change views, at most once per two timeouts. Everything still
+    executes, in one view at the end."""
+    sc = Scenario(seed=21, faulty={3: "pusher"}, requests=30, submit_until_ms=3_000)
+    r = Simulation(sc).run()
+    _ok(r)
+    followed = r.counters.get("followed_lone_view", 0)
+    assert followed > 0
+    # Three correct replicas, the liar's first request heard at ~0 ms, then one follow per two
+    # timeouts (plus the view change itself) at most.
+    assert followed <= 3 * (r.end_ms // (2 * sc.view_change_timeout_ms) + 1), (followed, r.end_ms)
+
+
 def test_seven_replicas_two_faulty() -> None:
     sc = Scenario(seed=18, f=2, faulty={0: "equivocate", 4: "crash"}, crashes=[(4, 300, 1_500)], drop=0.05)
     _ok(Simulation(sc).run())
