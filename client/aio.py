@@ -8,19 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import grpc.aio
 
+from client.history import (
+    FEED_RETRY_S,
+    PAGE_MAX,
+    EscrowInfo,
+    FeedBlock,
+    FeedFailover,
+    HistoryPage,
+    Statement,
+    build_statement,
+    check_feed_message,
+    feed_request,
+    history_request,
+)
 from client.models import (
     AccountInfo,
     BalanceInfo,
     BlockRange,
     Committed,
     NodeStatusInfo,
+    NotAuthorized,
     Outcome,
     PendingHere,
     Supply,
@@ -28,6 +42,7 @@ from client.models import (
 )
 from client.policy import (
     CHANNEL_OPTIONS,
+    NOT_AUTHORIZED,
     RECEIPT_REPLY_GRACE_S,
     AgreementState,
     QueryState,
@@ -436,3 +451,118 @@ class AsyncLedgerClient:
             "status", call, timeout_s, endpoints=[endpoint] if endpoint else None
         )
         return NodeStatusInfo.from_proto(answered, resp)
+
+    # --- history, escrows and the feed (see LedgerClient) -----------------------------------
+
+    async def history(
+        self,
+        account_id: str,
+        *,
+        from_ms: int = 0,
+        to_ms: int = 0,
+        kinds: Sequence[str] = (),
+        after: bytes = b"",
+        limit: int = 100,
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
+    ) -> HistoryPage:
+        """One page of the account's entries (see LedgerClient.history)."""
+        req = history_request(account_id, from_ms, to_ms, tuple(kinds), after, limit)
+
+        async def call(stub: Stub, t: float) -> api_pb2.GetAccountHistoryResponse:
+            md = self._read_md(as_key, "GetAccountHistory", account_id)
+            return await stub.GetAccountHistory(req, timeout=t, metadata=md)
+
+        return HistoryPage.from_proto((await self._query(f"history of {account_id!r}", call, timeout_s))[1])
+
+    async def statement(
+        self,
+        account_id: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
+    ) -> Statement:
+        """Opening and closing balance per asset, reconciled (see LedgerClient.statement)."""
+        pages: list[HistoryPage] = []
+        after = b""
+        while True:
+            page = await self.history(
+                account_id,
+                from_ms=from_ms,
+                to_ms=to_ms,
+                after=after,
+                limit=PAGE_MAX,
+                as_key=as_key,
+                timeout_s=timeout_s,
+            )
+            pages.append(page)
+            after = page.next_cursor
+            if not after:
+                return build_statement(account_id, from_ms, to_ms, pages[0].opening, pages)
+
+    async def escrow(
+        self, escrow_id: str, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> EscrowInfo:
+        async def call(stub: Stub, t: float) -> api_pb2.Escrow:
+            md = self._read_md(as_key, "GetEscrow", escrow_id)
+            return await stub.GetEscrow(api_pb2.GetEscrowRequest(escrow_id=escrow_id), timeout=t, metadata=md)
+
+        return EscrowInfo.from_proto((await self._query(f"escrow {escrow_id!r}", call, timeout_s))[1])
+
+    async def escrows(
+        self, account_id: str, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> list[EscrowInfo]:
+        out: list[EscrowInfo] = []
+        after = ""
+        while True:
+            req = api_pb2.ListEscrowsRequest(account_id=account_id, after=after, limit=PAGE_MAX)
+
+            async def call(
+                stub: Stub, t: float, req: api_pb2.ListEscrowsRequest = req
+            ) -> api_pb2.ListEscrowsResponse:
+                return await stub.ListEscrows(
+                    req, timeout=t, metadata=self._read_md(as_key, "ListEscrows", account_id)
+                )
+
+            resp = (await self._query(f"escrows of {account_id!r}", call, timeout_s))[1]
+            out += [EscrowInfo.from_proto(e) for e in resp.escrows]
+            after = resp.next_after
+            if not after:
+                return out
+
+    async def feed(
+        self,
+        from_height: int = 1,
+        *,
+        accounts: Sequence[str] = (),
+        assets: Sequence[str] = (),
+        banks: Sequence[str] = (),
+        as_key: SigningKey | None = None,
+    ) -> AsyncGenerator[FeedBlock, None]:
+        """Verified committed blocks from ``from_height``, following the head, with failover
+        (see LedgerClient.feed)."""
+        next_height = from_height
+        failover = FeedFailover(len(self.endpoints))
+        while True:
+            for endpoint in self._order():
+                req = feed_request(next_height, tuple(accounts), tuple(assets), tuple(banks))
+                call = self._stub(endpoint).Feed(
+                    req, metadata=self._read_md(as_key, "Feed", readtoken.SCOPE_ALL)
+                )
+                error: Exception | None = None
+                try:
+                    async for msg in call:
+                        fb = check_feed_message(self.genesis, next_height, msg)
+                        failover.progressed()
+                        next_height = max(next_height, fb.height + 1)
+                        yield fb
+                except (grpc.RpcError, ReceiptError) as exc:
+                    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in NOT_AUTHORIZED:
+                        raise NotAuthorized(f"feed: {endpoint} refused the read: {exc.details()}") from exc
+                    error = exc
+                finally:
+                    call.cancel()
+                failover.failed(endpoint, error)
+            await asyncio.sleep(FEED_RETRY_S)  # every node failed this round

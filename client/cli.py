@@ -23,9 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from client import cli_history
 from client import cli_output as out
 from client.amounts import AmountError, find_asset, parse_amount
 from client.cli_parser import build_parser
+from client.history import StatementMismatch
 from client.models import (
     AccountInfo,
     Committed,
@@ -141,18 +143,22 @@ class Context:
             k for k in keys if k.public_key not in operators
         ]
 
-    def account(self, account_id: str, confirmations: int = 1) -> AccountInfo:
-        """Read an account with its owner's key if the wallets have it, else its bank's
-        operator key (the keys are tried in that order: the owner is not known before)."""
+    def account_read_keys(self, account_id: str) -> list[SigningKey]:
+        """The keys to read an account with, in order: its owner's if the wallets have it (a key
+        labelled like the account first), then the other clients', then operator keys (its
+        bank's among them): the owner is not known before the read."""
         operators = {m.operator_key for m in self.genesis.members}
         keys = self._keys()
         owners = [k for label, k in keys if label == account_id and k.public_key not in operators]
         owners += [k for label, k in keys if label != account_id and k.public_key not in operators]
-        ordered = owners + [k for _, k in keys if k.public_key in operators]
+        return owners + [k for _, k in keys if k.public_key in operators]
+
+    def account(self, account_id: str, confirmations: int = 1) -> AccountInfo:
+        """Read an account with the first of account_read_keys the nodes let read it."""
         return self.read_with(
             f"account {account_id!r}",
             lambda key: self.client.account(account_id, confirmations=confirmations, as_key=key),
-            ordered,
+            self.account_read_keys(account_id),
         )
 
     def money(self, amount: str, asset_name: str) -> tuple[str, int]:
@@ -444,6 +450,9 @@ COMMANDS = {
     "supply": cmd_supply,
     "sign": cmd_sign,
     "submit": cmd_submit,
+    "history": cli_history.cmd_history,
+    "statement": cli_history.cmd_statement,
+    "feed": cli_history.cmd_feed,
 }
 
 
@@ -459,7 +468,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.cmd](ctx, args)
     except CliError as exc:
         code, message = exc.code, str(exc)
-    except (AmountError, TxBuildError, WalletError, TlsError) as exc:
+    except (AmountError, TxBuildError, WalletError, TlsError, cli_history.UsageError) as exc:
         code, message = EXIT_USAGE, str(exc)
     except NotFound as exc:
         code, message = EXIT_NOT_FOUND, str(exc)
@@ -470,7 +479,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             EXIT_INDEFINITE,
             f"{exc}; are the nodes running? (--node HOST:PORT, `ledgerctl status`)",
         )
-    except (Unverified, ReceiptError) as exc:
+    except (Unverified, ReceiptError, StatementMismatch) as exc:
         code, message = EXIT_UNVERIFIED, str(exc)
     except LedgerError as exc:
         code, message = EXIT_INDEFINITE, str(exc)

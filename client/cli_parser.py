@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from client.cli_history import add_commands as add_history_commands
+
 DESCRIPTION = "Operate accounts and move tokenized deposits on a Consortium Ledger."
 
 EXIT_CODES_HELP = """exit codes:
@@ -24,6 +26,9 @@ examples:
   ledgerctl --dir consortium transfer alice bob 25.00 USD.BANK-A
   ledgerctl --dir consortium pvp alice bob 100.00 USD.BANK-A 90.00 EUR.BANK-B
   ledgerctl --dir consortium --json balance alice bob
+  ledgerctl --dir consortium history alice --from 2026-12-01 --csv
+  ledgerctl --dir consortium statement alice --from 2026-12-01 --to 2026-12-02
+  ledgerctl --dir consortium feed --issuer BANK-A --sqlite bank-a.sqlite
 """
 
 
@@ -149,4 +154,5 @@ def build_parser() -> argparse.ArgumentParser:
         "per file.",
     )
     submit.add_argument("files", nargs="+", metavar="FILE", help="an envelope file")
+    add_history_commands(sub)  # history, statement, feed (client/cli_history.py)
     return p

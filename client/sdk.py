@@ -22,18 +22,33 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
+from client.history import (
+    FEED_RETRY_S,
+    PAGE_MAX,
+    EscrowInfo,
+    FeedBlock,
+    FeedFailover,
+    HistoryEntry,
+    HistoryPage,
+    Statement,
+    build_statement,
+    check_feed_message,
+    feed_request,
+    history_request,
+)
 from client.models import (
     AccountInfo,
     BalanceInfo,
     BlockRange,
     Committed,
     NodeStatusInfo,
+    NotAuthorized,
     NotFound,
     Outcome,
     PendingHere,
@@ -44,6 +59,7 @@ from client.models import (
 )
 from client.policy import (
     CHANNEL_OPTIONS,
+    NOT_AUTHORIZED,
     RECEIPT_REPLY_GRACE_S,
     AgreementState,
     QueryState,
@@ -564,3 +580,159 @@ class LedgerClient:
             except (Unreachable, NotFound, Unverified) as exc:
                 out[endpoint] = str(exc)
         return out
+
+    # --- history, escrows and the feed (client/history.py) ----------------------------------
+
+    def history(
+        self,
+        account_id: str,
+        *,
+        from_ms: int = 0,
+        to_ms: int = 0,
+        kinds: Sequence[str] = (),
+        after: bytes = b"",
+        limit: int = 100,
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
+    ) -> HistoryPage:
+        """One page of the account's entries, newest first: consensus time in [from_ms, to_ms)
+        (to_ms 0: no end), of ``kinds`` (names, e.g. "TRANSFER"; none: all); go on with
+        ``after=page.next_cursor`` to older ones. A node-local read under the account's read
+        authority (its owner's key or its bank's operator key: ``as_key``, else the reader);
+        NotFound for an unknown account (to a member), NotAuthorized otherwise."""
+        req = history_request(account_id, from_ms, to_ms, tuple(kinds), after, limit)
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> api_pb2.GetAccountHistoryResponse:
+            md = self._read_md(as_key, "GetAccountHistory", account_id)
+            return stub.GetAccountHistory(req, timeout=t, metadata=md)
+
+        _, resp = self._query(f"history of {account_id!r}", call, timeout_s)
+        return HistoryPage.from_proto(resp)
+
+    def history_entries(
+        self,
+        account_id: str,
+        *,
+        from_ms: int = 0,
+        to_ms: int = 0,
+        kinds: Sequence[str] = (),
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[HistoryEntry]:
+        """Every entry of the range, newest first, page by page (stop early for the latest N)."""
+        after = b""
+        while True:
+            page = self.history(
+                account_id,
+                from_ms=from_ms,
+                to_ms=to_ms,
+                kinds=kinds,
+                after=after,
+                limit=PAGE_MAX,
+                as_key=as_key,
+                timeout_s=timeout_s,
+            )
+            yield from page.entries
+            after = page.next_cursor
+            if not after:
+                return
+
+    def statement(
+        self,
+        account_id: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        as_key: SigningKey | None = None,
+        timeout_s: float | None = None,
+    ) -> Statement:
+        """Opening and closing balance per asset over [from_ms, to_ms) and the entries between,
+        reconciled (client.history.StatementMismatch if they do not)."""
+        pages: list[HistoryPage] = []
+        after = b""
+        while True:
+            page = self.history(
+                account_id,
+                from_ms=from_ms,
+                to_ms=to_ms,
+                after=after,
+                limit=PAGE_MAX,
+                as_key=as_key,
+                timeout_s=timeout_s,
+            )
+            pages.append(page)
+            after = page.next_cursor
+            if not after:
+                return build_statement(account_id, from_ms, to_ms, pages[0].opening, pages)
+
+    def escrow(
+        self, escrow_id: str, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> EscrowInfo:
+        """An escrow by id (node-local read, by the owner of its payer or payee or their banks'
+        operator); NotFound for an unknown one."""
+        req = api_pb2.GetEscrowRequest(escrow_id=escrow_id)
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> api_pb2.Escrow:
+            return stub.GetEscrow(req, timeout=t, metadata=self._read_md(as_key, "GetEscrow", escrow_id))
+
+        _, resp = self._query(f"escrow {escrow_id!r}", call, timeout_s)
+        return EscrowInfo.from_proto(resp)
+
+    def escrows(
+        self, account_id: str, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> list[EscrowInfo]:
+        """Every escrow the account pays or is paid by, in escrow_id order."""
+        out: list[EscrowInfo] = []
+        after = ""
+        while True:
+            req = api_pb2.ListEscrowsRequest(account_id=account_id, after=after, limit=PAGE_MAX)
+
+            def call(
+                stub: api_pb2_grpc.LedgerServiceStub, t: float, req: api_pb2.ListEscrowsRequest = req
+            ) -> api_pb2.ListEscrowsResponse:
+                return stub.ListEscrows(
+                    req, timeout=t, metadata=self._read_md(as_key, "ListEscrows", account_id)
+                )
+
+            _, resp = self._query(f"escrows of {account_id!r}", call, timeout_s)
+            out += [EscrowInfo.from_proto(e) for e in resp.escrows]
+            after = resp.next_after
+            if not after:
+                return out
+
+    def feed(
+        self,
+        from_height: int = 1,
+        *,
+        accounts: Sequence[str] = (),
+        assets: Sequence[str] = (),
+        banks: Sequence[str] = (),
+        as_key: SigningKey | None = None,
+    ) -> Generator[FeedBlock, None, None]:
+        """Verified committed blocks from ``from_height``, following the head, for ever: each
+        FeedBlock is the next height (a block with its matching transactions) or a mark that
+        nothing matched up to a height. When a node fails or sends what does not verify, the
+        feed goes on from the next height on another node, so every height comes once."""
+        next_height = from_height
+        failover = FeedFailover(len(self.endpoints))
+        while True:
+            for endpoint in self._order():
+                req = feed_request(next_height, tuple(accounts), tuple(assets), tuple(banks))
+                call = self._stub(endpoint).Feed(
+                    req, metadata=self._read_md(as_key, "Feed", readtoken.SCOPE_ALL)
+                )
+                error: Exception | None = None
+                try:
+                    for msg in call:
+                        fb = check_feed_message(self.genesis, next_height, msg)
+                        failover.progressed()
+                        next_height = max(next_height, fb.height + 1)
+                        yield fb
+                except (grpc.RpcError, ReceiptError) as exc:
+                    if isinstance(exc, grpc.RpcError) and exc.code() in NOT_AUTHORIZED:
+                        raise NotAuthorized(f"feed: {endpoint} refused the read: {exc.details()}") from exc
+                    error = exc
+                finally:
+                    call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leave it untyped
+                failover.failed(endpoint, error)
+            time.sleep(FEED_RETRY_S)  # every node failed this round: a moment before the next

@@ -37,7 +37,7 @@ from node.fairqueue import FairQueue
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
-from node.storage import blocks
+from node.storage import blocks, history
 from node.storage.kv import KVReader, KVStore, KVWriter
 
 # The event queue, per source (node/fairqueue.py): the ticker, the clients, each peer connection.
@@ -234,6 +234,7 @@ class Driver:
         self._last_executed_ms: float | None = None  # monotonic; the first block is logged
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
         self._height_waiters: dict[asyncio.Future[None], int] = {}  # see wait_height
+        self._attested_waiters: dict[asyncio.Future[None], int] = {}  # wait_attested
         self.own_replica = own_replica
         # Seconds from a block's proposal (its primary's timestamp) to its execution here.
         self.observe_commit_latency_s: Callable[[float], None] = _ignore
@@ -476,6 +477,25 @@ class Driver:
         finally:
             self._height_waiters.pop(fut, None)
 
+    async def wait_attested(self, height: int, timeout_s: float) -> bool:
+        """True once ``height`` has its attestations on disk here (at once if it has), False
+        if not within timeout_s (or HEIGHT_WAITERS_MAX waits are open already)."""
+        with self.store.read() as r:
+            if blocks.get_attestations(r, height):
+                return True
+        if len(self._attested_waiters) >= HEIGHT_WAITERS_MAX:
+            self.log.count("attested_waits_full")
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._attested_waiters[fut] = height
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._attested_waiters.pop(fut, None)
+
     def unlikely_to_be_attested(self, height: int) -> bool:
         """An executed block whose Attested will probably never come here: it was replayed from
         a peer's certified copy (catch-up), or it is well behind the head."""
@@ -648,6 +668,8 @@ class Driver:
                 out.results_root,
                 out.state_root,
             )
+            # The history index rides in the same transaction: always exactly the executed blocks.
+            history.put_postings(w, action.sequence, out.consensus_time_ms, out.postings)
         self._journal = []
         self.head = blocks.Head(action.sequence, out.state_root, block_hash)
         self._executed_tx_ids[action.sequence] = tx_ids
@@ -686,6 +708,9 @@ class Driver:
     def wake_waiters(self, sequence: int) -> None:
         """Attestations for ``sequence`` are on disk (from consensus or a backfill): its
         receipts can be served."""
+        for attested, at in self._attested_waiters.items():
+            if at == sequence and not attested.done():
+                attested.set_result(None)
         if not self._waiters:
             return
         tx_ids = self._executed_tx_ids.get(sequence)

@@ -10,6 +10,12 @@ stdout and, last, one JSON line with every figure.
 
     .venv/bin/python scripts/bench_ledger.py            # the default run (~1 minute)
     .venv/bin/python scripts/bench_ledger.py --txs 500 --no-sync
+    .venv/bin/python scripts/bench_ledger.py --history-cost   # execute + history index, with and without
+
+--history-cost times the history index (node/storage/history.py) as the driver writes it, in
+the block's write transaction: runs with and without it alternate (signatures skipped), and the
+cost per transaction is the difference of the best runs' microseconds per transaction, in wall
+time (fsync included) and in this process's CPU time (steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ledger.genesis import Genesis, parse_genesis
 from node.app.codec import decode_result, encode_body, encode_envelope
 from node.app.ledger import Ledger
 from node.app.tx import Code, Leg, Mint, Op, OpenAccount, SignatureEntry, Transfer, TxBody
+from node.storage import history
 from node.storage.lmdb_store import LmdbStore
 
 CHAIN_ID = "bench-chain"
@@ -98,8 +105,10 @@ def run_one(
     verify: bool,
     sync: bool,
     parent: str | None,
+    index: bool = False,
 ) -> dict[str, float | int | bool]:
-    ledger = Ledger(genesis) if verify else Ledger(genesis, verify=lambda *_: True)
+    check = None if verify else (lambda *_: True)
+    ledger = Ledger(genesis, history=index) if check is None else Ledger(genesis, verify=check, history=index)
     with tempfile.TemporaryDirectory(prefix="bench-ledger-", dir=parent) as tmp:
         store = LmdbStore(Path(tmp) / "db", map_size_bytes=1 << 32, sync=sync)
         try:
@@ -109,13 +118,17 @@ def run_one(
                 with store.write() as w:
                     Ledger(genesis).execute(w, height, 1_000, setup[i : i + 1000])
             ok = 0
+            cpu_start = time.process_time()
             start = time.perf_counter()
             for i in range(0, len(txs), batch):
                 height += 1
                 with store.write() as w:
                     out = ledger.execute(w, height, 2_000 + height, txs[i : i + batch])
+                    if index:
+                        history.put_postings(w, height, out.consensus_time_ms, out.postings)
                 ok += sum(1 for r in out.results if decode_result(r).code == Code.OK)
             elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
             with store.read() as r:
                 violations = ledger.check_invariants(r)
         finally:
@@ -125,9 +138,11 @@ def run_one(
     return {
         "batch": batch,
         "verify": verify,
+        "history": index,
         "sync": sync,
         "txs": len(txs),
         "seconds": round(elapsed, 4),
+        "cpu_seconds": round(cpu, 4),
         "tx_per_s": round(len(txs) / elapsed, 1),
     }
 
@@ -158,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-sync", action="store_true", help="do not fsync commits (not durable; for comparison)"
     )
+    parser.add_argument(
+        "--history-cost", action="store_true", help="time execute with and without the history index"
+    )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if not batches or min(batches) < 1 or args.txs < 1 or args.accounts < 2 or args.repeat < 1:
@@ -167,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     most = max(args.txs, args.txs_batch1)
     print(f"preparing {args.accounts} accounts and {most} signed transfers ...", file=sys.stderr, flush=True)
     setup, all_txs = prepare(args.accounts, most)
+    if args.history_cost:
+        return history_cost(args, genesis, setup, all_txs, batches)
     rows: list[dict[str, object]] = []
     for verify in (False, True):
         for batch in batches:
@@ -197,6 +217,54 @@ def main(argv: list[str] | None = None) -> int:
             f" | {row['runs_tx_per_s']}"
         )
     print(json.dumps({"bench": "ledger", "results": rows}))
+    return 0
+
+
+def history_cost(
+    args: argparse.Namespace, genesis: Genesis, setup: list[bytes], all_txs: list[bytes], batches: list[int]
+) -> int:
+    rows: list[dict[str, object]] = []
+    for batch in batches:
+        txs = all_txs[: args.txs_batch1 if batch == 1 else args.txs]
+        print(
+            f"  batch {batch:>5}: {len(txs)} transfers, with and without the index x {args.repeat} ...",
+            file=sys.stderr,
+        )
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.repeat):
+            for index in (False, True):  # interleaved: the machine's load hits both alike
+                run = run_one(genesis, setup, txs, batch, False, not args.no_sync, args.dir, index)
+                runs[index].append(float(run["seconds"]) / len(txs) * 1e6)
+                cpus[index].append(float(run["cpu_seconds"]) / len(txs) * 1e6)
+        without, with_ = min(runs[False]), min(runs[True])
+        rows.append(
+            {
+                "batch": batch,
+                "txs": len(txs),
+                "us_per_tx_without": round(without, 2),
+                "us_per_tx_with": round(with_, 2),
+                "index_us_per_tx": round(with_ - without, 2),
+                "cpu_us_per_tx_without": round(min(cpus[False]), 2),
+                "cpu_us_per_tx_with": round(min(cpus[True]), 2),
+                "index_cpu_us_per_tx": round(min(cpus[True]) - min(cpus[False]), 2),
+                "runs_without": [round(x, 2) for x in runs[False]],
+                "runs_with": [round(x, 2) for x in runs[True]],
+            }
+        )
+    print(
+        f"\nHistory index cost (sync={'off' if args.no_sync else 'on'}), one-leg transfers, best of {args.repeat}"
+    )
+    print(
+        f"{'batch':>6} | {'us/tx without':>13} | {'us/tx with':>10} | {'index us/tx':>11} | {'index cpu us/tx':>15} | runs without / with"
+    )
+    print("-" * 90)
+    for row in rows:
+        print(
+            f"{row['batch']:>6} | {row['us_per_tx_without']:>13} | {row['us_per_tx_with']:>10} | "
+            f"{row['index_us_per_tx']:>11} | {row['index_cpu_us_per_tx']:>15} | {row['runs_without']} / {row['runs_with']}"
+        )
+    print(json.dumps({"bench": "ledger_history_index", "results": rows}))
     return 0
 
 

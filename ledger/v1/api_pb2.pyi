@@ -44,6 +44,67 @@ TX_STATUS_PENDING: TxStatus.ValueType  # 2
 """held by this node (admitted, not executed yet): no receipt"""
 Global___TxStatus: _TypeAlias = TxStatus  # noqa: Y015
 
+class _PostingKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PostingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PostingKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POSTING_KIND_UNSPECIFIED: _PostingKind.ValueType  # 0
+    POSTING_KIND_MINT: _PostingKind.ValueType  # 1
+    POSTING_KIND_REDEEM: _PostingKind.ValueType  # 2
+    POSTING_KIND_TRANSFER: _PostingKind.ValueType  # 3
+    """one transfer leg, from either side"""
+    POSTING_KIND_ESCROW_CREATE: _PostingKind.ValueType  # 4
+    """available -> held of the payer"""
+    POSTING_KIND_ESCROW_POST: _PostingKind.ValueType  # 5
+    """held -> payee (and any rest back to the payer)"""
+    POSTING_KIND_ESCROW_VOID: _PostingKind.ValueType  # 6
+    """held -> back to the payer"""
+    POSTING_KIND_ESCROW_EXPIRE: _PostingKind.ValueType  # 7
+    """as VOID, by consensus time at the start of a block"""
+
+class PostingKind(_PostingKind, metaclass=_PostingKindEnumTypeWrapper):
+    """--- history, escrows and the feed (node-local index, not part of the state root) ----------
+    Read authority: the same as GetAccount's (none yet; issue 17 adds it).
+    """
+
+POSTING_KIND_UNSPECIFIED: PostingKind.ValueType  # 0
+POSTING_KIND_MINT: PostingKind.ValueType  # 1
+POSTING_KIND_REDEEM: PostingKind.ValueType  # 2
+POSTING_KIND_TRANSFER: PostingKind.ValueType  # 3
+"""one transfer leg, from either side"""
+POSTING_KIND_ESCROW_CREATE: PostingKind.ValueType  # 4
+"""available -> held of the payer"""
+POSTING_KIND_ESCROW_POST: PostingKind.ValueType  # 5
+"""held -> payee (and any rest back to the payer)"""
+POSTING_KIND_ESCROW_VOID: PostingKind.ValueType  # 6
+"""held -> back to the payer"""
+POSTING_KIND_ESCROW_EXPIRE: PostingKind.ValueType  # 7
+"""as VOID, by consensus time at the start of a block"""
+Global___PostingKind: _TypeAlias = PostingKind  # noqa: Y015
+
+class _EscrowStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EscrowStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EscrowStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ESCROW_STATUS_UNSPECIFIED: _EscrowStatus.ValueType  # 0
+    ESCROW_STATUS_PENDING: _EscrowStatus.ValueType  # 1
+    ESCROW_STATUS_POSTED: _EscrowStatus.ValueType  # 2
+    ESCROW_STATUS_VOIDED: _EscrowStatus.ValueType  # 3
+    ESCROW_STATUS_EXPIRED: _EscrowStatus.ValueType  # 4
+
+class EscrowStatus(_EscrowStatus, metaclass=_EscrowStatusEnumTypeWrapper): ...
+
+ESCROW_STATUS_UNSPECIFIED: EscrowStatus.ValueType  # 0
+ESCROW_STATUS_PENDING: EscrowStatus.ValueType  # 1
+ESCROW_STATUS_POSTED: EscrowStatus.ValueType  # 2
+ESCROW_STATUS_VOIDED: EscrowStatus.ValueType  # 3
+ESCROW_STATUS_EXPIRED: EscrowStatus.ValueType  # 4
+Global___EscrowStatus: _TypeAlias = EscrowStatus  # noqa: Y015
+
 @_typing.final
 class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -766,3 +827,338 @@ class NodeStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class HistoryEntry(_message.Message):
+    """One movement of one account's balance in one asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    DELTA_AVAILABLE_FIELD_NUMBER: _builtins.int
+    DELTA_HELD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_AFTER_FIELD_NUMBER: _builtins.int
+    HELD_AFTER_FIELD_NUMBER: _builtins.int
+    TX_ID_FIELD_NUMBER: _builtins.int
+    ESCROW_ID_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    index: _builtins.int
+    """the transaction's index in its block (0 for an expiry)"""
+    time_ms: _builtins.int
+    """consensus time of the block"""
+    kind: Global___PostingKind.ValueType
+    asset: _builtins.str
+    delta_available: _builtins.int
+    delta_held: _builtins.int
+    available_after: _builtins.int
+    """this account's balance in `asset` right after this entry"""
+    held_after: _builtins.int
+    tx_id: _builtins.bytes
+    """empty for an expiry"""
+    escrow_id: _builtins.str
+    """escrow kinds"""
+    counterparty: _builtins.str
+    """the other account (the issuer for a mint or redeem)"""
+    seq: _builtins.int
+    """the entry's position among the block's entries"""
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        index: _builtins.int = ...,
+        time_ms: _builtins.int = ...,
+        kind: Global___PostingKind.ValueType = ...,
+        asset: _builtins.str = ...,
+        delta_available: _builtins.int = ...,
+        delta_held: _builtins.int = ...,
+        available_after: _builtins.int = ...,
+        held_after: _builtins.int = ...,
+        tx_id: _builtins.bytes = ...,
+        escrow_id: _builtins.str = ...,
+        counterparty: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "available_after", b"available_after", "counterparty", b"counterparty", "delta_available", b"delta_available", "delta_held", b"delta_held", "escrow_id", b"escrow_id", "height", b"height", "held_after", b"held_after", "index", b"index", "kind", b"kind", "seq", b"seq", "time_ms", b"time_ms", "tx_id", b"tx_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
+
+@_typing.final
+class GetAccountHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FROM_TIME_MS_FIELD_NUMBER: _builtins.int
+    TO_TIME_MS_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    from_time_ms: _builtins.int
+    """inclusive; 0 with to_time_ms 0: all time"""
+    to_time_ms: _builtins.int
+    """exclusive; 0: no upper bound"""
+    after: _builtins.bytes
+    """the previous page's next_cursor; empty: from the newest"""
+    limit: _builtins.int
+    """>= 1; more than the node's cap (1000) is read as the cap"""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___PostingKind.ValueType]:
+        """empty: every kind"""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        from_time_ms: _builtins.int = ...,
+        to_time_ms: _builtins.int = ...,
+        kinds: _abc.Iterable[Global___PostingKind.ValueType] | None = ...,
+        after: _builtins.bytes = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "after", b"after", "from_time_ms", b"from_time_ms", "kinds", b"kinds", "limit", b"limit", "to_time_ms", b"to_time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountHistoryRequest: _TypeAlias = GetAccountHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetAccountHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    OPENING_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.bytes
+    """empty: no more entries (as of `height`)"""
+    height: _builtins.int
+    """the last executed block when read"""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
+        """newest first; next_cursor goes on to older ones"""
+
+    @_builtins.property
+    def opening(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """First page only (no `after`): the account's balance in each asset it had entries in,
+        just before from_time_ms (an asset not listed: 0 and 0). With the entries' deltas these
+        give a statement's closing balances (available_after, held_after of the last entry).
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        next_cursor: _builtins.bytes = ...,
+        height: _builtins.int = ...,
+        opening: _abc.Iterable[Global___Balance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "height", b"height", "next_cursor", b"next_cursor", "opening", b"opening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountHistoryResponse: _TypeAlias = GetAccountHistoryResponse  # noqa: Y015
+
+@_typing.final
+class GetEscrowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCROW_ID_FIELD_NUMBER: _builtins.int
+    escrow_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        escrow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escrow_id", b"escrow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEscrowRequest: _TypeAlias = GetEscrowRequest  # noqa: Y015
+
+@_typing.final
+class Escrow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCROW_ID_FIELD_NUMBER: _builtins.int
+    FROM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    TO_ACCOUNT_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    escrow_id: _builtins.str
+    from_account: _builtins.str
+    to_account: _builtins.str
+    asset: _builtins.str
+    amount: _builtins.int
+    expires_at_ms: _builtins.int
+    status: Global___EscrowStatus.ValueType
+    def __init__(
+        self,
+        *,
+        escrow_id: _builtins.str = ...,
+        from_account: _builtins.str = ...,
+        to_account: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        expires_at_ms: _builtins.int = ...,
+        status: Global___EscrowStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "asset", b"asset", "escrow_id", b"escrow_id", "expires_at_ms", b"expires_at_ms", "from_account", b"from_account", "status", b"status", "to_account", b"to_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Escrow: _TypeAlias = Escrow  # noqa: Y015
+
+@_typing.final
+class ListEscrowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    after: _builtins.str
+    """the last escrow_id of the previous page; empty: from the start"""
+    limit: _builtins.int
+    """>= 1, as GetAccountHistoryRequest.limit"""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "after", b"after", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEscrowsRequest: _TypeAlias = ListEscrowsRequest  # noqa: Y015
+
+@_typing.final
+class ListEscrowsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCROWS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    next_after: _builtins.str
+    """empty: no more"""
+    height: _builtins.int
+    @_builtins.property
+    def escrows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Escrow]:
+        """escrows the account pays or is paid by, in escrow_id order"""
+
+    def __init__(
+        self,
+        *,
+        escrows: _abc.Iterable[Global___Escrow] | None = ...,
+        next_after: _builtins.str = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escrows", b"escrows", "height", b"height", "next_after", b"next_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEscrowsResponse: _TypeAlias = ListEscrowsResponse  # noqa: Y015
+
+@_typing.final
+class FeedRequest(_message.Message):
+    """A stream of committed blocks from from_height, following the head. With filters, only
+    blocks holding a matching transaction come whole; runs of others come as a bare `height`
+    (nothing matched up to it). A transaction matches when it names one of `accounts`, one of
+    `assets`, or an account or asset of one of `banks` (OR over all given). No filter: every
+    block comes whole.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_HEIGHT_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    ASSETS_FIELD_NUMBER: _builtins.int
+    BANKS_FIELD_NUMBER: _builtins.int
+    MAX_BLOCKS_FIELD_NUMBER: _builtins.int
+    from_height: _builtins.int
+    """>= 1"""
+    max_blocks: _builtins.int
+    """stop after this many heights; 0: follow the head until cancelled"""
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def banks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        from_height: _builtins.int = ...,
+        accounts: _abc.Iterable[_builtins.str] | None = ...,
+        assets: _abc.Iterable[_builtins.str] | None = ...,
+        banks: _abc.Iterable[_builtins.str] | None = ...,
+        max_blocks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "assets", b"assets", "banks", b"banks", "from_height", b"from_height", "max_blocks", b"max_blocks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedRequest: _TypeAlias = FeedRequest  # noqa: Y015
+
+@_typing.final
+class FeedMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    MATCHES_FIELD_NUMBER: _builtins.int
+    LAST_HEIGHT_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    """this block's height, or the last height of a run with no match"""
+    last_height: _builtins.int
+    """the node's last executed height when sent"""
+    @_builtins.property
+    def block(self) -> Global___GetBlockResponse:
+        """the block with its results and f+1 attestations"""
+
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """indexes of the matching transactions (all, with no filter)"""
+
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        block: Global___GetBlockResponse | None = ...,
+        matches: _abc.Iterable[_builtins.int] | None = ...,
+        last_height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "height", b"height", "last_height", b"last_height", "matches", b"matches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedMessage: _TypeAlias = FeedMessage  # noqa: Y015

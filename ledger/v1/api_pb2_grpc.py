@@ -94,6 +94,26 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_api__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.GetAccountHistory = channel.unary_unary(
+                '/ledger.v1.LedgerService/GetAccountHistory',
+                request_serializer=ledger_dot_v1_dot_api__pb2.GetAccountHistoryRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.GetAccountHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetEscrow = channel.unary_unary(
+                '/ledger.v1.LedgerService/GetEscrow',
+                request_serializer=ledger_dot_v1_dot_api__pb2.GetEscrowRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.Escrow.FromString,
+                _registered_method=True)
+        self.ListEscrows = channel.unary_unary(
+                '/ledger.v1.LedgerService/ListEscrows',
+                request_serializer=ledger_dot_v1_dot_api__pb2.ListEscrowsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.ListEscrowsResponse.FromString,
+                _registered_method=True)
+        self.Feed = channel.unary_stream(
+                '/ledger.v1.LedgerService/Feed',
+                request_serializer=ledger_dot_v1_dot_api__pb2.FeedRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.FeedMessage.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -185,6 +205,32 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccountHistory(self, request, context):
+        """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEscrow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEscrows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feed(self, request, context):
+        """Committed blocks (filtered), each with its certificate, results and attestations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +293,26 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=ledger_dot_v1_dot_api__pb2.GetStatusRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_api__pb2.NodeStatus.SerializeToString,
+            ),
+            'GetAccountHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountHistory,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.GetAccountHistoryRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.GetAccountHistoryResponse.SerializeToString,
+            ),
+            'GetEscrow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEscrow,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.GetEscrowRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.Escrow.SerializeToString,
+            ),
+            'ListEscrows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEscrows,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.ListEscrowsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.ListEscrowsResponse.SerializeToString,
+            ),
+            'Feed': grpc.unary_stream_rpc_method_handler(
+                    servicer.Feed,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.FeedRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.FeedMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -573,6 +639,114 @@ class LedgerService:
             '/ledger.v1.LedgerService/GetStatus',
             ledger_dot_v1_dot_api__pb2.GetStatusRequest.SerializeToString,
             ledger_dot_v1_dot_api__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/GetAccountHistory',
+            ledger_dot_v1_dot_api__pb2.GetAccountHistoryRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.GetAccountHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEscrow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/GetEscrow',
+            ledger_dot_v1_dot_api__pb2.GetEscrowRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.Escrow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEscrows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/ListEscrows',
+            ledger_dot_v1_dot_api__pb2.ListEscrowsRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.ListEscrowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ledger.v1.LedgerService/Feed',
+            ledger_dot_v1_dot_api__pb2.FeedRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.FeedMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,12 @@ class LedgerServiceStub:
     """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
     GetSupply: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]
+    GetAccountHistory: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountHistoryRequest, _api_pb2.GetAccountHistoryResponse]
+    """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account."""
+    GetEscrow: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetEscrowRequest, _api_pb2.Escrow]
+    ListEscrows: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListEscrowsRequest, _api_pb2.ListEscrowsResponse]
+    Feed: _grpc.UnaryStreamMultiCallable[_api_pb2.FeedRequest, _api_pb2.FeedMessage]
+    """Committed blocks (filtered), each with its certificate, results and attestations."""
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -93,6 +99,12 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
     GetSupply: _aio.UnaryUnaryMultiCallable[_api_pb2.GetSupplyRequest, _api_pb2.GetSupplyResponse]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_api_pb2.GetStatusRequest, _api_pb2.NodeStatus]  # type: ignore[assignment]
+    GetAccountHistory: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountHistoryRequest, _api_pb2.GetAccountHistoryResponse]  # type: ignore[assignment]
+    """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account."""
+    GetEscrow: _aio.UnaryUnaryMultiCallable[_api_pb2.GetEscrowRequest, _api_pb2.Escrow]  # type: ignore[assignment]
+    ListEscrows: _aio.UnaryUnaryMultiCallable[_api_pb2.ListEscrowsRequest, _api_pb2.ListEscrowsResponse]  # type: ignore[assignment]
+    Feed: _aio.UnaryStreamMultiCallable[_api_pb2.FeedRequest, _api_pb2.FeedMessage]  # type: ignore[assignment]
+    """Committed blocks (filtered), each with its certificate, results and attestations."""
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -195,5 +207,35 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.NodeStatus, _abc.Awaitable[_api_pb2.NodeStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAccountHistory(
+        self,
+        request: _api_pb2.GetAccountHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.GetAccountHistoryResponse, _abc.Awaitable[_api_pb2.GetAccountHistoryResponse]]:
+        """An account's entries (postings), newest first, paged; NOT_FOUND for an unknown account."""
+
+    @_abc_1.abstractmethod
+    def GetEscrow(
+        self,
+        request: _api_pb2.GetEscrowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Escrow, _abc.Awaitable[_api_pb2.Escrow]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEscrows(
+        self,
+        request: _api_pb2.ListEscrowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListEscrowsResponse, _abc.Awaitable[_api_pb2.ListEscrowsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Feed(
+        self,
+        request: _api_pb2.FeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.FeedMessage], _abc.AsyncIterator[_api_pb2.FeedMessage]]:
+        """Committed blocks (filtered), each with its certificate, results and attestations."""
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@
   streams.py    WaitReceipt(s), WaitReceiptBatches, SubmitStream
   queries.py    GetTransaction, GetAccount, GetSupply, GetBlock(s), GetStatus
   authority.py  who may read what: read tokens and the keys behind them
+  history.py    GetAccountHistory, GetEscrow, ListEscrows, Feed (node/history.py, node/feed.py)
   service.py    LedgerApi: builds the parts and registers their handlers
 
 Requests arrive as raw bytes and are parsed here, so garbage gets INVALID_ARGUMENT with a
@@ -28,6 +29,8 @@ message instead of gRPC's generic deserialization failure. Status codes (the SDK
                        budget (limits.disk_budget_bytes, disk_reserve_bytes); also gRPC's own
                        answer to a message over message_bytes_max
   DEADLINE_EXCEEDED    WaitReceipt: not committed and attested within the timeout
+  OUT_OF_RANGE         Feed: from_height is past the node's next height and the node did not
+                       get there within 3 s (node/feed.py)
 Reads of current state (GetAccount, GetSupply) carry the height they were read at, in the same
 read transaction as the state. GetBlocks serves a range of blocks, each as GetBlock does, bounded
 in count and bytes; its reply names the next height to ask for and the node's last height.

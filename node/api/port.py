@@ -51,6 +51,10 @@ class NodePort(Protocol):
 
     async def wait_height(self, height: int, timeout_s: float) -> bool: ...
 
+    async def wait_attested(self, height: int, timeout_s: float) -> bool:
+        """True once the block at ``height`` has its attestations here (the feed)."""
+        ...
+
     def peer_up(self, replica: int) -> bool: ...
 
     def status_counters(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ from ledger.genesis import Genesis
 from node.api.admission import Admission
 from node.api.authority import ReadAuthority, token_of
 from node.api.common import SERVICE, Abort
+from node.api.history import History
 from node.api.port import NodePort
 from node.api.queries import Queries
 from node.api.streams import Receipts
@@ -57,6 +58,7 @@ class LedgerApi:
             space,
             self.authority,
         )
+        self.history = History(genesis, node, backfill, self.authority)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         def unary(fn: Callable[[bytes], Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -84,6 +86,22 @@ class LedgerApi:
                     raise AssertionError("unreachable") from None
 
             return grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=_raw, response_serializer=_raw
+            )
+
+        def read_stream(
+            fn: Callable[[bytes, bytes | None], AsyncIterator[bytes]],
+        ) -> grpc.RpcMethodHandler[Any, Any]:
+            """A streamed read: its handler also gets the call's read token."""
+
+            async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+                try:
+                    async for item in fn(raw, token_of(context.invocation_metadata())):
+                        yield item
+                except Abort as exc:
+                    await context.abort(exc.code, exc.message)
+
+            return grpc.unary_stream_rpc_method_handler(
                 call, request_deserializer=_raw, response_serializer=_raw
             )
 
@@ -130,6 +148,10 @@ class LedgerApi:
                 "GetBlocks": read(self.queries.get_blocks),
                 "GetSupply": read(self.queries.get_supply),
                 "GetStatus": unary(self.queries.get_status),
+                "GetAccountHistory": read(self.history.get_account_history),
+                "GetEscrow": read(self.history.get_escrow),
+                "ListEscrows": read(self.history.list_escrows),
+                "Feed": read_stream(self.history.feed),
             },
         )
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from ledger import merkle
 from ledger.crypto import verify as ed25519_verify
 from ledger.genesis import Genesis
-from node.app import queries, rules
+from node.app import postings, queries, rules
 from node.app import state as st
 from node.app.codec import encode_result_fields, envelope_tx_id
-from node.app.tx import Code, InvalidTransaction
+from node.app.tx import Code, EscrowPost, EscrowVoid, InvalidTransaction
 from node.app.validate import CheckCache, Verifier
 from node.storage.kv import KVReader, KVWriter
 
@@ -45,6 +45,9 @@ class BatchOutcome:
     expired_escrows: tuple[str, ...]  # voided by consensus time at the start of the block
     recorded: tuple[bool, ...] = ()  # per envelope: its result is the tx_id's final one (TxResult.final)
     codes: tuple[str, ...] = ()  # per envelope: its result code's name, or "RETRY" (a final tx_id again)
+    # What each successful transaction (and each expiry) did to balances, in execution order,
+    # for the node-local history index: not part of the state root (node/app/postings.py).
+    postings: tuple[postings.Posting, ...] = ()
 
 
 class _Overlay:
@@ -144,9 +147,14 @@ class Ledger:
     is not parsed and verified a second time when its block executes."""
 
     def __init__(
-        self, genesis: Genesis, verify: Verifier = ed25519_verify, checks: CheckCache | None = None
+        self,
+        genesis: Genesis,
+        verify: Verifier = ed25519_verify,
+        checks: CheckCache | None = None,
+        history: bool = True,
     ) -> None:
         self.genesis = genesis
+        self.history = history  # build postings (BatchOutcome.postings); off only to measure their cost
         self.checks = checks if checks is not None else CheckCache(genesis, verify)
 
     # --- execution ---------------------------------------------------------------------------
@@ -163,13 +171,14 @@ class Ledger:
         now_ms = max(queries.consensus_time(w), timestamp_ms)
         block = _Block(w)
         block.put(st.META_TIME, struct.pack(">q", now_ms))
-        expired = self._expire_escrows(block, now_ms)
+        posted: list[postings.Posting] | None = [] if self.history else None
+        expired = self._expire_escrows(block, now_ms, posted)
         tx_ids: list[bytes] = []
         results: list[bytes] = []
         recorded: list[bool] = []
         codes: list[str] = []
         for index, raw in enumerate(envelopes):
-            tx_id, result, final, code = self._execute_one(block, height, index, now_ms, raw)
+            tx_id, result, final, code = self._execute_one(block, height, index, now_ms, raw, posted)
             tx_ids.append(tx_id)
             results.append(result)
             recorded.append(final)
@@ -187,9 +196,12 @@ class Ledger:
             expired_escrows=expired,
             recorded=tuple(recorded),
             codes=tuple(codes),
+            postings=tuple(posted or ()),
         )
 
-    def _expire_escrows(self, block: _Block, now_ms: int) -> tuple[str, ...]:
+    def _expire_escrows(
+        self, block: _Block, now_ms: int, posted: list[postings.Posting] | None
+    ) -> tuple[str, ...]:
         # The scan is lazy and the index is in expiry order, so this reads only the due escrows
         # and the first one not yet due: O(due), not O(pending). All reads end (break) before
         # the first write below, as KVWriter requires of a scan (node/storage/kv.py).
@@ -204,10 +216,18 @@ class Ledger:
             esc = st.get_escrow(block, escrow_id)
             assert esc is not None and esc.status == st.ESCROW_PENDING, f"expiry index names {escrow_id}"
             rules.return_to_payer(self.genesis, block, esc, st.ESCROW_EXPIRED)
+            if posted is not None:
+                posted += postings.of_expiry(block, esc)
         return tuple(due)
 
     def _execute_one(
-        self, block: _Block, height: int, index: int, now_ms: int, raw: bytes
+        self,
+        block: _Block,
+        height: int,
+        index: int,
+        now_ms: int,
+        raw: bytes,
+        posted: list[postings.Posting] | None,
     ) -> tuple[bytes, bytes, bool, str]:
         """(tx_id, serialized TxResult, whether that result is recorded under tx_id, the code's
         name or RETRY)"""
@@ -226,6 +246,13 @@ class Ledger:
         outcome = rules.apply(self.genesis, overlay, checked, now_ms)
         result = self._result(checked.tx_id, outcome.code, outcome.detail, height, index, outcome.recorded)
         if outcome.code == Code.OK:
+            if posted is not None:
+                op = checked.body.op
+                # A post or void rewrote the escrow (status only): its fields are the ones held.
+                escrow = (
+                    st.get_escrow(overlay, op.escrow_id) if isinstance(op, EscrowPost | EscrowVoid) else None
+                )
+                posted += postings.of_transaction(self.genesis, overlay, op, checked.tx_id, index, escrow)
             block.apply(overlay)
         if outcome.recorded:
             block.put(key, result)

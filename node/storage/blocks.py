@@ -194,8 +194,8 @@ class _ScopedReader:
     def get(self, key: bytes) -> bytes | None:
         return self._reader().get(key)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return self._reader().scan(prefix)
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        return self._reader().scan(prefix, start)
 
 
 class ScopedReads:

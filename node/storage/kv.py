@@ -3,7 +3,8 @@
 node/app and the consensus journal see only these protocols; node/storage/lmdb_store.py
 implements them on LMDB and node/storage/memory.py in memory for tests and the simulator.
 Key spaces (prefixes) are owned: b"s/" ledger state (node/app), b"b/" blocks and certificates,
-b"m/" node metadata, b"j/" consensus journal.
+b"m/" node metadata, b"j/" consensus journal, b"x/" node-local
+indexes that are not ledger state (node/storage/history.py: account history, escrows by account).
 
 Keys are 1..KEY_BYTES_MAX bytes in both stores: get, put and delete of any other key raise
 InvalidKeyError (``check_key``), so the in-memory twin refuses exactly what LMDB refuses.
@@ -43,8 +44,9 @@ def check_key(key: bytes) -> None:
 class KVReader(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Pairs whose key starts with prefix, in ascending key order, read lazily. In a write
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Pairs whose key starts with prefix (and is >= start, when given), in ascending key
+        order, read lazily. In a write
         transaction, a put/delete before the scan is exhausted makes its next step raise
         ScanInvalidatedError (see the module docstring)."""
         ...

@@ -48,21 +48,23 @@ class _Reader:
         value = self._txn.get(key)
         return None if value is None else bytes(value)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return self._scan(prefix, lambda: 0)
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        return self._scan(prefix, lambda: 0, start)
 
-    def _scan(self, prefix: bytes, mutations: Callable[[], int]) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(
+        self, prefix: bytes, mutations: Callable[[], int], start: bytes = b""
+    ) -> Iterator[tuple[bytes, bytes]]:
         """Lazy: one cursor step per pair the caller takes. ``mutations`` counts the writes of
         the transaction; a change between two steps means the cursor may have moved under us."""
-        start = mutations()
+        before = mutations()
         cursor = self._txn.cursor()
-        found = cursor.set_range(prefix)
+        found = cursor.set_range(max(prefix, start))
         while found:
             key = cursor.key()
             if not key.startswith(prefix):
                 return
             yield bytes(key), bytes(cursor.value())
-            if mutations() != start:
+            if mutations() != before:
                 raise ScanInvalidatedError("the write transaction changed while a scan of it was iterated")
             found = cursor.next()
 
@@ -73,9 +75,9 @@ class _Writer(_Reader):
         self._full_message = full_message
         self._mutations = 0
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         # Lazy; a put/delete while the caller iterates invalidates the scan (see kv.py).
-        return self._scan(prefix, lambda: self._mutations)
+        return self._scan(prefix, lambda: self._mutations, start)
 
     def put(self, key: bytes, value: bytes) -> None:
         check_key(key)

@@ -29,11 +29,11 @@ class _Snapshot:
         self.data = data
         self.keys = keys
 
-    def range_keys(self, prefix: bytes) -> Iterator[bytes]:
+    def range_keys(self, prefix: bytes, start: bytes = b"") -> Iterator[bytes]:
         """Lazily, the keys starting with prefix (the key list is not copied). A write
         transaction never changes the snapshot it reads; commit installs or copies it."""
         keys = self.keys
-        i = bisect.bisect_left(keys, prefix)
+        i = bisect.bisect_left(keys, max(prefix, start))
         while i < len(keys) and keys[i].startswith(prefix):
             yield keys[i]
             i += 1
@@ -47,9 +47,9 @@ class _Reader:
         check_key(key)
         return self._snap.data.get(key)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         data = self._snap.data
-        for key in self._snap.range_keys(prefix):
+        for key in self._snap.range_keys(prefix, start):
             yield key, data[key]
 
 
@@ -67,13 +67,14 @@ class _Writer:
             return self.overlay[key]
         return self._snap.data.get(key)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Lazy merge of the committed keys and this transaction's own writes. A put/delete
         while the caller iterates invalidates the scan, as in LmdbStore (see kv.py)."""
-        start = self._mutations
+        before = self._mutations
         # This transaction's writes under prefix (bounded by the transaction, not the store).
-        mine = sorted(k for k in self.overlay if k.startswith(prefix))
-        committed = self._snap.range_keys(prefix)
+        low = max(prefix, start)
+        mine = sorted(k for k in self.overlay if k.startswith(prefix) and k >= low)
+        committed = self._snap.range_keys(prefix, start)
         data, overlay = self._snap.data, self.overlay
         nxt = next(committed, None)
         j = 0
@@ -91,7 +92,7 @@ class _Writer:
             if value is None:
                 continue
             yield key, value
-            if self._mutations != start:
+            if self._mutations != before:
                 raise ScanInvalidatedError("the write transaction changed while a scan of it was iterated")
 
     def put(self, key: bytes, value: bytes) -> None:

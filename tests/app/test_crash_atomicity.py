@@ -37,8 +37,8 @@ class CrashingWriter:
     def get(self, key: bytes) -> bytes | None:
         return self.inner.get(key)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return self.inner.scan(prefix)
+    def scan(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        return self.inner.scan(prefix, start)
 
     def put(self, key: bytes, value: bytes) -> None:
         self.puts += 1

@@ -586,6 +586,25 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
             )
         return api_pb2.GetSupplyResponse(assets=out, height=len(self.chain.blocks))
 
+    # History, escrows and the feed are tested against real nodes (tests/node/test_history_live.py).
+    def GetAccountHistory(
+        self, request: api_pb2.GetAccountHistoryRequest, context: grpc.ServicerContext
+    ) -> api_pb2.GetAccountHistoryResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+
+    def GetEscrow(self, request: api_pb2.GetEscrowRequest, context: grpc.ServicerContext) -> api_pb2.Escrow:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+
+    def ListEscrows(
+        self, request: api_pb2.ListEscrowsRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListEscrowsResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+
+    def Feed(
+        self, request: api_pb2.FeedRequest, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.FeedMessage]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+
     def GetStatus(
         self, request: api_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> api_pb2.NodeStatus:

@@ -22,14 +22,14 @@ import grpc
 import pytest
 
 from client.cli import run
-from client.models import Committed, NotAuthorized, NotFound, Rejected
+from client.models import Committed, NotAuthorized, NotFound, Rejected, Unverified
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction
 from client.wallet import Wallet
 from ledger import tls
 from ledger.crypto import SigningKey, load_key
 from ledger.genesis import Genesis
-from ledger.v1 import api_pb2_grpc
+from ledger.v1 import api_pb2_grpc, tx_pb2
 from tests.client.fakes import closed_port, forge_certificate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,6 +303,7 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
     def __init__(self, genesis: Genesis, target: str) -> None:
         self.channel = tls.channel(genesis, target)
         self.stub = api_pb2_grpc.LedgerServiceStub(self.channel)
+        self.feed_lies = 0
         self.receipts_served = 0
 
     def Submit(self, request, context):  # type: ignore[no-untyped-def]
@@ -352,6 +353,24 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
     def GetStatus(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetStatus(request, timeout=5)
 
+    def GetAccountHistory(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetAccountHistory(request, timeout=5, metadata=context.invocation_metadata())
+
+    def GetEscrow(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.GetEscrow(request, timeout=5, metadata=context.invocation_metadata())
+
+    def ListEscrows(self, request, context):  # type: ignore[no-untyped-def]
+        return self.stub.ListEscrows(request, timeout=5, metadata=context.invocation_metadata())
+
+    def Feed(self, request, context):  # type: ignore[no-untyped-def]
+        # Every block with results comes with its first result's code turned around.
+        for msg in self.stub.Feed(request, timeout=30, metadata=context.invocation_metadata()):
+            if msg.block.results:
+                first = msg.block.results[0]
+                first.code = tx_pb2.INSUFFICIENT_FUNDS if first.code == tx_pb2.OK else tx_pb2.OK
+                self.feed_lies += 1
+            yield msg
+
 
 def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -> None:
     genesis = consortium.genesis()
@@ -384,6 +403,17 @@ def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -
             outcomes = c.submit_many(many)
             assert proxy.receipts_served > served  # the stream did carry its forged receipts
             assert all(isinstance(o, Committed) and o.ok and o.endpoint == endpoints[1] for o in outcomes)
+            # The feed: the liar's altered results do not verify; the feed goes on at the
+            # honest node from the same height, and its blocks carry the true results.
+            c._first = 0
+            steps = c.feed(1, accounts=["sdk-liar-test"])
+            step = next(s for s in steps if s.block is not None)
+            steps.close()
+            assert proxy.feed_lies >= 1
+            assert [(t.tx_id, t.ok) for t in step.transactions] == [(tx.tx_id, True)]
+        only_liar = LedgerClient(genesis, endpoints[:1], timeout_s=15.0, reader=_op(consortium, "BANK-A"))
+        with only_liar, pytest.raises(Unverified):
+            next(s for s in only_liar.feed(1, accounts=["sdk-liar-test"]) if s.block is not None)
     finally:
         server.stop(grace=None).wait()
         proxy.channel.close()
