@@ -4,6 +4,7 @@ from non-members on the replica port is refused with the right status or dropped
 from __future__ import annotations
 
 import functools
+import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -608,3 +609,25 @@ def test_reads_need_a_token_of_a_key_that_may_read_them(net: Consortium, funded:
         )
     )
     assert got[0] == code.PERMISSION_DENIED and "did not sign transaction" in got[1]
+
+
+def test_the_container_probe_asks_the_nodes_own_port_over_tls(
+    net: Consortium, tmp_path: pathlib.Path
+) -> None:
+    import json
+
+    from node import healthcheck
+    from tests.client.fakes import closed_port
+
+    config = net.config_path("BANK-A")
+    assert healthcheck.main(["--config", str(config), "--service", "ledger.v1.LedgerService"]) == 0
+    assert healthcheck.main(["--config", str(config), "--any-status"]) == 0
+    # Nobody listening there: not serving (exit 1); a config that does not load: exit 2.
+    doc = json.loads(config.read_text())
+    doc["api_listen"] = closed_port()
+    for key in ("genesis_path", "key_path", "data_dir", "tls_cert_path", "tls_key_path"):
+        doc[key] = str((config.parent / doc[key]).resolve())
+    moved = tmp_path / "config.json"
+    moved.write_text(json.dumps(doc))
+    assert healthcheck.main(["--config", str(moved), "--timeout", "1"]) == 1
+    assert healthcheck.main(["--config", str(tmp_path / "missing.json")]) == 2
