@@ -57,7 +57,7 @@ class NodeLimits:
     streams_per_connection_max: int = 1_000  # concurrent calls per client connection (HTTP/2 setting)
     # ... per peer connection: its stream, a few relays and fetches. Each call may carry a message
     # of peer_message_bytes_max, so this bounds what one connection can make us buffer.
-    peer_streams_per_connection_max: int = 32
+    peer_streams_per_connection_max: int = 256
     # Our keepalive pings on the connections we dial, every keepalive_ms; a peer that does not
     # answer one within keepalive_timeout_ms is dropped. Our servers accept pings spaced at
     # least keepalive_ms / 2 apart (what our own channels send, with room for timer jitter).

@@ -69,7 +69,8 @@ REPLAYED_REMEMBERED_MAX = 100_000  # heights of replayed blocks remembered for t
 GROUP_EVENTS_MAX = 256  # queued events run as one group (one journal fsync, then the sends)
 # ... and at most this many from one source: a flooding peer cannot make a group long (the
 # group's votes and replies go out only when it ends), whatever it has queued.
-GROUP_PER_SOURCE_MAX = 32
+GROUP_PER_SOURCE_MAX = 128
+YIELD_EVERY_S = 0.002  # the loop runs its other tasks at least this often (see _consume)
 EXECUTED_REMEMBERED_MAX = 64  # recent heights whose tx_ids are kept to wake receipt waiters
 EXECUTED_QUIET_LOG_MS = 500  # a block executed this long after the previous one is logged
 HEIGHT_WAITERS_MAX = 10_000  # reads waiting for a min_height (wait_height); past it, no wait
@@ -530,6 +531,7 @@ class Driver:
 
     async def _consume(self) -> None:
         replica = self.replica
+        yielded = time.monotonic()
         while True:
             now = time.monotonic()
             caps = {s: 0 if due > now else 1 for s, due in self._penalized.items()}
@@ -537,12 +539,16 @@ class Driver:
             if not group:
                 self._wake.clear()
                 await self._wake.wait()
+                yielded = time.monotonic()
                 continue
-            # Let the rest of the loop run between groups (gRPC reads and writes, the ticker, the
-            # API) even while events keep coming: taking a queued event does not suspend, so a
-            # source with 50,000 events queued (a flood, served one per group) used to hold the
-            # loop for seconds, and the honest peers' streams went unread meanwhile.
-            await asyncio.sleep(0)
+            # Let the rest of the loop run (gRPC reads and writes, the ticker, the API) at least
+            # every YIELD_EVERY_S even while events keep coming: taking a queued event does not
+            # suspend, so a source with thousands of events queued (a flood) used to hold the
+            # loop for seconds, and the honest peers' streams went unread meanwhile. Not after
+            # every group: each pass of the loop costs tens of microseconds.
+            if time.monotonic() - yielded >= YIELD_EVERY_S:
+                await asyncio.sleep(0)
+                yielded = time.monotonic()
             self._room.set()
             for source, event, size in group:
                 self.stats.events += 1
