@@ -214,6 +214,8 @@ class Driver:
         self._wake = asyncio.Event()  # set when an event is queued
         self._room = asyncio.Event()  # set when the loop took events (sources may have room)
         self.sources: dict[Hashable, SourceRecord] = {}  # peer connections: what they sent lately
+        self.relays_rejected = 0  # relayed batches with invalid envelopes (judged like rejections)
+        self._invalid_relays = 0
         # Penalized peer connections -> when (monotonic s) each may be served its next event.
         self._penalized: dict[Hashable, float] = {}
         self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
@@ -364,7 +366,14 @@ class Driver:
         self, envelopes: list[bytes], admit: Callable[[list[bytes]], list[tuple[bytes, bytes]]]
     ) -> list[act.Action]:
         actions: list[act.Action] = []
-        for tx_id, envelope in admit(envelopes):
+        checked = admit(envelopes)
+        if (
+            len(checked) < len(envelopes)
+            and self.log.counters["peer_forward_invalid"] != self._invalid_relays
+        ):
+            self.relays_rejected += 1  # invalid envelopes: charged to the relaying connection
+        self._invalid_relays = self.log.counters["peer_forward_invalid"]
+        for tx_id, envelope in checked:
             actions += self.replica.on_request(tx_id, envelope)
         return [a for a in actions if not isinstance(a, act.ForwardRequests)]
 
@@ -552,14 +561,14 @@ class Driver:
             self._room.set()
             for source, event, size in group:
                 self.stats.events += 1
-                rejected = replica.rejected
+                rejected = replica.rejected + self.relays_rejected
                 try:
                     actions = event()
                 except Exception as exc:  # a replica bug: log it loudly and stop the node
                     self.log.event("replica_crash", error=repr(exc))
                     raise
                 if source not in (INTERNAL, CLIENTS):
-                    self._judge(source, replica.rejected != rejected, size)
+                    self._judge(source, replica.rejected + self.relays_rejected != rejected, size)
                 self._apply(actions)
             self._flush()
             self._flush_relay()
