@@ -53,11 +53,12 @@ CLIENTS = "clients"  # transactions admitted by the API (already bounded by pend
 # each power of ten); its share of the loop was bounded all along by the fair queue.
 REJECTED_LOG_AT = 100
 REJECTED_SOURCES_MAX = 1_000  # sources whose record is kept (the most recent)
-# A peer connection most of whose recent messages the replica rejected (at least this many) is
-# served one event per group until its record improves: its queue then stays full, its stream
-# stops being read, and what it sends costs the node little CPU (honest peers see a rejection
-# now and then, around view changes, never most of their messages). Halved every
-# SOURCE_RECORD_WINDOW events, so the record is of the recent past.
+# A peer connection most of whose recent messages the replica rejected (at least this many
+# units; relayed batches with invalid envelopes count too) is penalized until its record
+# improves: served at PENALTY_UNITS_PER_S, its queue stays full, its stream stops being read, and
+# what it sends costs the node little CPU (honest peers see a rejection now and then, around
+# view changes, never most of their messages). Halved every SOURCE_RECORD_WINDOW units, so the
+# record is of the recent past.
 PENALTY_REJECTED_MIN = 100
 SOURCE_RECORD_WINDOW = 2_000
 SOURCE_RECORD_UNIT_BYTES = 64 << 10
