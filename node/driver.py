@@ -475,18 +475,7 @@ class Driver:
         within timeout_s (or HEIGHT_WAITERS_MAX reads are waiting already)."""
         if self.head.last_executed >= height:
             return True
-        if len(self._height_waiters) >= HEIGHT_WAITERS_MAX:
-            self.log.count("height_waits_full")
-            return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._height_waiters[fut] = height
-        try:
-            await asyncio.wait_for(fut, timeout_s)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._height_waiters.pop(fut, None)
+        return await self._wait(self._height_waiters, height, timeout_s, "height_waits_full")
 
     async def wait_attested(self, height: int, timeout_s: float) -> bool:
         """True once ``height`` has its attestations on disk here (at once if it has), False
@@ -494,18 +483,24 @@ class Driver:
         with self.store.read() as r:
             if blocks.get_attestations(r, height):
                 return True
-        if len(self._attested_waiters) >= HEIGHT_WAITERS_MAX:
-            self.log.count("attested_waits_full")
+        return await self._wait(self._attested_waiters, height, timeout_s, "attested_waits_full")
+
+    async def _wait(
+        self, waiters: dict[asyncio.Future[None], int], height: int, timeout_s: float, full: str
+    ) -> bool:
+        """Wait (bounded in number and time) for the loop to resolve a future in ``waiters``."""
+        if len(waiters) >= HEIGHT_WAITERS_MAX:
+            self.log.count(full)
             return False
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._attested_waiters[fut] = height
+        waiters[fut] = height
         try:
             await asyncio.wait_for(fut, timeout_s)
             return True
         except TimeoutError:
             return False
         finally:
-            self._attested_waiters.pop(fut, None)
+            waiters.pop(fut, None)
 
     def unlikely_to_be_attested(self, height: int) -> bool:
         """An executed block whose Attested will probably never come here: it was replayed from
