@@ -93,8 +93,9 @@ class Admission:
         self.known_keys = KnownKeys(genesis)
         self.space_left = space_left  # why the store cannot take new work now, or None
 
-    def admit(self, r: KVReader, raw: bytes) -> bytes:
-        """Admit one serialized envelope (r: a read transaction for the finality check)."""
+    def admit(self, r: KVReader, raw: bytes, known: KnownKey | None = None) -> bytes:
+        """Admit one serialized envelope (r: a read transaction for the finality check; known:
+        the known-key predicate of r, when the caller admits several in it)."""
         full = self.space_left()
         if full is not None:
             self.log.count("rejected_disk_budget")
@@ -103,7 +104,7 @@ class Admission:
                 f"node is near its disk budget ({full}); it executes what was ordered but takes no new work",
             )
         try:
-            checked = self.checks.check(raw, self.known_keys.predicate(r))
+            checked = self.checks.check(raw, known or self.known_keys.predicate(r))
         except InvalidTransaction as exc:
             self.log.count(f"rejected_{exc.code.name}")
             raise Abort(status_of(exc.code), str(exc)) from exc
@@ -175,6 +176,7 @@ class Admission:
         out = api_pb2.SubmitBatchResponse()
         accepted: list[bytes] = []
         with self.node.read() as r:  # one read transaction for the batch's finality checks
+            known = self.known_keys.predicate(r)
             for envelope in req.envelopes:
                 item = out.items.add()
                 item.tx_id = tx_id_of(envelope.body)
@@ -185,7 +187,7 @@ class Admission:
                             f"{self.limits.pending_requests_max} transactions of this stream wait for "
                             "receipts (pending_requests_max); retry later",
                         )
-                    accepted.append(self.admit(r, envelope.SerializeToString()))
+                    accepted.append(self.admit(r, envelope.SerializeToString(), known))
                     item.accepted = True
                 except Abort as exc:
                     item.accepted = False
