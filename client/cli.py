@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from client import cli_history
+from client import cli_history, console
 from client import cli_output as out
 from client.amounts import AmountError, find_asset, parse_amount
 from client.cli_parser import build_parser
@@ -453,6 +453,7 @@ COMMANDS = {
     "history": cli_history.cmd_history,
     "statement": cli_history.cmd_statement,
     "feed": cli_history.cmd_feed,
+    "console": console.cmd_console,
 }
 
 
@@ -468,7 +469,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.cmd](ctx, args)
     except CliError as exc:
         code, message = exc.code, str(exc)
-    except (AmountError, TxBuildError, WalletError, TlsError, cli_history.UsageError) as exc:
+    except (AmountError, TxBuildError, WalletError, TlsError, cli_history.UsageError, console.ConsoleError) as exc:
         code, message = EXIT_USAGE, str(exc)
     except NotFound as exc:
         code, message = EXIT_NOT_FOUND, str(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from client.cli_history import add_commands as add_history_commands
+from client.console import add_command as add_console_command
 
 DESCRIPTION = "Operate accounts and move tokenized deposits on a Consortium Ledger."
 
@@ -29,6 +30,7 @@ examples:
   ledgerctl --dir consortium history alice --from 2026-12-01 --csv
   ledgerctl --dir consortium statement alice --from 2026-12-01 --to 2026-12-02
   ledgerctl --dir consortium feed --issuer BANK-A --sqlite bank-a.sqlite
+  ledgerctl --dir consortium console --as BANK-A --listen 127.0.0.1:8470
 """
 
 
@@ -155,4 +157,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("files", nargs="+", metavar="FILE", help="an envelope file")
     add_history_commands(sub)  # history, statement, feed (client/cli_history.py)
+    add_console_command(sub)  # console (client/console.py)
     return p
