@@ -469,7 +469,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.cmd](ctx, args)
     except CliError as exc:
         code, message = exc.code, str(exc)
-    except (AmountError, TxBuildError, WalletError, TlsError, cli_history.UsageError, console.ConsoleError) as exc:
+    except (
+        AmountError,
+        TxBuildError,
+        WalletError,
+        TlsError,
+        cli_history.UsageError,
+        console.ConsoleError,
+    ) as exc:
         code, message = EXIT_USAGE, str(exc)
     except NotFound as exc:
         code, message = EXIT_NOT_FOUND, str(exc)

@@ -58,7 +58,7 @@ BLOCKS_DEFAULT, BLOCKS_MAX = 10, 50
 TRANSACTIONS_MAX = 50
 TARGET_BYTES_MAX = 512  # path and query of a request
 ACCOUNT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*", re.ASCII)  # node/app/validate.py's ID_RE
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")
 # The page's own script and style, nothing else: no inline script, no frames, no forms posted.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
@@ -89,7 +89,9 @@ def operator_key(genesis: Genesis, keys: KeySource, bank: str | None) -> tuple[s
         if key is not None:
             return m.member_id, key
     who = f"{bank}'s operator key" if bank else "no member's operator key"
-    raise ConsoleError(f"{who} is not at hand (DIR/banks/BANK/, DIR/keys or --wallet): the console reads with it")
+    raise ConsoleError(
+        f"{who} is not at hand (DIR/banks/BANK/, DIR/keys or --wallet): the console reads with it"
+    )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -331,7 +333,9 @@ def parse_query(query: str, allowed: Sequence[str]) -> dict[str, list[str]]:
         raise BadRequest(f"malformed query string ({exc})") from exc
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise BadRequest(f"unknown parameter {unknown[0]!r} (this path takes: {', '.join(allowed) or 'none'})")
+        raise BadRequest(
+            f"unknown parameter {unknown[0]!r} (this path takes: {', '.join(allowed) or 'none'})"
+        )
     return params
 
 
@@ -362,13 +366,11 @@ class ConsoleServer(ThreadingHTTPServer):
     def __init__(self, listen: tuple[str, int], console: Console) -> None:
         super().__init__(listen, Handler)
         self.console = console
-        host, port = self.server_address[:2]
-        self.url = f"http://{host if ':' not in str(host) else f'[{host}]'}:{port}/"
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        self.url = f"http://{host}:{port}/"
         # Behind loopback, only requests addressed to loopback (DNS rebinding guard).
         self.hosts: frozenset[str] | None = (
-            frozenset(f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]"))
-            if listen[0] in LOOPBACK
-            else None
+            frozenset(f"{h}:{port}" for h in LOOPBACK) if listen[0] in LOOPBACK else None
         )
 
 
@@ -380,7 +382,7 @@ class Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the page polls every two seconds
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
@@ -446,9 +448,17 @@ def add_command(sub: Any) -> None:
         "transactions, supply per asset, and account lookup under one bank's operator key (its "
         "own accounts only). Read-only; binds 127.0.0.1 by default; stop it with Ctrl-C.",
     )
-    c.add_argument("--as", dest="as_bank", metavar="BANK", help="read as this bank's operator (default: the first at hand)")
     c.add_argument(
-        "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN} (port 0: any)"
+        "--as",
+        dest="as_bank",
+        metavar="BANK",
+        help="read as this bank's operator (default: the first at hand)",
+    )
+    c.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"default {DEFAULT_LISTEN} (port 0: any)",
     )
 
 
@@ -474,7 +484,9 @@ def cmd_console(ctx: Ctx, args: argparse.Namespace) -> int:
     console = Console(ctx.genesis, ctx.endpoints, key, bank, insecure=ctx.insecure)
 
     def announce(url: str) -> None:
-        where = "" if listen[0] in LOOPBACK else " (not loopback: anyone who reaches it reads as the operator)"
+        where = (
+            "" if listen[0] in LOOPBACK else " (not loopback: anyone who reaches it reads as the operator)"
+        )
         print(f"console on {url} reading as {bank}'s operator{where}; Ctrl-C stops it", flush=True)
 
     try:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,10 +60,12 @@ def browser() -> Iterator[Browser]:
 
 
 @contextmanager
-def console_process(directory: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``ledgerctl --dir DIR console --listen 127.0.0.1:0 EXTRA...``: (its URL, the process),
-    stopped by pid on exit (SIGTERM, then SIGKILL)."""
-    argv = [sys.executable, "-m", "client.cli", "--dir", str(directory), "console"]
+def console_process(
+    directory: Path, *extra: str, global_args: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``ledgerctl --dir DIR GLOBAL_ARGS... console --listen 127.0.0.1:0 EXTRA...``: (its URL,
+    the process), stopped by pid on exit (SIGTERM, then SIGKILL)."""
+    argv = [sys.executable, "-m", "client.cli", "--dir", str(directory), *global_args, "console"]
     proc = subprocess.Popen(
         [*argv, "--listen", "127.0.0.1:0", *extra],
         stdout=subprocess.PIPE,
@@ -104,13 +106,17 @@ def populate(directory: Path) -> None:
     with LedgerClient(directory / "genesis.json", timeout_s=20) as c:
         txs = [c.tx.open_account(banks[a], a, k.public_key).signed_by(op(banks[a])) for a, k in keys.items()]
         txs += [
-            c.tx.mint("USD.BANK-A", "acme-treasury", 2_500_000_00, "dep-20261202-001").signed_by(op("BANK-A")),
+            c.tx.mint("USD.BANK-A", "acme-treasury", 2_500_000_00, "dep-20261202-001").signed_by(
+                op("BANK-A")
+            ),
             c.tx.mint("EUR.BANK-B", "initech-fx", 900_000_00, "dep-20261202-002").signed_by(op("BANK-B")),
         ]
         for tx in txs:
             c.submit(tx)
         moves = [
-            c.tx.transfer([LegSpec("acme-treasury", "globex-ops", "USD.BANK-A", 125_000_00)], memo="inv 4471"),
+            c.tx.transfer(
+                [LegSpec("acme-treasury", "globex-ops", "USD.BANK-A", 125_000_00)], memo="inv 4471"
+            ),
             c.tx.pvp(
                 LegSpec("acme-treasury", "initech-fx", "USD.BANK-A", 110_000_00),
                 LegSpec("initech-fx", "acme-treasury", "EUR.BANK-B", 100_000_00),
