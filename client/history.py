@@ -281,18 +281,20 @@ FEED_RETRY_S = 0.5  # between rounds over every node
 
 class FeedFailover:
     """When a feed's node fails, the feed goes on from the next height on another node.
-    Definite answers end it (NOT_FOUND: unknown filter id; INVALID_ARGUMENT); it gives up
-    after two rounds over every node without a verified message: Unverified when every
-    failure was an answer that did not verify, Unreachable otherwise."""
+    Definite answers end it (NOT_FOUND: unknown filter id; INVALID_ARGUMENT; OUT_OF_RANGE from
+    every node in turn: the height is past every node's head, or below what any keeps); it
+    gives up after two rounds over every node without a verified message: Unverified when
+    every failure was an answer that did not verify, Unreachable otherwise."""
 
     def __init__(self, endpoints: int) -> None:
         self.endpoints = endpoints
         self.failures = 0
         self.unverified = 0
+        self.out_of_range = 0
         self.errors: list[str] = []
 
     def progressed(self) -> None:
-        self.failures = self.unverified = 0
+        self.failures = self.unverified = self.out_of_range = 0
 
     def failed(self, endpoint: str, exc: Exception | None) -> None:
         if isinstance(exc, grpc.RpcError):
@@ -302,6 +304,9 @@ class FeedFailover:
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise LedgerError(describe(endpoint, "feed", exc)) from exc
             self.errors.append(describe(endpoint, "feed", exc))
+            self.out_of_range += code == grpc.StatusCode.OUT_OF_RANGE
+            if self.out_of_range >= self.endpoints:
+                raise LedgerError(f"feed: no node serves that height ({self.errors[-1]})") from exc
         elif isinstance(exc, ReceiptError):
             self.unverified += 1
             self.errors.append(f"{endpoint} feed: did not verify: {exc}")

@@ -14,7 +14,8 @@ node, so it sees each transaction exactly once if it stores its height with what
 Bad input: from_height 0, a filter id that is malformed (INVALID_ARGUMENT) or unknown
 (NOT_FOUND: an account, asset or bank this ledger does not have), too many filter ids
 (INVALID_ARGUMENT); a from_height past the node's next height waits up to FUTURE_WAIT_S for
-the node to get there, then OUT_OF_RANGE.
+the node to get there, then OUT_OF_RANGE; a height whose block this node no longer keeps
+(pruned below its retention) ends the stream with OUT_OF_RANGE, saying so.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
                 continue
         with driver.read() as r:
             raw_block = blocks.get_block(r, height)
-            assert raw_block is not None, f"executed block {height} missing from the store"
+            if raw_block is None:
+                raise _not_kept(height)
             envelopes = list(wire.decode_certified_block(raw_block)[1])
             matches = chooser.matches(r, envelopes)
         if matches or chooser.everything:
@@ -191,7 +193,8 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
             await _attested(driver, backfill, height)
             with driver.read() as r:
                 reply = block_reply(r, height, genesis.f + 1)
-            assert reply is not None
+            if reply is None:
+                raise _not_kept(height)
             head = api_pb2.FeedMessage(height=height, matches=matches, last_height=driver.head.last_executed)
             yield head.SerializeToString() + field_bytes(_BLOCK, reply)
         else:
@@ -202,6 +205,15 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
         height += 1
     if skipped:
         yield _marker(height - 1, driver.head.last_executed)
+
+
+def _not_kept(height: int) -> QueryError:
+    """An executed height whose block this node no longer keeps (pruned below its retention)."""
+    return QueryError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        f"block {height} is no longer kept on this node (below its retention): "
+        "read it from a node that keeps it, or resume from a later height",
+    )
 
 
 async def _attested(driver: FeedDriver, backfill: Backfill, height: int) -> None:

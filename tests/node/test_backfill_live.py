@@ -4,9 +4,13 @@ from its peers in the background, without any client asking for a receipt (issue
 
 from __future__ import annotations
 
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.v1 import api_pb2, tx_pb2
 from tests.node.helpers import (
@@ -28,6 +32,48 @@ BANKS = ["BANK-A", "BANK-B", "BANK-C", "BANK-D"]
 # never got.
 LIMITS = {"peer_queue_max": 16, "checkpoint_interval": 5, "log_window": 10, "view_change_timeout_ms": 1000}
 MISSED_BLOCKS = 30
+SCRAPE_S_MAX = 2.0
+
+
+class Scraper:
+    """Scrapes a node's ledger_height in a loop from before it starts until stopped: the
+    heights seen, how long each scrape took, and any scrape that failed once it had answered."""
+
+    def __init__(self, url: str | None) -> None:
+        assert url is not None, "the node serves no metrics"
+        self.url = url
+        self.heights: list[float] = []
+        self.took: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    text = resp.read().decode()
+            except OSError as exc:
+                if self.heights:  # before the first answer the node is not listening yet
+                    self.failures.append(repr(exc))
+                self._stop.wait(0.02)  # the next scrape: a poll period
+                continue
+            self.took.append(time.monotonic() - began)
+            self.heights += [
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "ledger_height"
+            ]
+            self._stop.wait(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +93,24 @@ def test_blocks_replayed_without_their_attestations_are_backfilled_in_the_backgr
     for i in range(MISSED_BLOCKS):  # one block each
         raw = fx.open_account("BANK-A", f"acct-{i}", fx.client(f"acct-{i}"))
         assert submit_one(net, live[i % len(live)], raw).result.code == tx_pb2.OK
-    net.restart(backup)
-    last = submit_one(net, live[0], fx.open_account("BANK-A", "after", fx.client("after")))
-    top = wait_converged(net, BANKS, last.result.height)[backup].last_executed
+    missed_top = statuses(net, [live[0]])[live[0]].last_executed
+    scraper = Scraper(net.metrics_url(backup))
+    scraper.start()
+    try:
+        net.restart(backup)
+        last = submit_one(net, live[0], fx.open_account("BANK-A", "after", fx.client("after")))
+        top = wait_converged(net, BANKS, last.result.height)[backup].last_executed
+        wait_for(
+            f"a scrape of {backup} at height {top}", lambda: scraper.heights and scraper.heights[-1] >= top
+        )
+    finally:
+        scraper.stop()
+    # Issue 19 item 5: a scrape while the node catches up answers at once, with the height it
+    # has executed so far, and never goes back.
+    assert scraper.failures == [], scraper.failures
+    assert any(h < missed_top for h in scraper.heights), f"no scrape while catching up: {scraper.heights[:5]}"
+    assert scraper.heights == sorted(scraper.heights)
+    assert max(scraper.took) < SCRAPE_S_MAX, max(scraper.took)
 
     def incomplete() -> list[int]:
         reply = stub(net, backup).GetBlocks(

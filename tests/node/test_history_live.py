@@ -20,7 +20,7 @@ from client.aio import AsyncLedgerClient
 from client.cli import run
 from client.feed_sqlite import IssuerBook
 from client.history import FeedBlock
-from client.models import NotFound
+from client.models import LedgerError, NotFound
 from client.sdk import LedgerClient
 from ledger import readtoken
 from ledger.crypto import SigningKey
@@ -279,6 +279,19 @@ def test_bad_input_gets_a_clear_answer_and_nothing_hangs(net: Consortium, fx: Fa
         iter(s.Feed(F(from_height=head + 1, accounts=["b-carol"]), timeout=10, metadata=md("Feed", "*")))
     )
     assert not beat.HasField("block") and beat.height >= head
+
+
+def test_the_sdk_feed_answers_bad_input_clearly_and_in_bounded_time(net: Consortium, fx: Factory) -> None:
+    one = [net.member("BANK-C").api_address]
+    with LedgerClient(net.genesis_path, one, timeout_s=10, reader=fx.operators["BANK-A"]) as client:
+        began = time.monotonic()
+        with pytest.raises(LedgerError, match="no node serves that height") as err:
+            next(client.feed(10**9))
+        assert "OUT_OF_RANGE" in str(err.value) and time.monotonic() - began < 10
+        with pytest.raises(NotFound, match="b-nobody"):
+            next(client.feed(1, accounts=["b-nobody"]))
+        with pytest.raises(LedgerError, match="INVALID_ARGUMENT"):
+            next(client.feed(1, accounts=["x/y"]))
 
 
 def test_feed_blocks_verify_and_filters_select(net: Consortium, fx: Factory) -> None:
