@@ -304,7 +304,8 @@ class Console:
     def account(self, account_id: str) -> tuple[int, dict[str, Any]]:
         """(HTTP status, document) of an account read with the operator's key."""
         try:
-            acc = self.client.account(account_id, as_key=self.reader)
+            with self._read_lock:
+                acc = self.client.account(account_id, as_key=self.reader)
         except NotAuthorized as exc:
             return 403, {"error": _error(exc), "code": "PERMISSION_DENIED"}
         except NotFound as exc:
