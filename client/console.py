@@ -32,9 +32,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf.message import DecodeError
@@ -64,6 +64,9 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -200,6 +203,14 @@ def _error(exc: Exception) -> str:
     return f"{exc}" if not errors else f"{str(exc).split(' (')[0]}: {errors[-1]}"
 
 
+def _result(future: Future[T], timeout_s: float, late: T) -> T:
+    """The future's result, or ``late`` past the deadline (the page never waits longer)."""
+    try:
+        return future.result(timeout=timeout_s)
+    except TimeoutError:
+        return late
+
+
 class Console:
     """Reads for the page, each bounded; statuses of every node at once."""
 
@@ -249,7 +260,8 @@ class Console:
 
     def nodes_doc(self) -> list[dict[str, Any]]:
         futures = [(ep, bank, self._pool.submit(self._status, ep)) for ep, bank in self.nodes]
-        return [node_doc(ep, bank, f.result(timeout=STATUS_TIMEOUT_S + 1.0)) for ep, bank, f in futures]
+        late = f"no answer within {STATUS_TIMEOUT_S:g}s"
+        return [node_doc(ep, bank, _result(f, STATUS_TIMEOUT_S + 1.0, late)) for ep, bank, f in futures]
 
     def _read(self, what: str, read: Callable[[], Any]) -> tuple[Any, str | None]:
         with self._read_lock:
@@ -286,7 +298,7 @@ class Console:
                 blocks, txs = blocks_doc(self.genesis, got)
             if err:
                 errors.append(err)
-        supply_value, err = supply.result(timeout=READ_TIMEOUT_S + 2.0)
+        supply_value, err = _result(supply, READ_TIMEOUT_S + 2.0, (None, "supply: no answer in time"))
         if err:
             errors.append(err)
         return {

@@ -88,7 +88,7 @@ def test_bad_filters_and_heights_are_refused_before_any_block(genesis: Genesis) 
 
 
 def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
 def _fail(failover: FeedFailover, errors: Iterator[grpc.aio.AioRpcError]) -> Exception:
