@@ -409,7 +409,8 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has headers only
+            self.wfile.write(body)
 
     def _json(self, status: int, doc: Any, extra: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(doc).encode(), "application/json", extra)
