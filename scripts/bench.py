@@ -282,10 +282,11 @@ async def run_client(
             while time.time() < stop_at and next_i < plan.count:
                 now = time.time()
                 due = min(plan.count, int((now - start_at) / interval) + 1)
-                if due > next_i:
-                    sched = [start_at + i * interval for i in range(next_i, due)]
-                    tasks.add(asyncio.create_task(send(next_i, due, sched)))
-                    next_i = due
+                for lo in range(next_i, due, plan.batch):  # a stall's backlog: in batches
+                    hi = min(due, lo + plan.batch)
+                    sched = [start_at + i * interval for i in range(lo, hi)]
+                    tasks.add(asyncio.create_task(send(lo, hi, sched)))
+                next_i = max(next_i, due)
                 tasks = {t for t in tasks if not t.done()}
                 await asyncio.sleep(OPEN_LOOP_TICK_S)
         if plan.submit != "stream":
@@ -397,9 +398,12 @@ async def _stream_load(
         interval = 1.0 / plan.rate
         while time.time() < stop_at and next_i < plan.count:
             due = min(plan.count, int((time.time() - start_at) / interval) + 1)
-            if due > next_i:
-                await write(next_i, due, [start_at + i * interval for i in range(next_i, due)])
-                next_i = due
+            # After a stall more may be due than a node takes in one request (submit_batch_max):
+            # send the backlog in batches, each still timed from its own schedule.
+            for lo in range(next_i, due, plan.batch):
+                hi = min(due, lo + plan.batch)
+                await write(lo, hi, [start_at + i * interval for i in range(lo, hi)])
+            next_i = max(next_i, due)
             await asyncio.sleep(OPEN_LOOP_TICK_S)
     exhausted = _ran_out(plan, next_i, stop_at)
     await call.done_writing()
