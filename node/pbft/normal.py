@@ -80,6 +80,9 @@ class ReplicaCore:
         # replica -> (first, latest) ms we heard it ask for a view above ours since we entered
         # ours: a replica alone ahead of us, which we follow after a while (views.py)
         self._ahead: dict[int, tuple[int, int]] = {}
+        # replica -> (times we followed it alone ahead lately, when we last did): each follow
+        # doubles the wait before the next (views.py, _follow_lone_view)
+        self._followed: dict[int, tuple[int, int]] = {}
         self._voted_in: dict[int, int] = {}  # replica -> highest view of its votes we verified
 
         # The clock from birth, not from the first tick: a request or pre-prepare that arrives
