@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -39,9 +38,9 @@ class Scraper:
     """Scrapes a node's ledger_height in a loop from before it starts until stopped: the
     heights seen, how long each scrape took, and any scrape that failed once it had answered."""
 
-    def __init__(self, url: str | None) -> None:
-        assert url is not None, "the node serves no metrics"
-        self.url = url
+    def __init__(self, net: Consortium, bank: str) -> None:
+        self.net = net
+        self.bank = bank
         self.heights: list[float] = []
         self.took: list[float] = []
         self.failures: list[str] = []
@@ -59,8 +58,7 @@ class Scraper:
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as resp:
-                    text = resp.read().decode()
+                text = self.net.scrape(self.bank, timeout_s=5)  # as the bank's monitoring does
             except OSError as exc:
                 if self.heights:  # before the first answer the node is not listening yet
                     self.failures.append(repr(exc))
@@ -94,7 +92,7 @@ def test_blocks_replayed_without_their_attestations_are_backfilled_in_the_backgr
         raw = fx.open_account("BANK-A", f"acct-{i}", fx.client(f"acct-{i}"))
         assert submit_one(net, live[i % len(live)], raw).result.code == tx_pb2.OK
     missed_top = statuses(net, [live[0]])[live[0]].last_executed
-    scraper = Scraper(net.metrics_url(backup))
+    scraper = Scraper(net, backup)
     scraper.start()
     try:
         net.restart(backup)
