@@ -87,6 +87,7 @@ class AsyncLedgerClient(core.ClientCore):
             return core.END if message is grpc.aio.EOF else message  # type: ignore[attr-defined]  # not in grpc-stubs
         if isinstance(effect, core.Cancel):
             effect.stream.cancel()
+            opened.remove(effect.stream)  # a feed opens one per node it fails over to, for ever
         elif isinstance(effect, core.Sleep):
             await asyncio.sleep(effect.seconds)  # retry backoff between rounds
         elif isinstance(effect, core.Gather):

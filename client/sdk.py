@@ -111,6 +111,7 @@ class LedgerClient(core.ClientCore):
             return next(effect.stream, core.END)
         if isinstance(effect, core.Cancel):
             effect.stream.cancel()
+            opened.remove(effect.stream)  # a feed opens one per node it fails over to, for ever
         elif isinstance(effect, core.Sleep):
             time.sleep(effect.seconds)  # retry backoff between rounds, not a wait for an event
         elif isinstance(effect, core.Gather):
