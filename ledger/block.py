@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -122,39 +122,49 @@ def _signed(raw: bytes, n: int, verify: VerifyFn, what: str) -> tuple[int, conse
     return sm.signer, msg
 
 
-def _bounded(entries: Sequence[bytes], n: int, kind: str) -> None:
+def _votes(
+    entries: Sequence[bytes],
+    n: int,
+    sequence: int,
+    digest: bytes,
+    verify: VerifyFn,
+    kind: str,
+    vote_of: Callable[[Any], V],
+) -> Votes[V]:
+    """Entries (serialized SignedMessages) that are valid ``kind`` messages (a Commit or an
+    Attestation) of block ``digest`` at ``sequence``, grouped by ``vote_of`` the message.
+    Valid: signer a member, signature verifies, body of that kind naming replica == signer,
+    this sequence and digest. More than 2n entries: ProofError malformed."""
     if len(entries) > 2 * n:
-        raise ProofError("malformed", f"{len(entries)} {kind} for n={n}")
-
-
-def commit_votes(
-    commits: Sequence[bytes], n: int, height: int, digest: bytes, verify: VerifyFn
-) -> Votes[int]:
-    """The commits (serialized SignedMessages) for block ``digest`` at ``height``, by view.
-    A valid entry: signer a member, signature verifies, body a Commit naming replica == signer,
-    sequence == height, this digest. More than 2n entries: ProofError malformed."""
-    _bounded(commits, n, "commits")
-    votes: Votes[int] = Votes()
-    for i, raw in enumerate(commits):
-        what = f"commit {i}"
+        raise ProofError("malformed", f"{len(entries)} {kind}s for n={n}")
+    votes: Votes[V] = Votes()
+    for i, raw in enumerate(entries):
+        what = f"{kind} {i}"
         try:
             signer, msg = _signed(raw, n, verify, what)
         except ProofError as exc:
             votes.rejected.append(exc)
             continue
-        if msg.WhichOneof("kind") != "commit":
-            votes.reject("not_commit", f"{what}: is a {msg.WhichOneof('kind')}, not a commit")
+        if msg.WhichOneof("kind") != kind:
+            votes.reject(f"not_{kind}", f"{what}: is a {msg.WhichOneof('kind')}, not a {kind}")
             continue
-        c = msg.commit
-        if c.replica != signer:
-            votes.reject("bad_signer", f"{what}: names replica {c.replica} but is signed by {signer}")
-        elif c.sequence != height:
-            votes.reject("other_block", f"{what}: for sequence {c.sequence}, block is {height}")
-        elif c.digest != digest:
-            votes.reject("other_block", f"{what}: commits to another block digest")
+        body = getattr(msg, kind)
+        if body.replica != signer:
+            votes.reject("bad_signer", f"{what}: names replica {body.replica} but is signed by {signer}")
+        elif body.sequence != sequence or body.digest != digest:
+            votes.reject(
+                "other_block", f"{what}: of another block (sequence {body.sequence}, not {sequence})"
+            )
         else:
-            votes.add(signer, c.view, raw, what)
+            votes.add(signer, vote_of(body), raw, what)
     return votes
+
+
+def commit_votes(
+    commits: Sequence[bytes], n: int, height: int, digest: bytes, verify: VerifyFn
+) -> Votes[int]:
+    """The valid Commits for block ``digest`` at ``height``, by view."""
+    return _votes(commits, n, height, digest, verify, "commit", lambda c: int(c.view))
 
 
 def certified(
@@ -170,29 +180,16 @@ def certified(
 def attestation_votes(
     attestations: Sequence[bytes], n: int, sequence: int, digest: bytes, verify: VerifyFn
 ) -> Votes[tuple[bytes, bytes]]:
-    """The attestations (serialized SignedMessages) of block ``digest`` at ``sequence``, by
-    (results_root, state_root). A valid entry: signer a member, signature verifies, body an
-    Attestation naming replica == signer, this sequence and digest. More than 2n: malformed."""
-    _bounded(attestations, n, "attestations")
-    votes: Votes[tuple[bytes, bytes]] = Votes()
-    for i, raw in enumerate(attestations):
-        what = f"attestation {i}"
-        try:
-            signer, msg = _signed(raw, n, verify, what)
-        except ProofError as exc:
-            votes.rejected.append(exc)
-            continue
-        if msg.WhichOneof("kind") != "attestation":
-            votes.reject("not_attestation", f"{what}: is a {msg.WhichOneof('kind')}, not an attestation")
-            continue
-        a = msg.attestation
-        if a.replica != signer:
-            votes.reject("bad_signer", f"{what}: names replica {a.replica} but is signed by {signer}")
-        elif a.sequence != sequence or a.digest != digest:
-            votes.reject("other_block", f"{what}: attests another block (sequence {a.sequence})")
-        else:
-            votes.add(signer, (bytes(a.results_root), bytes(a.state_root)), raw, what)
-    return votes
+    """The valid Attestations of block ``digest`` at ``sequence``, by (results_root, state_root)."""
+    return _votes(
+        attestations,
+        n,
+        sequence,
+        digest,
+        verify,
+        "attestation",
+        lambda a: (bytes(a.results_root), bytes(a.state_root)),
+    )
 
 
 def attested(
