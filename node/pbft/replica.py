@@ -190,7 +190,8 @@ class Replica(ViewChanging):
                 break
             for signer in certificate.signers:
                 self._saw_vote(signer, certificate.vote)
-            self._execute(header.height, header_raw, envelopes, commits, digest, tx_ids)
+            # Its valid commits only (all of an honest certificate's, in order): kept and served.
+            self._execute(header.height, header_raw, envelopes, certificate.entries, digest, tx_ids)
             progressed = True
         if progressed:
             self._try_execute()
