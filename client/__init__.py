@@ -29,7 +29,8 @@ tests/client/test_live.py)::
         print(ledger.account("ex-bob").balance("USD.BANK-A"))
 
 Modules: amounts (decimal text <-> minor units), wallet (key files), tx (builders, signing),
-verify (certificates, attestations, Merkle proofs), sdk (LedgerClient), cli (ledgerctl).
+verify (certificates, attestations, Merkle proofs), core (the client's decisions, sans-I/O),
+sdk (LedgerClient) and aio (AsyncLedgerClient) over it, cli (ledgerctl).
 """
 
 from client.amounts import AmountError, format_amount, format_money, parse_amount, parse_money

@@ -25,14 +25,13 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError
 
 from ledger import merkle
-from ledger.block import batch_hash, digest_of
+from ledger.block import ProofError, VerifyFn, attested, batch_hash, certified, digest_of
 from ledger.crypto import DOMAIN_CONSENSUS, tx_id_of, verify
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 
 HEADER_BYTES_MAX = 1024
 RESULT_BYTES_MAX = 4096
-CONSENSUS_BODY_BYTES_MAX = 1024  # a Commit or an Attestation is well under 200 bytes
 
 
 class ReceiptError(Exception):
@@ -116,129 +115,46 @@ def _parse(kind: type[_M], raw: bytes, reason: str) -> _M:
     return msg
 
 
-def _signed_body(
-    genesis: Genesis, sm: consensus_pb2.SignedMessage, what: str
-) -> consensus_pb2.ConsensusMessage:
-    """Verify one SignedMessage by a genesis member and decode its ConsensusMessage."""
-    if sm.signer >= genesis.n:
-        raise ReceiptError("non_member", f"{what}: signer {sm.signer} is not a member (n={genesis.n})")
-    if len(sm.body) > CONSENSUS_BODY_BYTES_MAX:
-        raise ReceiptError("malformed", f"{what}: body larger than {CONSENSUS_BODY_BYTES_MAX} bytes")
-    member = genesis.members[sm.signer]
-    if not verify(member.node_key, sm.signature, DOMAIN_CONSENSUS, genesis.chain_id, sm.body):
-        raise ReceiptError("bad_signature", f"{what}: signature of {member.member_id} does not verify")
-    msg = consensus_pb2.ConsensusMessage()
-    try:
-        msg.ParseFromString(sm.body)
-    except DecodeError as exc:
-        raise ReceiptError("malformed", f"{what}: body is not a ConsensusMessage ({exc})") from exc
-    return msg
+def _member_signature(genesis: Genesis) -> VerifyFn:
+    """A consensus signature check against the genesis members' node keys."""
 
+    def check(signer: int, body: bytes, signature: bytes) -> bool:
+        return verify(genesis.members[signer].node_key, signature, DOMAIN_CONSENSUS, genesis.chain_id, body)
 
-class _Tally:
-    """Valid votes grouped by what they vote for; invalid ones kept with their reason.
-
-    Extra or invalid entries are ignored rather than fatal (a node may pass on more votes
-    than needed), but when no group reaches the threshold the error names the first reason.
-    """
-
-    def __init__(self) -> None:
-        self.groups: dict[object, list[int]] = {}
-        self.seen: set[int] = set()
-        self.rejected: list[ReceiptError] = []
-
-    def reject(self, reason: str, message: str) -> None:
-        self.rejected.append(ReceiptError(reason, message))
-
-    def add(self, signer: int, vote: object, what: str) -> None:
-        if signer in self.seen:
-            self.reject("duplicate_signer", f"{what}: replica {signer} signed twice")
-            return
-        self.seen.add(signer)
-        self.groups.setdefault(vote, []).append(signer)
-
-    def winner(self, needed: int, kind: str, split_reason: str, few_reason: str) -> tuple[object, list[int]]:
-        winners = [(vote, signers) for vote, signers in self.groups.items() if len(signers) >= needed]
-        if len(winners) > 1:  # two quorums for different things: only possible beyond f faults
-            raise ReceiptError(split_reason, f"conflicting {kind} each have {needed} signers")
-        if winners:
-            return winners[0]
-        best = max((len(s) for s in self.groups.values()), default=0)
-        message = f"{best} valid matching {kind}, need {needed}"
-        if self.rejected:
-            first = self.rejected[0]
-            raise ReceiptError(first.reason, f"{message}; {first}")
-        raise ReceiptError(split_reason if len(self.groups) > 1 else few_reason, message)
+    return check
 
 
 def verify_certificate(
     genesis: Genesis, header_bytes: bytes, certificate: consensus_pb2.CommitCertificate
 ) -> CertifiedHeader:
     """Check that 2f+1 distinct members committed SHA-256(header_bytes) at header.height
-    in one view."""
+    in one view (ledger/block.py ``certified``: the one rule nodes apply too)."""
     if len(header_bytes) > HEADER_BYTES_MAX:
         raise ReceiptError("malformed", f"header larger than {HEADER_BYTES_MAX} bytes")
     header = _parse(tx_pb2.BlockHeader, header_bytes, "malformed")
     if header.chain_id != genesis.chain_id:
         raise ReceiptError("wrong_chain", f"block is of chain {header.chain_id!r}, not {genesis.chain_id!r}")
     digest = digest_of(header_bytes)
-    commits = certificate.commits
-    if len(commits) > 2 * genesis.n:
-        raise ReceiptError("malformed", f"certificate has {len(commits)} commits for n={genesis.n}")
-    tally = _Tally()
-    for i, sm in enumerate(commits):
-        what = f"commit {i}"
-        try:
-            msg = _signed_body(genesis, sm, what)
-        except ReceiptError as exc:
-            tally.rejected.append(exc)
-            continue
-        if msg.WhichOneof("kind") != "commit":
-            tally.reject("not_commit", f"{what}: is a {msg.WhichOneof('kind')}, not a commit")
-            continue
-        c = msg.commit
-        if c.replica != sm.signer:
-            tally.reject("bad_signer", f"{what}: names replica {c.replica} but is signed by {sm.signer}")
-        elif c.sequence != header.height:
-            tally.reject("other_block", f"{what}: for sequence {c.sequence}, block is {header.height}")
-        elif c.digest != digest:
-            tally.reject("other_block", f"{what}: commits to another block digest")
-        else:
-            tally.add(sm.signer, c.view, what)
-    view, signers = tally.winner(genesis.quorum, "commits", "mixed_views", "too_few_commits")
-    assert isinstance(view, int)
-    return CertifiedHeader(header=header, digest=digest, view=view, commit_signers=tuple(signers))
+    commits = [c.SerializeToString() for c in certificate.commits]
+    try:
+        quorum = certified(commits, genesis.n, genesis.f, header.height, digest, _member_signature(genesis))
+    except ProofError as exc:
+        raise ReceiptError(exc.reason, exc.message) from exc
+    return CertifiedHeader(header=header, digest=digest, view=quorum.vote, commit_signers=quorum.signers)
 
 
 def verify_attestations(
     genesis: Genesis, sequence: int, digest: bytes, attestations: Sequence[consensus_pb2.SignedMessage]
 ) -> Attested:
-    """Check that f+1 distinct members attested the same roots for block (sequence, digest)."""
-    if len(attestations) > 2 * genesis.n:
-        raise ReceiptError("malformed", f"{len(attestations)} attestations for n={genesis.n}")
-    tally = _Tally()
-    for i, sm in enumerate(attestations):
-        what = f"attestation {i}"
-        try:
-            msg = _signed_body(genesis, sm, what)
-        except ReceiptError as exc:
-            tally.rejected.append(exc)
-            continue
-        if msg.WhichOneof("kind") != "attestation":
-            tally.reject("not_attestation", f"{what}: is a {msg.WhichOneof('kind')}, not an attestation")
-            continue
-        a = msg.attestation
-        if a.replica != sm.signer:
-            tally.reject("bad_signer", f"{what}: names replica {a.replica} but is signed by {sm.signer}")
-        elif a.sequence != sequence or a.digest != digest:
-            tally.reject("other_block", f"{what}: attests another block (sequence {a.sequence})")
-        else:
-            tally.add(sm.signer, (bytes(a.results_root), bytes(a.state_root)), what)
-    roots, signers = tally.winner(
-        genesis.f + 1, "attestations", "attestations_disagree", "too_few_attestations"
-    )
-    assert isinstance(roots, tuple)
-    return Attested(results_root=roots[0], state_root=roots[1], signers=tuple(signers))
+    """Check that f+1 distinct members attested the same roots for block (sequence, digest)
+    (ledger/block.py ``attested``)."""
+    entries = [a.SerializeToString() for a in attestations]
+    try:
+        quorum = attested(entries, genesis.n, genesis.f, sequence, digest, _member_signature(genesis))
+    except ProofError as exc:
+        raise ReceiptError(exc.reason, exc.message) from exc
+    results_root, state_root = quorum.vote
+    return Attested(results_root=results_root, state_root=state_root, signers=quorum.signers)
 
 
 class VerificationCache:

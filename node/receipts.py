@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 
 from ledger import merkle, readtoken
+from ledger.block import ProofError, attestation_votes
 from ledger.crypto import SigningKey, tx_id_of
 from ledger.genesis import Genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
@@ -210,27 +211,15 @@ def matching_attestations(
     state_root: bytes,
     candidates: Sequence[bytes],
 ) -> list[bytes]:
-    """The candidates (serialized SignedMessage) that are valid Attestations of exactly this
-    outcome, one per member, in signer order."""
-    good: dict[int, bytes] = {}
-    for raw in candidates:
-        try:
-            body, signer, signature = wire.decode_signed(raw)
-            msg = wire.decode_body(body)
-        except wire.WireError:
-            continue
-        if not isinstance(msg, wire.Attestation) or signer in good or msg.replica != signer:
-            continue
-        if (msg.sequence, msg.digest, msg.results_root, msg.state_root) != (
-            height,
-            digest,
-            results_root,
-            state_root,
-        ):
-            continue
-        if crypto.verify(signer, body, signature):
-            good[signer] = raw
-    return [good[s] for s in sorted(good)]
+    """The candidates (serialized SignedMessage: one peer's served set) that are valid
+    Attestations of exactly this outcome, one per member, in signer order: the attestation rule
+    clients apply (ledger/block.py ``attestation_votes``), taking our own outcome's group.
+    Nothing from a set of more than 2n entries."""
+    try:
+        votes = attestation_votes(candidates, genesis.n, height, digest, crypto.verify)
+    except ProofError:
+        return []
+    return [raw for _, raw in sorted(votes.groups.get((results_root, state_root), []))]
 
 
 def _identity(raw: bytes) -> bytes:
@@ -316,20 +305,21 @@ class AttestationBackfill:
             return False
         digest = wire.digest_of(consensus_pb2.CertifiedBlock.FromString(raw_block).header)
         results_root, state_root = outcome
-        collected: list[bytes] = []
+        good: dict[int, bytes] = {}  # signer -> its attestation of our outcome, from any peer
         for m in self.genesis.members:
             if m.replica == self.own_replica:
                 continue
             resp = await self._get_block(m.replica, height)
             if resp is None:
                 continue
-            collected.extend(a.SerializeToString() for a in resp.attestations)
-            good = matching_attestations(
-                self.genesis, self.crypto, height, digest, results_root, state_root, collected
-            )
+            served = [a.SerializeToString() for a in resp.attestations]
+            for raw in matching_attestations(
+                self.genesis, self.crypto, height, digest, results_root, state_root, served
+            ):
+                good.setdefault(wire.decode_signed(raw)[1], raw)
             if len(good) >= self.genesis.f + 1:
                 with self.store.write() as w:
-                    blocks.put_attestations(w, height, good[: self.genesis.f + 1])
+                    blocks.put_attestations(w, height, [good[s] for s in sorted(good)][: self.genesis.f + 1])
                 self.log.count("attestations_backfilled")
                 return True
         self.log.count("attestations_backfill_failed")

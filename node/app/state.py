@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
+from node.storage.kv import RESULT_RECORD
+
 PREFIX = b"s/"
 ACCOUNT = b"s/a/"
 BALANCE = b"s/b/"
@@ -33,7 +35,7 @@ EXPIRY = b"s/x/"
 SUPPLY = b"s/q/"
 DEPOSIT_REF = b"s/d/"
 PAYOUT_REF = b"s/p/"
-RESULT = b"s/t/"
+RESULT = RESULT_RECORD  # node/storage/kv.py: the block store reads it too
 KEY_ACCOUNTS = b"s/k/"
 META_HEIGHT = b"s/_/height"
 META_TIME = b"s/_/time"

@@ -184,14 +184,14 @@ class Replica(ViewChanging):
                 self._reject("bad_block")
                 break
             digest = wire.digest_of(header_raw)
-            if not self.verifier.commit_certificate(header.height, digest, commits):
+            certificate = self.verifier.commit_certificate(header.height, digest, commits)
+            if certificate is None:
                 self._reject("bad_certificate")
                 break
-            for raw_commit in commits:  # verified just now: cached
-                c = self.verifier.signed(raw_commit)
-                if c is not None and isinstance(c.msg, Commit):
-                    self._saw_vote(c.signer, c.msg.view)
-            self._execute(header.height, header_raw, envelopes, commits, digest, tx_ids)
+            for signer in certificate.signers:
+                self._saw_vote(signer, certificate.vote)
+            # Its valid commits only (all of an honest certificate's, in order): kept and served.
+            self._execute(header.height, header_raw, envelopes, certificate.entries, digest, tx_ids)
             progressed = True
         if progressed:
             self._try_execute()

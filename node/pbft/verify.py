@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ledger.block import ProofError, Quorum, certified
 from node.pbft import wire
 from node.pbft.actions import ConsensusCrypto
 from node.pbft.config import ReplicaConfig
-from node.pbft.wire import Checkpoint, Commit, Prepare, PreparedCert, PrePrepare, Signed, ViewChange
+from node.pbft.wire import Checkpoint, Prepare, PreparedCert, PrePrepare, Signed, ViewChange
 
 _CACHE_MAX = 8192
 
@@ -138,22 +139,13 @@ class Verifier:
             checked.append(c)
         return checked
 
-    def commit_certificate(self, sequence: int, digest: bytes, commits: Sequence[bytes]) -> bool:
-        """2f+1 valid commits from distinct replicas on (view, sequence, digest), one view."""
-        if len(commits) < self.cfg.quorum or len(commits) > self.cfg.n:
-            return False
-        view: int | None = None
-        signers: set[int] = set()
-        for raw in commits:
-            s = self.signed(raw)
-            if s is None or not isinstance(s.msg, Commit):
-                return False
-            c = s.msg
-            if c.sequence != sequence or c.digest != digest or s.signer in signers:
-                return False
-            if view is None:
-                view = c.view
-            if c.view != view:
-                return False
-            signers.add(s.signer)
-        return True
+    def commit_certificate(
+        self, sequence: int, digest: bytes, commits: Sequence[bytes]
+    ) -> Quorum[int] | None:
+        """The commit certificate rule clients apply too (ledger/block.py ``certified``): 2f+1
+        distinct replicas' valid commits on (sequence, digest) in one view; its view and
+        signers, else None."""
+        try:
+            return certified(commits, self.cfg.n, self.cfg.f, sequence, digest, self.crypto.verify)
+        except ProofError:
+            return None

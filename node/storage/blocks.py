@@ -21,9 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
-from node.app.codec import decode_result
-from node.app.state import result_key
-from node.storage.kv import KVReader, KVStore, KVWriter
+from ledger.v1 import tx_pb2
+from node.storage.kv import RESULT_RECORD, KVReader, KVStore, KVWriter
 
 BLOCK = b"b/h/"
 RESULTS = b"b/r/"
@@ -153,9 +152,9 @@ class TxLocation:
 
 def find_tx(r: KVReader, tx_id: bytes) -> TxLocation | None:
     """Where tx_id's receipt lives: its recorded result, else its latest unrecorded one."""
-    final = r.get(result_key(tx_id))
-    if final is not None:
-        result = decode_result(final)
+    final = r.get(RESULT_RECORD + tx_id)
+    if final is not None:  # written by our own ledger (node/app): a serialized TxResult
+        result = tx_pb2.TxResult.FromString(final)
         return TxLocation(result.height, result.index, True)
     raw = r.get(TX_INDEX + tx_id)
     if raw is None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Protocol
 
 from ledger.v1 import api_pb2
-from node.app.postings import ESCROW_CREATE, Posting
 from node.storage.kv import KVReader, KVWriter
 
 HISTORY = b"x/h/"
@@ -65,6 +65,22 @@ def _short(data: bytes) -> bytes:
     return bytes((len(data),)) + data  # ids are bounded well under 256 bytes (genesis limits)
 
 
+class Posting(Protocol):
+    """What the index stores of one posting (node/app/postings.py builds them)."""
+
+    account: str
+    asset: str
+    index: int
+    kind: int  # a ledger.v1.PostingKind value
+    delta_available: int
+    delta_held: int
+    available_after: int
+    held_after: int | None  # None: the entry does not change held
+    counterparty: str
+    escrow_id: str
+    tx_id: bytes
+
+
 def put_postings(w: KVWriter, height: int, time_ms: int, postings: Sequence[Posting]) -> None:
     """Index a block's postings (in the block's write transaction): one put per posting, and
     one more per entry that changes held (x/k/), two more per escrow created (x/e/)."""
@@ -84,7 +100,7 @@ def put_postings(w: KVWriter, height: int, time_ms: int, postings: Sequence[Post
         w.put(HISTORY + pair + where, entry)
         if p.held_after is not None:
             w.put(HELD + pair + where, _HELD.pack(p.held_after))
-        if p.kind == ESCROW_CREATE:
+        if p.kind == api_pb2.POSTING_KIND_ESCROW_CREATE:
             w.put(escrows_prefix(p.account) + p.escrow_id.encode(), b"\x01")
             w.put(escrows_prefix(p.counterparty) + p.escrow_id.encode(), b"\x01")
 

@@ -23,6 +23,10 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 KEY_BYTES_MAX = 511  # LMDB's default compile-time maximum key size
+# In node/app's space: tx_id's recorded (final) result, a serialized ledger.v1.TxResult. The
+# block store reads it to find a receipt (node/storage/blocks.py find_tx), so it is defined here,
+# below both, and node/app/state.py takes it from here.
+RESULT_RECORD = b"s/t/"
 
 
 class InvalidKeyError(ValueError):
