@@ -49,6 +49,7 @@ from node.reflection import enable_reflection
 from node.security import NodeSecurity, SecurityError, load_security
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
+from node.storage.prune import Pruner
 from node.transport import PeerLinks, ReplicaServer, server_options
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
@@ -117,7 +118,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     # First: LMDB, the log and every socket count against the open-file limit.
     open_files = raise_open_files_limit()
     connections_max = connections_cap(limits.connections_max, open_files)
-    log = EventLog(member.member_id, config.log_path)
+    log = EventLog(member.member_id, config.log_path, limits.log_file_bytes_max, limits.log_files_kept)
     try:
         security: NodeSecurity = load_security(config, genesis, member, log)
     except SecurityError as exc:
@@ -189,6 +190,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         # relayed yet with it, and they commit only once clients resubmit elsewhere (the likely
         # cause, not traced message by message).
         relay_delay_ms=limits.view_change_timeout_ms // 5,
+        pruner=None if config.retention.archive else Pruner(config.retention),
     )
     backfill = AttestationBackfill(
         genesis,

@@ -34,7 +34,7 @@ from node.app import state as st
 from node.history import QueryError, check_id, invalid, known_account, parse
 from node.pbft import wire
 from node.receipts import block_reply, field_bytes
-from node.storage import blocks
+from node.storage import blocks, prune
 from node.storage.kv import KVReader
 
 FILTER_IDS_MAX = 64
@@ -58,6 +58,8 @@ class FeedDriver(Protocol):
     async def wait_attested(self, height: int, timeout_s: float) -> bool: ...
 
     def unlikely_to_be_attested(self, height: int) -> bool: ...
+
+    def retention(self) -> prune.Retention: ...
 
 
 class Backfill(Protocol):
@@ -166,6 +168,13 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
             f"from_height {req.from_height} is past this node's next height {driver.head.last_executed + 1} "
             f"(waited {FUTURE_WAIT_S:g}s)",
         )
+    with driver.read() as r:
+        first = prune.first_block(r)
+    if req.from_height < first:
+        raise QueryError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            prune.pruned_message(f"block {req.from_height}", first, driver.retention()),
+        )
     height = req.from_height
     skipped = 0  # heights with no match not yet reported
     while not req.max_blocks or height < req.from_height + req.max_blocks:
@@ -181,7 +190,13 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
                 continue
         with driver.read() as r:
             raw_block = blocks.get_block(r, height)
-            assert raw_block is not None, f"executed block {height} missing from the store"
+            if raw_block is None:  # a consumer slower than the retention: pruned under it
+                first = prune.first_block(r)
+                assert height < first, f"executed block {height} missing from the store"
+                raise QueryError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    prune.pruned_message(f"block {height}", first, driver.retention()),
+                )
             envelopes = list(wire.decode_certified_block(raw_block)[1])
             matches = chooser.matches(r, envelopes)
         if matches or chooser.everything:
