@@ -42,6 +42,7 @@ from node.log import EventLog
 from node.metrics import NodeMetrics, NodeSources
 from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
+from node.pbft.journal import restore as restore_journal
 from node.pbft.replica import Replica
 from node.ports import port_holders
 from node.receipts import AttestationBackfill
@@ -51,6 +52,7 @@ from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.storage.prune import Pruner
 from node.transport import PeerLinks, ReplicaServer, server_options
+from node.votes import VoteGuard, VoteRecord, VoteRecordError, start_floor
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
 PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
@@ -139,6 +141,12 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         journal = blocks.read_journal(r)
         # Both are written in the one transaction per block; disagreement is a corrupt store.
         assert ledger.last_height(r) == head.last_executed, "ledger height and block head disagree"
+    try:
+        record = VoteRecord.load(config.votes_path)
+    except VoteRecordError as exc:
+        raise StartupError(str(exc), 2) from exc
+    with store.read() as r:
+        floor = start_floor(record, r, not journal, restore_journal(journal).view)
     crypto = Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id)
     replica = Replica(
         ReplicaConfig(
@@ -161,7 +169,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         head.last_executed,
         head.state_root,
         now_ms=int(time.time() * 1000),  # the clock the driver's ticks carry on
+        vote_floor=floor,
     )
+    votes = VoteGuard(config.votes_path, record, replica, limits.log_window, store)
     # SERVING only once this node can reach a quorum (2f peers + itself): a client told it is
     # healthy can then expect its transaction to reach enough replicas to commit.
     quorum_links = asyncio.Event()
@@ -191,6 +201,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         # cause, not traced message by message).
         relay_delay_ms=limits.view_change_timeout_ms // 5,
         pruner=None if config.retention.archive else Pruner(config.retention),
+        before_send=votes.before_send,
     )
     backfill = AttestationBackfill(
         genesis,
@@ -304,6 +315,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         tls=config.tls,
         last_executed=head.last_executed,
         journal_records=len(journal),
+        abstaining=floor is not None,
+        vote_floor=None if floor is None else f"view {floor[0]}, sequence {floor[1]}",
         open_files=open_files,
         connections_max=connections_max,
     )
@@ -415,6 +428,7 @@ def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:
         out["view"] = int(replica.view)
         out["in_view_change"] = int(replica.in_view_change)
         out["stable_checkpoint"] = int(replica.stable_seq)
+        out["replica_abstaining"] = int(replica.abstaining)  # restored: not voting until caught up
         out["replica_pending"] = len(replica.pending)
         return out
 

@@ -200,6 +200,7 @@ class Driver:
         own_replica: int,
         relay_delay_ms: int = RELAY_DELAY_MS,
         pruner: prune.Pruner | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self.genesis = genesis
         self.store = store
@@ -250,6 +251,9 @@ class Driver:
         # Seconds from a block's proposal (its primary's timestamp) to its execution here.
         self.observe_commit_latency_s: Callable[[float], None] = _ignore
         self.pruner = pruner
+        # Called after a group's records are on disk and before its messages leave: the vote
+        # record (node/votes.py) is raised there, outside the data directory.
+        self.before_send = before_send
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -685,6 +689,8 @@ class Driver:
         for a in attested:
             self.wake_waiters(a.sequence)
         outbox, self._outbox = self._outbox, []
+        if outbox and self.before_send is not None:
+            self.before_send()
         for action in outbox:
             if isinstance(action, act.Send):
                 self.transport.send(action.to, action.message)
