@@ -110,8 +110,8 @@ def read_manifest(backup: Path) -> BackupInfo:
         raise BackupError(f"{path}: not a backup manifest ({exc})") from exc
 
 
-def restore_backup(backup: Path, data_dir: Path, member_id: str, chain_id: str) -> BackupInfo:
-    """Replace the (stopped) node's data directory with the backup's store."""
+def check_backup(backup: Path, member_id: str, chain_id: str) -> BackupInfo:
+    """The backup's manifest, if it is a backup of this member's store on this chain."""
     info = read_manifest(backup)
     if (info.member_id, info.chain_id) != (member_id, chain_id):
         raise BackupError(
@@ -119,6 +119,12 @@ def restore_backup(backup: Path, data_dir: Path, member_id: str, chain_id: str) 
         )
     if not (backup / "data.mdb").is_file():
         raise BackupError(f"{backup}: no data.mdb")
+    return info
+
+
+def restore_backup(backup: Path, data_dir: Path, member_id: str, chain_id: str) -> BackupInfo:
+    """Replace the (stopped) node's data directory with the backup's store."""
+    info = check_backup(backup, member_id, chain_id)
     staging = data_dir.with_name(data_dir.name + ".restoring")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

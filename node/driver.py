@@ -85,6 +85,7 @@ FORWARD_BATCH_MAX = 256  # envelopes per Forward RPC (a peer drops one over its 
 # peer (its link still up) would otherwise hold every fetch until the transport's timeout.
 FETCH_HEDGE_S = 0.5
 PRUNE_EVERY_TICKS = 25  # how often (in ticks: 0.5 s by default) the loop looks for blocks to prune
+PRUNE_LOG_EVERY_BLOCKS = 1_000  # a "pruned" event each time the first kept height passes a multiple
 
 
 def _receipt_heights(r: KVReader, tx_ids: Sequence[bytes]) -> dict[bytes, int | None]:
@@ -555,7 +556,8 @@ class Driver:
             step = self.pruner.step(w, head, stable)
         self.log.count("pruned_blocks", step.blocks)
         self.log.count("pruned_txs", step.txs)
-        self.log.event("pruned", blocks=step.blocks, txs=step.txs, first_block=step.first)
+        if step.first // PRUNE_LOG_EVERY_BLOCKS != (step.first - step.blocks) // PRUNE_LOG_EVERY_BLOCKS:
+            self.log.event("pruned", first_block=step.first, total_blocks=self.pruner.pruned_blocks)
         return []
 
     def retention(self) -> prune.Retention:

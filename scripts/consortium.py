@@ -75,7 +75,14 @@ from ledger import tls  # noqa: E402
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis  # noqa: E402
 from ledger.pki import PkiError  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc  # noqa: E402
-from node.backup import BackupError, BackupInfo, disk_bytes, restore_backup, take_backup  # noqa: E402
+from node.backup import (  # noqa: E402
+    BackupError,
+    BackupInfo,
+    check_backup,
+    disk_bytes,
+    restore_backup,
+    take_backup,
+)
 from node.config import NodeConfig, NodeLimits, load_node_config  # noqa: E402
 from node.storage.prune import Retention  # noqa: E402
 from node.votes import VoteRecord, VoteRecordError  # noqa: E402
@@ -553,6 +560,10 @@ class Consortium:
         if self.pid(bank) is not None:
             raise ConsortiumError(f"{bank} is running (pid {self.pid(bank)}): stop it first")
         config = self.node_config(bank)
+        try:
+            check_backup(source, bank, self.genesis().chain_id)
+        except BackupError as exc:
+            raise ConsortiumError(str(exc)) from exc
         if floor_from_peers:
             self._vote_record_from_peers(bank, config)
         elif not config.votes_path.exists():
