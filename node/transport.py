@@ -395,7 +395,11 @@ class PeerLinks:
                 self._log.count("fetch_pruned")
                 if self._log.counters["fetch_pruned"] % 100 == 1:
                     self._log.event(
-                        "catch_up_pruned", peer=peer_id, from_height=from_height, reason=exc.details()
+                        "catch_up_pruned",
+                        peer=peer_id,
+                        from_height=from_height,
+                        reason=exc.details(),
+                        needs="an archive node among the peers, or state sync",
                     )
             return None
         except Exception:
