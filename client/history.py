@@ -281,8 +281,9 @@ FEED_RETRY_S = 0.5  # between rounds over every node
 
 class FeedFailover:
     """When a feed's node fails, the feed goes on from the next height on another node.
-    Definite answers end it (NOT_FOUND: unknown filter id; INVALID_ARGUMENT; OUT_OF_RANGE from
-    every node in turn: the height is past every node's head, or below what any keeps); it
+    Definite answers end it (NOT_FOUND: unknown filter id; INVALID_ARGUMENT; OUT_OF_RANGE or
+    FAILED_PRECONDITION from every node in turn: the height is past every node's head, or
+    pruned below what any keeps); it
     gives up after two rounds over every node without a verified message: Unverified when
     every failure was an answer that did not verify, Unreachable otherwise."""
 
@@ -304,7 +305,8 @@ class FeedFailover:
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise LedgerError(describe(endpoint, "feed", exc)) from exc
             self.errors.append(describe(endpoint, "feed", exc))
-            self.out_of_range += code == grpc.StatusCode.OUT_OF_RANGE
+            # past the node's head, or pruned below its retention: this node does not serve it
+            self.out_of_range += code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION)
             if self.out_of_range >= self.endpoints:
                 raise LedgerError(f"feed: no node serves that height ({self.errors[-1]})") from exc
         elif isinstance(exc, ReceiptError):

@@ -45,6 +45,7 @@ from node.log import EventLog
 from node.metrics import MetricsTls, NodeMetrics, NodeSources
 from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
+from node.pbft.journal import restore as restore_journal
 from node.pbft.replica import Replica
 from node.ports import port_holders
 from node.receipts import AttestationBackfill
@@ -52,7 +53,9 @@ from node.reflection import enable_reflection
 from node.security import NodeSecurity, SecurityError, load_security
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
+from node.storage.prune import Pruner
 from node.transport import PeerLinks, ReplicaServer, server_options
+from node.votes import VoteGuard, VoteRecord, VoteRecordError, start_floor
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
 PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
@@ -120,7 +123,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     # First: LMDB, the log and every socket count against the open-file limit.
     open_files = raise_open_files_limit()
     connections_max = connections_cap(limits.connections_max, open_files)
-    log = EventLog(member.member_id, config.log_path)
+    log = EventLog(member.member_id, config.log_path, limits.log_file_bytes_max, limits.log_files_kept)
     try:
         security: NodeSecurity = load_security(config, genesis, member, log)
     except SecurityError as exc:
@@ -141,6 +144,12 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         journal = blocks.read_journal(r)
         # Both are written in the one transaction per block; disagreement is a corrupt store.
         assert ledger.last_height(r) == head.last_executed, "ledger height and block head disagree"
+    try:
+        record = VoteRecord.load(config.votes_path)
+    except VoteRecordError as exc:
+        raise StartupError(str(exc), 2) from exc
+    with store.read() as r:
+        floor = start_floor(record, r, not journal, restore_journal(journal).view)
     crypto = Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id)
     replica = Replica(
         ReplicaConfig(
@@ -163,7 +172,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         head.last_executed,
         head.state_root,
         now_ms=int(time.time() * 1000),  # the clock the driver's ticks carry on
+        vote_floor=floor,
     )
+    votes = VoteGuard(config.votes_path, record, replica, limits.log_window, store)
     # SERVING only once this node can reach a quorum (2f peers + itself): a client told it is
     # healthy can then expect its transaction to reach enough replicas to commit.
     quorum_links = asyncio.Event()
@@ -192,6 +203,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         # relayed yet with it, and they commit only once clients resubmit elsewhere (the likely
         # cause, not traced message by message).
         relay_delay_ms=limits.view_change_timeout_ms // 5,
+        pruner=None if config.retention.archive else Pruner(config.retention),
+        before_send=votes.before_send,
     )
     backfill = AttestationBackfill(
         genesis,
@@ -305,6 +318,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         tls=config.tls,
         last_executed=head.last_executed,
         journal_records=len(journal),
+        abstaining=floor is not None,
+        vote_floor=None if floor is None else f"view {floor[0]}, sequence {floor[1]}",
         open_files=open_files,
         connections_max=connections_max,
     )
@@ -431,6 +446,7 @@ def replica_status(replica: Replica) -> Callable[[], dict[str, int]]:
         out["view"] = int(replica.view)
         out["in_view_change"] = int(replica.in_view_change)
         out["stable_checkpoint"] = int(replica.stable_seq)
+        out["replica_abstaining"] = int(replica.abstaining)  # restored: not voting until caught up
         out["replica_pending"] = len(replica.pending)
         return out
 

@@ -7,9 +7,11 @@ One loader, ``load_node_config``; every error names the file and the field.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from node.storage.prune import Retention
 
 CONFIG_BYTES_MAX = 1 << 16
 
@@ -63,6 +65,10 @@ class NodeLimits:
     # least keepalive_ms / 2 apart (what our own channels send, with room for timer jitter).
     keepalive_ms: int = 10_000
     keepalive_timeout_ms: int = 5_000
+    # events.log rotates past this size (events.log -> events.log.1 -> ...), keeping this many
+    # old files besides the current one.
+    log_file_bytes_max: int = 64 << 20
+    log_files_kept: int = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,18 @@ class NodeConfig:
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
     metrics_listen: str | None = None  # host:port for Prometheus metrics (/metrics); None = off
+    # Which old blocks are pruned (node/storage/prune.py); the default keeps every block.
+    retention: Retention = field(default_factory=Retention)
+    # The vote record (node/votes.py): the highest view and sequence this node may have voted
+    # in, kept outside data_dir so that a restore or a wipe of data_dir does not take it back.
+    # None: beside data_dir, as <data_dir>.votes.json.
+    vote_record_path: Path | None = None
+
+    @property
+    def votes_path(self) -> Path:
+        if self.vote_record_path is not None:
+            return self.vote_record_path
+        return self.data_dir.with_name(self.data_dir.name + ".votes.json")
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -96,6 +114,12 @@ class NodeConfig:
             "limits": asdict(self.limits),
             "tls": self.tls,
         }
+        if not self.retention.archive:
+            doc["retention"] = {
+                k: v for k, v in (("blocks", self.retention.blocks), ("hours", self.retention.hours)) if v
+            }
+        if self.vote_record_path is not None:
+            doc["vote_record_path"] = str(self.vote_record_path)
         for key, value in (("tls_cert_path", self.tls_cert_path), ("tls_key_path", self.tls_key_path)):
             if value is not None:
                 doc[key] = str(value)
@@ -124,6 +148,8 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         "tls",
         "tls_cert_path",
         "tls_key_path",
+        "retention",
+        "vote_record_path",
     }
     unknown = set(data) - known
     if unknown:
@@ -166,6 +192,11 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
             raise ConfigError(f"{where}.metrics_listen: host:port or null")
         _listen(metrics_listen, f"{where}.metrics_listen")
 
+    retention = _retention(data.get("retention", {}), f"{where}.retention")
+    raw_votes = data.get("vote_record_path")
+    if raw_votes is not None and (not isinstance(raw_votes, str) or not raw_votes):
+        raise ConfigError(f"{where}.vote_record_path: a non-empty string or null")
+
     raw_limits = data.get("limits", {})
     if not isinstance(raw_limits, dict):
         raise ConfigError(f"{where}.limits: expected an object")
@@ -197,7 +228,26 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         tls_cert_path=tls_paths["tls_cert_path"],
         tls_key_path=tls_paths["tls_key_path"],
         metrics_listen=metrics_listen,
+        retention=retention,
+        vote_record_path=None if raw_votes is None else path(raw_votes),
     )
+
+
+def _retention(raw: Any, where: str) -> Retention:
+    """{"blocks": N, "hours": H}, either or both; {} (or no field) is archive mode."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f'{where}: an object such as {{"blocks": 100000}} or {{"hours": 24}}; {{}} keeps all'
+        )
+    bad = set(raw) - {"blocks", "hours"}
+    if bad:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(bad)} (blocks, hours)")
+    values: dict[str, int] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < (1 << 40):
+            raise ConfigError(f"{where}.{key}: a positive integer, got {value!r}")
+        values[key] = value
+    return Retention(blocks=values.get("blocks"), hours=values.get("hours"))
 
 
 def load_node_config(path: Path) -> NodeConfig:

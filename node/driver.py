@@ -37,7 +37,7 @@ from node.fairqueue import FairQueue
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
-from node.storage import blocks, history
+from node.storage import blocks, history, prune
 from node.storage.kv import KVReader, KVStore, KVWriter
 
 # The event queue, per source (node/fairqueue.py): the ticker, the clients, each peer connection.
@@ -84,6 +84,8 @@ FORWARD_BATCH_MAX = 256  # envelopes per Forward RPC (a peer drops one over its 
 # Catch-up asks the next peer too when one has not answered within this long: a paused or slow
 # peer (its link still up) would otherwise hold every fetch until the transport's timeout.
 FETCH_HEDGE_S = 0.5
+PRUNE_EVERY_TICKS = 25  # how often (in ticks: 0.5 s by default) the loop looks for blocks to prune
+PRUNE_LOG_EVERY_BLOCKS = 1_000  # a "pruned" event each time the first kept height passes a multiple
 
 
 def _receipt_heights(r: KVReader, tx_ids: Sequence[bytes]) -> dict[bytes, int | None]:
@@ -118,6 +120,11 @@ class ReplicaLike(Protocol):
     @property
     def rejected(self) -> int:
         """How many inputs it has rejected so far (bad signatures, garbage, wrong views...)."""
+        ...
+
+    @property
+    def stable_seq(self) -> int:
+        """Its last stable checkpoint: nothing after it is pruned."""
         ...
 
     def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]: ...
@@ -193,6 +200,8 @@ class Driver:
         genesis_root: bytes,
         own_replica: int,
         relay_delay_ms: int = RELAY_DELAY_MS,
+        pruner: prune.Pruner | None = None,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self.genesis = genesis
         self.store = store
@@ -242,6 +251,10 @@ class Driver:
         self.own_replica = own_replica
         # Seconds from a block's proposal (its primary's timestamp) to its execution here.
         self.observe_commit_latency_s: Callable[[float], None] = _ignore
+        self.pruner = pruner
+        # Called after a group's records are on disk and before its messages leave: the vote
+        # record (node/votes.py) is raised there, outside the data directory.
+        self.before_send = before_send
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -426,17 +439,24 @@ class Driver:
         return self.transport.is_up(replica)
 
     def status_counters(self) -> dict[str, int]:
+        with self.store.read() as r:
+            first = prune.first_block(r)
         return {
             "executed_blocks": self.stats.executed_blocks,
             "executed_txs": self.stats.executed_txs,
             "fetched_blocks": self.stats.fetched_blocks,
+            "first_block": first,  # the lowest height still stored (pruning)
         }
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
+        """Certified blocks for a peer's catch-up; prune.BlocksPruned below the first kept one."""
         out: list[bytes] = []
         with self.store.read() as r:
             last = blocks.read_head(r, self.genesis_root).last_executed
             height = max(from_height, 1)
+            first = prune.first_block(r)
+            if height < first:
+                raise prune.BlocksPruned(prune.pruned_message(f"block {height}", first, self.retention()))
             while height <= last and len(out) < max_blocks:
                 raw = blocks.get_block(r, height)
                 assert raw is not None, f"executed block {height} missing from the store"
@@ -511,11 +531,37 @@ class Driver:
 
     async def _ticker(self) -> None:
         period = self.tick_ms / 1000
+        ticks = 0
         while True:
             await asyncio.sleep(period)  # the clock itself: ticks are the replica's time source
             now_ms = int(time.time() * 1000)
             self._enqueue(functools.partial(self.replica.on_tick, now_ms), "ticks_dropped_full")
             self._expire_pending()
+            ticks += 1
+            if self.pruner is not None and ticks % PRUNE_EVERY_TICKS == 0:
+                self._enqueue(self._prune, "prunes_dropped_full")
+
+    # --- pruning (node/storage/prune.py) --------------------------------------------------
+    # A bounded step in the loop's turn, in a write transaction of its own (only this loop
+    # writes LMDB): at most prune.PRUNE_BLOCKS_MAX blocks, so it delays the next event by a few
+    # milliseconds at most, and only when there is something to prune.
+
+    def _prune(self) -> list[act.Action]:
+        assert self.pruner is not None
+        head, stable = self.head.last_executed, self.replica.stable_seq
+        with self.store.read() as r:
+            if not self.pruner.due(r, head, stable):
+                return []
+        with self.store.write() as w:
+            step = self.pruner.step(w, head, stable)
+        self.log.count("pruned_blocks", step.blocks)
+        self.log.count("pruned_txs", step.txs)
+        if step.first // PRUNE_LOG_EVERY_BLOCKS != (step.first - step.blocks) // PRUNE_LOG_EVERY_BLOCKS:
+            self.log.event("pruned", first_block=step.first, total_blocks=self.pruner.pruned_blocks)
+        return []
+
+    def retention(self) -> prune.Retention:
+        return prune.Retention() if self.pruner is None else self.pruner.retention
 
     def _expire_pending(self) -> None:
         # A request the replica dropped (duplicate, refused) never executes here; forget it
@@ -645,6 +691,8 @@ class Driver:
         for a in attested:
             self.wake_waiters(a.sequence)
         outbox, self._outbox = self._outbox, []
+        if outbox and self.before_send is not None:
+            self.before_send()
         for action in outbox:
             if isinstance(action, act.Send):
                 self.transport.send(action.to, action.message)

@@ -35,7 +35,7 @@ from node.app import state as st
 from node.history import QueryError, check_id, invalid, known_account, parse
 from node.pbft import wire
 from node.receipts import block_reply, field_bytes
-from node.storage import blocks
+from node.storage import blocks, prune
 from node.storage.kv import KVReader
 
 FILTER_IDS_MAX = 64
@@ -59,6 +59,8 @@ class FeedDriver(Protocol):
     async def wait_attested(self, height: int, timeout_s: float) -> bool: ...
 
     def unlikely_to_be_attested(self, height: int) -> bool: ...
+
+    def retention(self) -> prune.Retention: ...
 
 
 class Backfill(Protocol):
@@ -167,6 +169,13 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
             f"from_height {req.from_height} is past this node's next height {driver.head.last_executed + 1} "
             f"(waited {FUTURE_WAIT_S:g}s)",
         )
+    with driver.read() as r:
+        first = prune.first_block(r)
+    if req.from_height < first:
+        raise QueryError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            prune.pruned_message(f"block {req.from_height}", first, driver.retention()),
+        )
     height = req.from_height
     skipped = 0  # heights with no match not yet reported
     while not req.max_blocks or height < req.from_height + req.max_blocks:
@@ -182,8 +191,8 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
                 continue
         with driver.read() as r:
             raw_block = blocks.get_block(r, height)
-            if raw_block is None:
-                raise _not_kept(height)
+            if raw_block is None:  # a consumer slower than the retention: pruned under it
+                raise _not_kept(r, driver, height)
             envelopes = list(wire.decode_certified_block(raw_block)[1])
             matches = chooser.matches(r, envelopes)
         if matches or chooser.everything:
@@ -193,8 +202,8 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
             await _attested(driver, backfill, height)
             with driver.read() as r:
                 reply = block_reply(r, height, genesis.f + 1)
-            if reply is None:
-                raise _not_kept(height)
+                if reply is None:
+                    raise _not_kept(r, driver, height)
             head = api_pb2.FeedMessage(height=height, matches=matches, last_height=driver.head.last_executed)
             yield head.SerializeToString() + field_bytes(_BLOCK, reply)
         else:
@@ -207,12 +216,12 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
         yield _marker(height - 1, driver.head.last_executed)
 
 
-def _not_kept(height: int) -> QueryError:
-    """An executed height whose block this node no longer keeps (pruned below its retention)."""
+def _not_kept(r: KVReader, driver: FeedDriver, height: int) -> QueryError:
+    """An executed height whose block this node no longer keeps (pruned below its retention):
+    FAILED_PRECONDITION, as every read of a pruned block (node/storage/prune.py)."""
     return QueryError(
-        grpc.StatusCode.OUT_OF_RANGE,
-        f"block {height} is no longer kept on this node (below its retention): "
-        "read it from a node that keeps it, or resume from a later height",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        prune.pruned_message(f"block {height}", prune.first_block(r), driver.retention()),
     )
 
 

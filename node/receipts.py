@@ -32,7 +32,7 @@ from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
 from node.security import Dial
-from node.storage import blocks
+from node.storage import blocks, prune
 from node.storage.kv import KVReader, KVStore
 
 PROOF_CACHE_BLOCKS = 64
@@ -319,6 +319,8 @@ class AttestationBackfill:
                 good.setdefault(wire.decode_signed(raw)[1], raw)
             if len(good) >= self.genesis.f + 1:
                 with self.store.write() as w:
+                    if blocks.get_outcome(w, height) is None:  # pruned meanwhile
+                        return False
                     blocks.put_attestations(w, height, [good[s] for s in sorted(good)][: self.genesis.f + 1])
                 self.log.count("attestations_backfilled")
                 return True
@@ -349,6 +351,10 @@ class AttestationBackfill:
             scanned, found = self._scan(scanned, last)
             gaps.update(dict.fromkeys(found, 0.0))
             now = time.monotonic()
+            with self.store.read() as r:
+                first = prune.first_block(r)
+            for height in [h for h in gaps if h < first]:  # pruned: nothing to fill any more
+                del gaps[height]
             due = sorted(h for h, at in gaps.items() if at <= now and unlikely(h))[:BACKFILL_SCAN_BLOCKS]
             for height in due:
                 with self.store.read() as r:
@@ -369,8 +375,9 @@ class AttestationBackfill:
     def _scan(self, scanned: int, last: int) -> tuple[int, list[int]]:
         """(how far it has looked now, the heights without attestations found) over at most
         BACKFILL_SCAN_BLOCKS heights after ``scanned``, in one read transaction."""
-        top = min(last, scanned + BACKFILL_SCAN_BLOCKS)
         with self.store.read() as r:
+            scanned = max(scanned, prune.first_block(r) - 1)  # pruned blocks need nothing
+            top = min(last, scanned + BACKFILL_SCAN_BLOCKS)
             found = [h for h in range(scanned + 1, top + 1) if r.get(blocks.attestations_key(h)) is None]
         return max(scanned, top), found
 

@@ -29,6 +29,7 @@ from node.config import NodeLimits
 from node.log import EventLog
 from node.peerauth import PeerAuth
 from node.security import Dial
+from node.storage.prune import BlocksPruned
 
 SERVICE = "ledger.v1.ReplicaService"
 _ACK = consensus_pb2.PeerAck().SerializeToString()
@@ -247,7 +248,11 @@ class ReplicaServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a FetchBlocksRequest")
             raise AssertionError("unreachable") from None  # abort raises
         max_blocks = min(max(req.max_blocks, 1), self._limits.fetch_blocks_max)
-        blocks, last = self._inbound.fetch_blocks(req.from_height, max_blocks)
+        try:
+            blocks, last = self._inbound.fetch_blocks(req.from_height, max_blocks)
+        except BlocksPruned as exc:  # the peer needs state sync (or an archive node)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from None  # abort raises
         # Stay under the message limit: stop adding blocks once the next would pass it.
         budget = self._limits.peer_message_bytes_max - 1024
         out = consensus_pb2.FetchBlocksResponse(last_height=last)
@@ -382,8 +387,20 @@ class PeerLinks:
         try:
             raw = await call(req.SerializeToString(), timeout=FETCH_TIMEOUT_S)
             resp = consensus_pb2.FetchBlocksResponse.FromString(raw)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             self._log.count("fetch_failed")
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The peer pruned the blocks we need: catch-up needs an archive node or state
+                # sync. Said in the log at the first time and every 100th after that.
+                self._log.count("fetch_pruned")
+                if self._log.counters["fetch_pruned"] % 100 == 1:
+                    self._log.event(
+                        "catch_up_pruned",
+                        peer=peer_id,
+                        from_height=from_height,
+                        reason=exc.details(),
+                        needs="an archive node among the peers, or state sync",
+                    )
             return None
         except Exception:
             self._log.count("peer_garbage")

@@ -8,6 +8,11 @@
     python scripts/consortium.py restart BANK-B    start it again (kills it first if running)
     python scripts/consortium.py down              stop every node it started: SIGTERM, then SIGKILL
     python scripts/consortium.py demo              the lifecycle demo (scripts/demo.py) in --dir
+    python scripts/consortium.py start BANK-B      start one node
+    python scripts/consortium.py wipe BANK-B       stop it and delete its data directory (it rejoins
+                                                   by replay when started; the vote record stays)
+    python scripts/consortium.py backup BANK-B --out PATH     online, consistent copy of its store
+    python scripts/consortium.py restore BANK-B --from PATH   put a backup back (node stopped)
 
 A bank on its own host uses the two steps ``init`` runs for every bank (scripts/members.py):
 
@@ -28,6 +33,7 @@ SDK, demo, chaos and bench scripts rely on:
         <BANK>.monitor.pem, <BANK>.monitor-key.pem (the bank monitoring's client certificate: metrics)
     nodes/<BANK>/config.json           node config (node/config.py)
     nodes/<BANK>/data/                 LMDB environment
+    nodes/<BANK>/data.votes.json       the vote record (node/votes.py): kept by wipe and restore
     nodes/<BANK>/events.log            JSON event lines of the node
     nodes/<BANK>/stderr.log            anything else the process printed
     nodes/<BANK>/node.pid              pid of the running process (removed when stopped)
@@ -49,6 +55,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -56,7 +63,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +78,17 @@ from ledger import tls  # noqa: E402
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis  # noqa: E402
 from ledger.pki import PkiError  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc  # noqa: E402
+from node.backup import (  # noqa: E402
+    BackupError,
+    BackupInfo,
+    check_backup,
+    disk_bytes,
+    restore_backup,
+    take_backup,
+)
 from node.config import NodeConfig, NodeLimits, load_node_config  # noqa: E402
+from node.storage.prune import Retention  # noqa: E402
+from node.votes import VoteRecord, VoteRecordError  # noqa: E402
 
 CURRENCIES: tuple[tuple[str, int], ...] = (("USD", 2), ("EUR", 2), ("GBP", 2), ("CHF", 2), ("JPY", 0))
 HOST = "127.0.0.1"
@@ -541,6 +558,76 @@ class Consortium:
     def node_config(self, bank: str) -> NodeConfig:
         return load_node_config(self.config_path(bank))
 
+    # --- retention, backup, restore, wipe (issue 18) --------------------------------------
+
+    def set_retention(self, retention: Retention, bank: str | None = None) -> None:
+        """Write a retention policy into one bank's node config (every bank's without ``bank``);
+        it takes effect when the node (re)starts."""
+        for b in [bank] if bank else self.banks():
+            config = replace(self.node_config(b), retention=retention)
+            self.config_path(b).write_text(config.to_json())
+
+    def backup(self, bank: str, out: Path) -> BackupInfo:
+        """An online, consistent, compacted copy of the bank's store (running or not)."""
+        self.member(bank)
+        try:
+            return take_backup(self.node_config(bank).data_dir, out, bank, self.genesis().chain_id)
+        except BackupError as exc:
+            raise ConsortiumError(str(exc)) from exc
+
+    def restore(self, bank: str, source: Path, floor_from_peers: bool = False) -> BackupInfo:
+        """Put a backup back as the (stopped) bank's store. Its vote record must be there (it
+        is what keeps the restored node from voting against its own votes since the backup);
+        on a new host without it, ``floor_from_peers`` writes one from the others' status."""
+        self.member(bank)
+        if self.pid(bank) is not None:
+            raise ConsortiumError(f"{bank} is running (pid {self.pid(bank)}): stop it first")
+        config = self.node_config(bank)
+        try:
+            check_backup(source, bank, self.genesis().chain_id)
+        except BackupError as exc:
+            raise ConsortiumError(str(exc)) from exc
+        if floor_from_peers:
+            self._vote_record_from_peers(bank, config)
+        elif not config.votes_path.exists():
+            raise ConsortiumError(
+                f"no vote record at {config.votes_path}: the node may have voted after this backup was "
+                "taken and would not know it. Copy the record from the node's old host, or pass "
+                "--vote-floor-from-peers to derive one from the other nodes (f+1 must answer)"
+            )
+        try:
+            return restore_backup(source, config.data_dir, bank, self.genesis().chain_id)
+        except BackupError as exc:
+            raise ConsortiumError(str(exc)) from exc
+
+    def _vote_record_from_peers(self, bank: str, config: NodeConfig) -> None:
+        """A record above anything the node could have voted, from the other nodes' status: a
+        view above the highest they report (a replica is at most one view ahead of a quorum), a
+        sequence two windows past the highest stable checkpoint. Unsigned answers: a liar can
+        only raise it, which makes the node abstain longer."""
+        genesis = self.genesis()
+        answers = [st for b in self.banks() if b != bank and (st := self.node_status(b)) is not None]
+        if len(answers) < genesis.f + 1:
+            raise ConsortiumError(f"only {len(answers)} other nodes answered; need f+1 = {genesis.f + 1}")
+        window = config.limits.log_window
+        try:
+            old = VoteRecord.load(config.votes_path)
+        except VoteRecordError:
+            old = VoteRecord()
+        VoteRecord(
+            max(old.view, max(st.view for st in answers) + 1),
+            max(old.sequence, max(st.stable_checkpoint for st in answers) + 2 * window),
+        ).save(config.votes_path)
+
+    def wipe(self, bank: str) -> str:
+        """Stop the bank's node and delete its data directory; the vote record stays, so the
+        node abstains from voting when it comes back until it has caught up past it."""
+        report = self.stop(bank)
+        data_dir = self.node_config(bank).data_dir
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        return f"{report}; {data_dir} wiped"
+
     def status_records(self) -> list[dict[str, object]]:
         """`status --json`: per node, what an operator or a script checks (null when down)."""
         out: list[dict[str, object]] = []
@@ -559,7 +646,13 @@ class Consortium:
                     "height": None if st is None else st.last_executed,
                     "state_root": None if st is None else st.state_root.hex(),
                     "stable_checkpoint": None if st is None else st.stable_checkpoint,
-                    "disk_bytes": None if st is None else st.counters["disk_used_bytes"],
+                    # What the store's files take on disk now (also when the node is down).
+                    "disk_bytes": disk_bytes(self.node_config(info.bank).data_dir),
+                    "disk_used_bytes": None if st is None else st.counters["disk_used_bytes"],
+                    "first_block": None if st is None else st.counters["first_block"],
+                    "abstaining": None if st is None else bool(st.counters["replica_abstaining"]),
+                    # Catch-up refused by peers that pruned the blocks: needs state sync.
+                    "fetch_pruned": None if st is None else st.counters["fetch_pruned"],
                     "disk_budget_bytes": None if st is None else st.counters["disk_budget_bytes"],
                     "peers_up": None if st is None else sum(p.up for p in st.peers),
                 }
@@ -667,8 +760,19 @@ def main(argv: list[str] | None = None) -> int:
     p_genesis.add_argument("public", nargs="+", type=Path, help="public parts, in replica order")
     p_status = sub.add_parser("status", help="each node's view, height, state root, disk and metrics URL")
     p_status.add_argument("--json", action="store_true", help="one JSON object per node, a line each")
-    for name in ("kill", "restart", "start", "stop"):
+    for name in ("kill", "restart", "start", "stop", "wipe"):
         sub.add_parser(name).add_argument("bank")
+    p_backup = sub.add_parser("backup", help="online, consistent, compacted copy of one node's store")
+    p_backup.add_argument("bank")
+    p_backup.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    p_restore = sub.add_parser("restore", help="put a backup back as a stopped node's store")
+    p_restore.add_argument("bank")
+    p_restore.add_argument("--from", dest="source", type=Path, required=True, help="a backup folder")
+    p_restore.add_argument(
+        "--vote-floor-from-peers",
+        action="store_true",
+        help="no vote record on this host: derive one from the other nodes' status",
+    )
     sub.add_parser("down")
     sub.add_parser(
         "demo", help="start a consortium in --dir and run the demo (scripts/demo.py)"
@@ -710,6 +814,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.bank}: started, pid {pid}, healthy")
         elif args.command == "stop":
             print(c.stop(args.bank))
+        elif args.command == "wipe":
+            print(c.wipe(args.bank))
+        elif args.command == "backup":
+            info = c.backup(args.bank, args.out)
+            print(
+                f"{args.bank}: backup at height {info.height} in {args.out}: {info.bytes} bytes, "
+                f"{info.seconds:.2f}s"
+            )
+        elif args.command == "restore":
+            info = c.restore(args.bank, args.source, args.vote_floor_from_peers)
+            print(
+                f"{args.bank}: restored to height {info.height} from {args.source}; start it with "
+                f"`consortium.py start {args.bank}` (it abstains from voting until caught up)"
+            )
         elif args.command == "down":
             lines = c.down()
             if not lines:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from node.storage.blocks import Head
 from node.storage.kv import KVReader
+from node.storage.prune import Retention
 
 
 class NodePort(Protocol):
@@ -56,6 +57,10 @@ class NodePort(Protocol):
         ...
 
     def peer_up(self, replica: int) -> bool: ...
+
+    def retention(self) -> Retention:
+        """Which old blocks this node prunes (for the messages of reads below the first kept)."""
+        ...
 
     def status_counters(self) -> dict[str, int]:
         """executed_blocks, executed_txs, fetched_blocks, ..."""

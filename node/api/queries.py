@@ -14,7 +14,9 @@ from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.api.authority import ReadAuthority, header_view
 from node.api.common import Abort, checked_tx_id, parse
 from node.api.port import NodePort
+from node.app.codec import decode_result
 from node.app.ledger import Ledger
+from node.app.state import result_key
 from node.log import EventLog
 from node.receipts import (
     AttestationBackfill,
@@ -24,7 +26,8 @@ from node.receipts import (
     field_bytes,
     field_varint,
 )
-from node.storage import blocks
+from node.storage import blocks, prune
+from node.storage.kv import KVReader
 
 # GetBlocks: blocks per reply, and its size (as a ReceiptBatch's: under clients' default 4 MiB).
 BLOCKS_PER_REPLY_MAX = 512
@@ -72,6 +75,7 @@ class Queries:
             "a key that signed the transaction or a member's operator key",
         )
         with self.node.read() as r:
+            self._pruned_tx(r, tx_id)
             receipt = build_receipt(r, self.proofs, tx_id, require_attested=False)
         if (
             receipt is not None
@@ -80,6 +84,7 @@ class Queries:
         ):
             await self.backfill.fill(receipt.result.height)
         with self.node.read() as r:
+            self._pruned_tx(r, tx_id)  # pruned while the backfill ran
             receipt = build_receipt(r, self.proofs, tx_id, require_attested=False)
             if receipt is None:
                 if not self.node.holds(tx_id):
@@ -107,6 +112,32 @@ class Queries:
             receipt=receipt, envelope=envelope, status=api_pb2.TX_STATUS_COMMITTED
         )
         return out.SerializeToString()
+
+    def _pruned_tx(self, r: KVReader, tx_id: bytes) -> None:
+        """FAILED_PRECONDITION for a transaction whose block was pruned here. The ledger keeps
+        its recorded result (code, height, index), which the message gives; the receipt (the
+        block's certificate, proofs and attestations) and the envelope went with the block."""
+        found = blocks.find_tx(r, tx_id)
+        first = prune.first_block(r)
+        if found is None or found.height >= first:
+            return
+        what = f"the block of transaction {tx_id.hex()} (height {found.height})"
+        recorded = r.get(result_key(tx_id)) if found.recorded else None
+        outcome = ""
+        if recorded is not None:
+            outcome = f"; its recorded result: {decode_result(recorded).code.name} at height {found.height}"
+        raise Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            prune.pruned_message(what, first, self.node.retention()) + outcome,
+        )
+
+    def _pruned_block(self, r: KVReader, height: int) -> None:
+        first = prune.first_block(r)
+        if 1 <= height < first:
+            raise Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                prune.pruned_message(f"block {height}", first, self.node.retention()),
+            )
 
     async def _reach(self, min_height: int) -> None:
         """Return once this node has executed min_height, waiting at most MIN_HEIGHT_WAIT_S
@@ -151,6 +182,7 @@ class Queries:
         req = parse(api_pb2.GetBlockRequest, raw)
         caller = self.authority.known(token, "GetBlock", SCOPE_ALL)
         with self.node.read() as r:
+            self._pruned_block(r, req.height)
             reply = block_reply(r, req.height, self.genesis.f + 1)
         if reply is None:
             raise Abort(grpc.StatusCode.NOT_FOUND, f"no block at height {req.height} here")
@@ -172,6 +204,7 @@ class Queries:
         height = req.from_height
         with self.node.read() as r:
             last = self.ledger.last_height(r)
+            self._pruned_block(r, height)
             while height <= last and len(parts) < count_max:
                 block = block_reply(r, height, self.genesis.f + 1)
                 assert block is not None, f"executed block {height} missing from the store"

@@ -51,6 +51,9 @@ class ReplicaCore:
 
         self.view = 0
         self.in_view_change = False  # sent VIEW-CHANGE for self.view, its NEW-VIEW not yet accepted
+        # (view, sequence) this replica may have voted up to before its journal was taken (a
+        # restore from a backup, a wiped store): while set it abstains (replica.py, "Abstaining").
+        self.vote_floor: tuple[int, int] | None = None
         self.stable_seq = 0
         self.stable_proof: tuple[bytes, ...] = ()
         self.slots: dict[int, Slot] = {}
@@ -280,7 +283,7 @@ class ReplicaCore:
         self._deadline = self.now_ms + self._timeout() if self._work_outstanding() else None
 
     def _maybe_propose(self) -> None:
-        if self.in_view_change or not self.is_primary:
+        if self.in_view_change or not self.is_primary or self.vote_floor is not None:
             return
         while (
             self.seq_next < self.stable_seq + self.cfg.log_window

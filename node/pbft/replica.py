@@ -15,6 +15,7 @@ from node.pbft.actions import (
     Broadcast,
     ConsensusCrypto,
     ForwardRequests,
+    Note,
 )
 from node.pbft.config import ReplicaConfig
 from node.pbft.views import ViewChanging
@@ -43,9 +44,38 @@ class Replica(ViewChanging):
         last_state_root: bytes,
         *,
         now_ms: int,
+        vote_floor: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(config, crypto, last_executed, last_state_root, now_ms)
         self._restore(journal)
+        self.vote_floor = vote_floor
+
+    # --- abstaining ------------------------------------------------------------------------
+    # A replica whose journal is older than what it may have sent (restored from a backup, its
+    # data directory wiped) must not vote against its lost votes. The node keeps, outside the
+    # data directory, a vote record (node/votes.py): the highest view it entered and the highest
+    # sequence it could vote on (its stable checkpoint + log_window), raised before any message
+    # leaves. Given that record as ``vote_floor`` = (V, S), the replica abstains: it sends no
+    # PRE-PREPARE, PREPARE, COMMIT, VIEW-CHANGE or NEW-VIEW and takes none, and follows the chain
+    # only by certified blocks (catch-up on the others' checkpoints), signing only checkpoints
+    # and attestations, which state what certified blocks executed to and cannot contradict
+    # anything. Once its stable checkpoint has reached S (every sequence it could have voted on
+    # is below it, certified and never re-proposed) and it has executed that far, it votes
+    # again, in a view no lower than V: it may have sent a VIEW-CHANGE for V, and must not come
+    # back down (docs/ARCHITECTURE.md, "A replica alone in another view").
+
+    @property
+    def abstaining(self) -> bool:
+        return self.vote_floor is not None
+
+    def _maybe_stop_abstaining(self) -> None:
+        floor = self.vote_floor
+        if floor is None or self.stable_seq < floor[1] or self.last_executed < self.stable_seq:
+            return
+        self.vote_floor = None
+        self._out.append(Note("abstain_ended", {"floor_view": floor[0], "floor_sequence": floor[1]}))
+        if floor[0] > self.view:
+            self._start_view_change(floor[0])
 
     # --- entry points ----------------------------------------------------------------------
 
@@ -110,6 +140,17 @@ class Replica(ViewChanging):
         self._out = []
         gap = now_ms - self.now_ms
         self.now_ms = max(self.now_ms, now_ms)
+        self._maybe_stop_abstaining()
+        if self.vote_floor is not None:  # no timers, no view changes: catch-up only
+            # Asked at each checkpoint it is behind, and once a retransmit period anyway: it
+            # takes no votes, so nothing else tells it of blocks after the last checkpoint.
+            if (
+                self.next_execute <= self.stable_seq
+                or self.now_ms - self._last_retransmit_ms >= self.cfg.retransmit_ms
+            ):
+                self._last_retransmit_ms = self.now_ms
+                self._fetch(tuple(r for r in range(self.cfg.n) if r != self.id))
+            return self._out
         if self._deadline is not None and gap > self.cfg.view_change_timeout_ms // 4:
             # This process was frozen (SIGSTOP, a VM pause, a long stall): what the others sent
             # meanwhile is still queued behind this tick, so time it could not watch does not
@@ -133,7 +174,7 @@ class Replica(ViewChanging):
     def on_peer_up(self, peer: int) -> list[Action]:
         """The transport's link to ``peer`` (re)connected."""
         self._out = []
-        if 0 <= peer < self.cfg.n and peer != self.id:
+        if 0 <= peer < self.cfg.n and peer != self.id and self.vote_floor is None:
             self._bring_up_to_date(peer)
         return self._out
 
@@ -212,6 +253,9 @@ class Replica(ViewChanging):
 
     def _dispatch(self, s: Signed, batch: memoryview | None) -> None:
         m: Body = s.msg
+        if self.vote_floor is not None and not isinstance(m, Checkpoint | Attestation):
+            self.counters["abstaining_ignored"] += 1  # not the sender's fault: no rejection
+            return
         if isinstance(m, PrePrepare | Prepare | Commit):
             self._saw_vote(s.signer, m.view)
         if isinstance(m, PrePrepare):

@@ -99,7 +99,7 @@ class ViewChanging(ReplicaCore):
         left behind: a partition or pause hid the view change from us, and executing what they
         commit by catch-up would keep us out of every quorum for good. Asking for their view
         makes its primary send us its NEW-VIEW (_bring_up_to_date)."""
-        if replica == self.id or view <= self._voted_in.get(replica, -1):
+        if replica == self.id or view <= self._voted_in.get(replica, -1) or self.vote_floor is not None:
             return
         self._voted_in[replica] = view
         above = sorted((v for v in self._voted_in.values() if v > self.view), reverse=True)

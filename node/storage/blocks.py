@@ -37,7 +37,7 @@ JOURNAL = b"j/"
 HASH_BYTES = 32
 
 
-def _height_key(prefix: bytes, height: int) -> bytes:
+def height_key(prefix: bytes, height: int) -> bytes:
     return prefix + struct.pack(">Q", height)
 
 
@@ -97,9 +97,9 @@ def put_executed_block(
     last = 0 if raw_last is None else struct.unpack(">Q", raw_last)[0]
     assert height == last + 1, f"executing {height} after {last}"
     assert len(tx_ids) == len(results) == len(recorded)
-    w.put(_height_key(BLOCK, height), certified_block)
-    w.put(_height_key(RESULTS, height), pack_list(results))
-    w.put(_height_key(OUTCOME, height), results_root + state_root)
+    w.put(height_key(BLOCK, height), certified_block)
+    w.put(height_key(RESULTS, height), pack_list(results))
+    w.put(height_key(OUTCOME, height), results_root + state_root)
     # A recorded result is found through the ledger's record (find_tx), which names its height
     # and index: one key per transaction, not two (each a random B-tree page to write and
     # fsync). Only unrecorded results (a forged or malformed copy) are indexed here; the latest
@@ -114,24 +114,24 @@ def put_executed_block(
 
 
 def get_block(r: KVReader, height: int) -> bytes | None:
-    return r.get(_height_key(BLOCK, height))
+    return r.get(height_key(BLOCK, height))
 
 
 def get_results(r: KVReader, height: int) -> tuple[bytes, ...]:
-    raw = r.get(_height_key(RESULTS, height))
+    raw = r.get(height_key(RESULTS, height))
     return () if raw is None else unpack_list(raw)
 
 
 def get_outcome(r: KVReader, height: int) -> tuple[bytes, bytes] | None:
     """(results_root, state_root) of an executed block."""
-    raw = r.get(_height_key(OUTCOME, height))
+    raw = r.get(height_key(OUTCOME, height))
     if raw is None:
         return None
     return raw[:HASH_BYTES], raw[HASH_BYTES:]
 
 
 def attestations_key(height: int) -> bytes:
-    return _height_key(ATTESTATIONS, height)
+    return height_key(ATTESTATIONS, height)
 
 
 def put_attestations(w: KVWriter, height: int, attestations: Sequence[bytes]) -> None:
@@ -139,7 +139,7 @@ def put_attestations(w: KVWriter, height: int, attestations: Sequence[bytes]) ->
 
 
 def get_attestations(r: KVReader, height: int) -> tuple[bytes, ...]:
-    raw = r.get(_height_key(ATTESTATIONS, height))
+    raw = r.get(height_key(ATTESTATIONS, height))
     return () if raw is None else unpack_list(raw)
 
 

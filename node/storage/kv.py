@@ -3,7 +3,8 @@
 node/app and the consensus journal see only these protocols; node/storage/lmdb_store.py
 implements them on LMDB and node/storage/memory.py in memory for tests and the simulator.
 Key spaces (prefixes) are owned: b"s/" ledger state (node/app), b"b/" blocks and certificates,
-b"m/" node metadata, b"j/" consensus journal, b"x/" node-local
+b"m/" node metadata (m/first_block: node/storage/prune.py; m/restored: node/votes.py),
+b"j/" consensus journal, b"x/" node-local
 indexes that are not ledger state (node/storage/history.py: account history, escrows by account).
 
 Keys are 1..KEY_BYTES_MAX bytes in both stores: get, put and delete of any other key raise

@@ -17,6 +17,7 @@ import grpc
 from ledger import readtoken
 from ledger.crypto import SigningKey, load_key
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
+from node.storage.prune import Retention
 from tests.app.factory import Factory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,10 +33,15 @@ WAIT_S = 20.0
 
 
 @contextmanager
-def running_consortium(directory: Path, limits: dict[str, int] | None = None) -> Iterator[Consortium]:
+def running_consortium(
+    directory: Path, limits: dict[str, int] | None = None, retention: Retention | None = None
+) -> Iterator[Consortium]:
     """A 4-bank consortium; every node it started is stopped by pid on exit, even on failure."""
     c = Consortium(directory)
     try:
+        if retention is not None:
+            c.init(4, limits=limits)
+            c.set_retention(retention)
         c.up(4, limits=limits)
         yield c
     finally:

@@ -141,6 +141,10 @@ def test_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -> None:
         ({**BASE, "limits": {"batch_size_max": True}}, "batch_size_max"),
         ({**BASE, "limits": {"nope": 1}}, "nope"),
         ({**BASE, "limits": {"log_window": 30, "checkpoint_interval": 20}}, "log_window"),
+        ({**BASE, "retention": {"blocks": 0}}, "retention.blocks"),
+        ({**BASE, "retention": {"days": 3}}, "retention: unknown field"),
+        ({**BASE, "retention": 5}, "retention: an object"),
+        ({**BASE, "vote_record_path": ""}, "vote_record_path"),
         ([1, 2], "JSON object"),
     ],
 )
@@ -195,3 +199,39 @@ def test_scoped_reads_free_lmdb_reader_slots_held_by_suspended_coroutines(tmp_pa
 
     assert asyncio.run(scenario()) == [b"v"] * 300
     store.close()
+
+
+def test_retention_and_vote_record_round_trip(tmp_path: Path) -> None:
+    from node.storage.prune import Retention
+
+    cfg = load_node_config(_write(tmp_path, {**BASE, "retention": {"blocks": 100, "hours": 2}}))
+    assert cfg.retention == Retention(blocks=100, hours=2) and not cfg.retention.archive
+    assert load_node_config(_write(tmp_path, json.loads(cfg.to_json()))) == cfg
+    assert load_node_config(_write(tmp_path, BASE)).retention.archive  # no field: keep everything
+    assert cfg.votes_path == cfg.data_dir.with_name(cfg.data_dir.name + ".votes.json")  # beside it
+    moved = load_node_config(_write(tmp_path, {**BASE, "vote_record_path": "votes/a.json"}))
+    assert moved.votes_path == tmp_path / "votes" / "a.json"
+
+
+def test_event_log_rotates_by_size_and_keeps_n_files(tmp_path: Path) -> None:
+    from node.log import EventLog
+
+    path = tmp_path / "events.log"
+    log = EventLog("BANK-A", path, file_bytes_max=2_000, files_kept=2)
+    for i in range(200):
+        log.event("tick", i=i)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["events.log", "events.log.1", "events.log.2"]
+    assert all(p.stat().st_size <= 2_000 for p in tmp_path.iterdir())
+    lines = [
+        json.loads(x)
+        for n in ("events.log.2", "events.log.1", "events.log")
+        for x in (tmp_path / n).read_text().splitlines()
+    ]
+    assert [x["i"] for x in lines] == list(range(200 - len(lines), 200))  # the newest, in order
+    assert log.counters["log_rotations"] > 2
+    reopened = EventLog("BANK-A", path, file_bytes_max=2_000, files_kept=2)  # appends, counts what is there
+    reopened.event("again")
+    reopened.close()
+    assert (tmp_path / "events.log").stat().st_size <= 2_000

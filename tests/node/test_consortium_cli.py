@@ -153,3 +153,36 @@ def test_port_holders_names_the_process_and_the_state() -> None:
         held = port_holders(port)
     assert f"pid {os.getpid()} (" in held and "LISTEN" in held
     assert "no socket on it" in port_holders(port)
+
+
+def test_backup_and_restore_refuse_what_would_be_unsafe(tmp_path: Path) -> None:
+    import json
+
+    from consortium import ConsortiumError
+
+    from node.storage import blocks
+    from node.storage.lmdb_store import LmdbStore
+    from node.votes import RESTORED, VoteRecord
+
+    c = Consortium(tmp_path / "c")
+    c.init(4)
+    data = c.node_config("BANK-C").data_dir
+    with LmdbStore(data, map_size_bytes=1 << 24) as store, store.write() as w:
+        w.put(blocks.LAST_EXECUTED, (7).to_bytes(8, "big"))
+        w.put(blocks.STATE_ROOT, b"r" * 32)
+    info = c.backup("BANK-C", tmp_path / "b")
+    assert (info.member_id, info.height, info.state_root) == ("BANK-C", 7, (b"r" * 32).hex())
+    assert json.loads((tmp_path / "b" / "backup.json").read_text())["height"] == 7
+    with LmdbStore(tmp_path / "b", map_size_bytes=1 << 24) as copy, copy.read() as r:
+        assert r.get(RESTORED) is not None  # whoever starts from it abstains first
+    with pytest.raises(ConsortiumError, match="not empty"):
+        c.backup("BANK-C", tmp_path / "b")
+    with pytest.raises(ConsortiumError, match="backup of BANK-C"):
+        c.restore("BANK-D", tmp_path / "b")  # another bank's store
+    votes = c.node_config("BANK-C").votes_path
+    with pytest.raises(ConsortiumError, match="no vote record"):
+        c.restore("BANK-C", tmp_path / "b")  # it may have voted after the backup
+    VoteRecord(2, 90).save(votes)
+    assert c.restore("BANK-C", tmp_path / "b").height == 7
+    c.wipe("BANK-C")
+    assert not any(data.iterdir()) and VoteRecord.load(votes) == VoteRecord(2, 90)  # the record stays

@@ -96,6 +96,7 @@ class ScriptedReplica:
         self.after_executed: list[act.Action] = []
         self.primary = 0  # the driver under test is replica 1
         self.rejected = 0
+        self.stable_seq = 0
 
     def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
         self.pending[tx_id] = envelope

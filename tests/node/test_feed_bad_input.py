@@ -5,6 +5,7 @@ answers OUT_OF_RANGE, each a clear, bounded answer. Live cases: tests/node/test_
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -18,7 +19,7 @@ from ledger.genesis import Genesis, load_genesis
 from ledger.v1 import api_pb2
 from node.feed import feed
 from node.history import QueryError
-from node.storage import blocks
+from node.storage import blocks, prune
 from node.storage.kv import KVReader
 from node.storage.memory import MemoryStore
 
@@ -34,6 +35,11 @@ class Node:
     def __init__(self, last: int) -> None:
         self.head = blocks.Head(last, b"\0" * 32, b"")
         self.store = MemoryStore()
+        with self.store.write() as w:  # as the pruner leaves it: every block pruned
+            w.put(prune.FIRST_BLOCK, struct.pack(">Q", last + 1))
+
+    def retention(self) -> prune.Retention:
+        return prune.Retention(blocks=10)
 
     def read(self) -> AbstractContextManager[KVReader]:
         return self.store.read()
@@ -66,9 +72,10 @@ def _refusal(genesis: Genesis, node: Node, req: api_pb2.FeedRequest) -> QueryErr
     return err.value
 
 
-def test_a_height_below_what_the_node_keeps_is_out_of_range_and_says_so(genesis: Genesis) -> None:
+def test_a_height_below_what_the_node_keeps_is_refused_and_says_so(genesis: Genesis) -> None:
     err = _refusal(genesis, Node(last=50), api_pb2.FeedRequest(from_height=3))
-    assert err.code == grpc.StatusCode.OUT_OF_RANGE and "block 3 is no longer kept" in err.message
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "block 3 was pruned: this node keeps blocks from height 51 on" in err.message
 
 
 def test_a_height_past_the_head_is_out_of_range_after_a_bounded_wait(genesis: Genesis) -> None:
@@ -108,7 +115,7 @@ def test_the_sdk_ends_a_feed_every_node_refuses_as_out_of_range() -> None:
     )
     # One node that pruned the block is not the answer: the feed goes on at the next node.
     failover = FeedFailover(4)
-    failover.failed("node-0", _error(grpc.StatusCode.OUT_OF_RANGE, "block 3 is no longer kept"))
+    failover.failed("node-0", _error(grpc.StatusCode.FAILED_PRECONDITION, "block 3 was pruned"))
     failover.failed("node-1", _error(grpc.StatusCode.UNAVAILABLE, "down"))
     failover.progressed()  # node-2 served the height
     for i in range(3):

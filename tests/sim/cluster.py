@@ -3,6 +3,7 @@ checkers (agreement, validity, ledger agreement, liveness). One seed fixes every
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import heapq
 import random
@@ -66,13 +67,17 @@ class SimNode:
         self.up = True
         self.heard: list[bytes] = []
         self.attested = 0
+        # The vote record (node/votes.py), kept apart from the journal: (view, sequence) this
+        # replica may have voted up to, raised before anything it sends leaves (apply).
+        self.record = (0, 0)
+        self.backup: tuple[dict[bytes, bytes], App, dict[int, bytes], set[bytes], set[bytes]] | None = None
         self.replica = self._new_replica()
 
     @property
     def honest(self) -> bool:
         return self.behaviour in ("", "crash")
 
-    def _new_replica(self) -> Replica:
+    def _new_replica(self, vote_floor: tuple[int, int] | None = None) -> Replica:
         return Replica(
             self.sim.config_for(self.id),
             self.crypto,
@@ -80,11 +85,36 @@ class SimNode:
             self.app.last_executed,
             self.app.state_root,
             now_ms=self.sim.now,
+            vote_floor=vote_floor,
         )
 
     def restart(self) -> None:
         self.up = True
         self.replica = self._new_replica()
+
+    def take_backup(self) -> None:
+        """What an online backup holds: the journal, the state and the blocks, as of now."""
+        self.backup = (
+            dict(self.journal),
+            copy.deepcopy(self.app),
+            dict(self.blocks),
+            set(self.executed_ids),
+            set(self.first_ids),
+        )
+
+    def restore(self, floor: bool) -> None:
+        """Back from the backup (kept since take_backup), with the vote record as its floor
+        (``floor``: the rule of node/votes.py; without it, to show the checks catch amnesia)."""
+        assert self.backup is not None
+        journal, app, blocks, executed, first = self.backup
+        self.journal, self.app, self.blocks = dict(journal), copy.deepcopy(app), dict(blocks)
+        self.executed_ids, self.first_ids = set(executed), set(first)
+        self.up = True
+        self.replica = self._new_replica(self.record if floor else None)
+
+    def raise_record(self) -> None:
+        r = self.replica
+        self.record = (max(self.record[0], r.view), max(self.record[1], r.stable_seq + r.cfg.log_window))
 
 
 class Simulation:
@@ -192,6 +222,7 @@ class Simulation:
     # --- the driver: actions in order ----------------------------------------------------------
 
     def apply(self, node: SimNode, actions: list[Action]) -> None:
+        node.raise_record()  # as the node's driver does before the group's messages leave
         for a in actions:
             if isinstance(a, Persist):
                 if a.value is None:
@@ -310,6 +341,10 @@ class Simulation:
         for r, down, up in sc.crashes:
             self._push(down, "crash", r)
             self._push(up, "restart", r)
+        for r, backup_at, down, up in sc.restores:
+            self._push(backup_at, "backup", r)
+            self._push(down, "crash", r)
+            self._push(up, "restore", r)
         self._push(0, "tick")
         self._push(CLIENT_RETRY_MS, "retry")
         deadline = sc.faults_until_ms + sc.liveness_bound_ms
@@ -401,9 +436,17 @@ class Simulation:
                 node.up = False
             views = {n.id: (n.replica.view, n.replica.in_view_change) for n in self.nodes}
             self.trace.append(f"{self.now:>6} crash all (view, in view change): {views}")
-        elif kind == "restart":
+        elif kind == "backup":
             (r,) = args
-            self.nodes[r].restart()
+            self.nodes[r].take_backup()
+            self.trace.append(f"{self.now:>6} r{r} backup at {self.nodes[r].app.last_executed}")
+        elif kind in ("restart", "restore"):
+            (r,) = args
+            if kind == "restart":
+                self.nodes[r].restart()
+            else:
+                self.nodes[r].restore(self.sc.restore_floor)
+                self.trace.append(f"{self.now:>6} r{r} restore to {self.nodes[r].app.last_executed}")
             self.trace.append(f"{self.now:>6} r{r} restart (view {self.nodes[r].replica.view})")
             # As the node's transport does: links to and from the restarted replica come up.
             for other in self.nodes:

@@ -30,6 +30,11 @@ class Scenario:
     # after_ms, every replica crashes at once; all restart down_ms later (issue 21: a replica
     # back alone in the view it asked for, the others in the view they never left).
     crash_all_on_view_change: tuple[int, int] | None = None
+    # (replica, backup at, crash at, restore at): an online backup, a crash, and a restart from
+    # that backup's journal and state (node/votes.py); restore_floor False drops the vote
+    # record (the replica then forgets what it voted after the backup).
+    restores: list[tuple[int, int, int, int]] = field(default_factory=list)
+    restore_floor: bool = True
     batch_size_max: int = 4
     checkpoint_interval: int = 4
     log_window: int = 8
@@ -74,4 +79,38 @@ def random_scenario(seed: int, app: str = "echo") -> Scenario:
             size = rng.randint(1, n // 2)
             group = frozenset(rng.sample(range(n), size)) if rng.random() < 0.6 else frozenset({0})
             sc.partitions.append((start, end, group))
+    return sc
+
+
+def restore_scenario(seed: int, app: str = "echo", floor: bool = True, liars: bool = False) -> Scenario:
+    """A random scenario, plus one more replica that is restored from an old backup: backed up,
+    crashed a while later (having voted meanwhile), then restarted from that backup's journal
+    and state. Requests go on for 3 s after it is back, so that the others move its vote floor
+    past (their stable checkpoint passes the highest sequence it could have voted on). With the
+    floor it counts as correct: the others may still hold f faulty replicas (``liars``: as many
+    as random_scenario drew, with at least one that lies); without, at most f - 1, since a
+    replica abstaining until caught up leaves 2f voting when f others are silent. Its own
+    generator: random_scenario's seeds stay what they were."""
+    sc = random_scenario(seed, app)
+    rng = random.Random(seed * 31 + 7)
+    sc.restore_floor = floor
+    if liars:
+        if not any(b != "crash" for b in sc.faulty.values()):
+            sc.faulty[max(r for r in range(sc.n) if r not in sc.faulty)] = rng.choice(
+                ("equivocate", "forge", "replay")
+            )
+        while len(sc.faulty) > sc.f:
+            del sc.faulty[min(r for r, b in sc.faulty.items() if b == "crash" or len(sc.faulty) > sc.f)]
+    else:
+        while len(sc.faulty) >= sc.f:
+            del sc.faulty[max(sc.faulty)]
+    sc.crashes = [c for c in sc.crashes if sc.faulty.get(c[0]) == "crash"]
+    r = rng.choice([x for x in range(sc.n) if x not in sc.faulty])
+    backup_at = rng.randint(0, sc.faults_until_ms // 2)
+    down = rng.randint(backup_at + 100, sc.faults_until_ms - 200)
+    up = rng.randint(down + 10, sc.faults_until_ms)
+    sc.restores = [(r, backup_at, down, up)]
+    sc.submit_until_ms = up + 3_000
+    sc.faults_until_ms = max(sc.faults_until_ms, up)
+    sc.requests = 5 * (sc.log_window + sc.checkpoint_interval)
     return sc

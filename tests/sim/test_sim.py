@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.sim.cluster import Result, Simulation, run_seed
-from tests.sim.scenario import Scenario
+from tests.sim.scenario import Scenario, restore_scenario
 
 
 def _ok(r: Result) -> None:
@@ -335,3 +335,31 @@ def test_regression_lagging_replica_without_f_plus_one_evidence_seed_65_ledger()
         log_window=12,
     )
     _ok(Simulation(sc).run())
+
+
+# --- a replica restored from an old backup (issue 18 item 6, node/votes.py) ------------------
+
+
+@pytest.mark.parametrize("seed", [3, 7, 12, 26])
+def test_a_replica_restored_from_an_old_backup_stays_safe_and_rejoins(seed: int) -> None:
+    """Backed up, crashed after voting on more sequences, restarted from the backup's journal
+    and state with its vote record as floor: every check holds, and it votes again (the run is
+    live only once every honest replica, the restored one too, is in one view)."""
+    sc = restore_scenario(seed)
+    sim = Simulation(sc)
+    r = sim.run()
+    _ok(r)
+    node = sim.nodes[sc.restores[0][0]]
+    assert node.backup is not None and not node.replica.abstaining
+    assert node.app.last_executed == r.sequences_executed
+
+
+@pytest.mark.parametrize("seed", [1, 5, 9])
+def test_a_restored_replica_beside_f_liars_breaks_no_safety_check(seed: int) -> None:
+    """With the floor the restored replica counts as correct: f others may lie at once. (Its
+    liveness is not claimed: abstaining until caught up, it leaves 2f replicas voting while f
+    are silent.)"""
+    sc = restore_scenario(seed, liars=True)
+    assert any(b not in ("", "crash") for b in sc.faulty.values())
+    r = Simulation(sc).run()
+    assert not r.safety_violations, (seed, r.safety_violations, r.trace[-30:])
