@@ -107,26 +107,33 @@ class Target:
             rows = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
         return [r for r in rows if r.get("event") == name]
 
-    def logged(self, wait_for_handshake_line: bool) -> str:
-        """What the node logged since mark(): its peer_refused event(s), else gRPC core's
-        handshake lines (waited for a little: written on gRPC's thread)."""
-        events = self.new_events("peer_refused")
-        if events:
-            e = events[0]
-            return f"events.log ({len(events)} line): peer_refused reason={e['reason']} cn={e['cn']}"
-        deadline = time.monotonic() + (LOG_WAIT_S if wait_for_handshake_line else 0.3)
+    def logged(self, handshake: bool) -> str:
+        """What the node logged since mark(): its peer_refused or tls_refused event(s) (the
+        latter once the node has read gRPC's line: it polls once a second), and gRPC core's
+        handshake lines on stderr."""
+        deadline = time.monotonic() + (LOG_WAIT_S if handshake else 0.3)
         while True:
-            lines = [ln for ln in self.new_stderr() if "andshake" in ln or "SSL" in ln or "ssl" in ln]
-            if lines or time.monotonic() > deadline:
+            lines = [ln for ln in self.new_stderr() if "andshake" in ln]
+            events = self.new_events("peer_refused") + self.new_events("tls_refused")
+            if ((events or not handshake) and (lines or events)) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        if not lines:
-            return "(nothing)"
-        msg = lines[0].split("] ", 1)[-1]
-        return f"stderr ({len(lines)} line{'s' * (len(lines) > 1)}): {_short(msg)}"
+        out = []
+        if events:
+            e = events[0]
+            detail = f"cn={e['cn']}" if e["event"] == "peer_refused" else "(first of its reason)"
+            out.append(f"events.log ({len(events)} line): {e['event']} reason={e['reason']} {detail}")
+        if lines:
+            msg = lines[0].split("] ", 1)[-1]
+            out.append(f"stderr ({len(lines)} line{'s' * (len(lines) > 1)}): {_short(msg)}")
+        return "; ".join(out) or "(nothing)"
 
-    def counted(self) -> str:
+    def counted(self, handshake: bool = False) -> str:
         after = self.counters()
+        deadline = time.monotonic() + (LOG_WAIT_S if handshake else 0)
+        while handshake and after == self._counters and time.monotonic() < deadline:
+            time.sleep(0.1)  # the node reads gRPC's line once a second
+            after = self.counters()
         moved = {
             k: after[k] - self._counters.get(k, 0)
             for k in sorted(after)
@@ -151,7 +158,7 @@ def api_call(channel: grpc.Channel) -> tuple[grpc.StatusCode | None, str]:
 
 
 def _caller(code: grpc.StatusCode | None, details: str) -> str:
-    return "OK (not refused)" if code is None else f"{code.name}: {_short(details, 120)}"
+    return "OK (not refused)" if code is None else f"{code.name}: {_short(details, 200)}"
 
 
 def run_cases(c: Consortium, plain: Consortium) -> list[Row]:
@@ -176,7 +183,7 @@ def run_cases(c: Consortium, plain: Consortium) -> list[Row]:
         code, details = results[0]
         refused = all(r[0] is not None for r in results)
         got = _caller(code, details) + (f" (x{times})" if times > 1 else "")
-        rows.append(Row(name, port, got, t.logged(handshake), t.counted(), refused))
+        rows.append(Row(name, port, got, t.logged(handshake), t.counted(handshake), refused))
 
     case(
         "outsider: a certificate of an unknown CA (naming BANK-B)",
@@ -193,7 +200,7 @@ def run_cases(c: Consortium, plain: Consortium) -> list[Row]:
         handshake=True,
     )
     case(
-        "expired certificate (BANK-B's CA)",
+        "expired certificate (BANK-B's CA), twice",
         "replica",
         lambda: replica_call(
             c,
@@ -201,6 +208,7 @@ def run_cases(c: Consortium, plain: Consortium) -> list[Row]:
             pki.issue_node_cert(ca["BANK-B"], "BANK-B", (), not_before=now - 3 * hour, not_after=now - hour),
         ),
         handshake=True,
+        times=2,
     )
     case(
         "not-yet-valid certificate (BANK-B's CA)",

@@ -29,3 +29,5 @@ def test_every_bad_connection_is_refused_and_the_nodes_keep_committing() -> None
     assert impostor["counted"] == "peer_refused_wrong_ca +2", impostor  # refused twice, logged once
     expired = next(r for c, r in by_case.items() if c.startswith("expired"))
     assert "certificate has expired" in expired["node_logged"], expired
+    assert expired["node_logged"].startswith("events.log (1 line): tls_refused reason=expired"), expired
+    assert expired["counted"] == "tls_refused_expired +2", expired
