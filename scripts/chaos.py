@@ -625,13 +625,9 @@ def fault_kinds(args: argparse.Namespace, net: Netns | None) -> tuple[list[str],
         kinds.remove("slow_link")
         skipped = f"slow_link skipped: {net.netem_missing} and no sch_tbf either"
     if args.faults:
-        wanted = args.faults.split(",")
-        unknown = [k for k in wanted if k not in FAULTS + NETWORK_FAULTS]
-        if unknown:
-            raise SystemExit(f"chaos: unknown fault kind(s) {unknown}; known: {FAULTS + NETWORK_FAULTS}")
-        if net is None and any(k in NETWORK_FAULTS for k in wanted):
-            raise SystemExit(f"chaos: {', '.join(NETWORK_FAULTS)} need --netns")
-        kinds = [k for k in wanted if k in kinds]
+        kinds = [k for k in args.faults.split(",") if k in kinds]  # checked by main()
+    if not kinds:
+        raise NetnsError(f"no fault kind left to draw from ({skipped})")
     return kinds, skipped
 
 
@@ -822,6 +818,13 @@ def main(argv: list[str] | None = None) -> int:
     exit_cleanly_on_sigterm()
     if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:
         parser.error("--rounds, --clients and --accounts-per-bank must be >= 1")
+    if args.faults:
+        wanted = args.faults.split(",")
+        unknown = [k for k in wanted if k not in FAULTS + NETWORK_FAULTS]
+        if unknown:
+            parser.error(f"--faults: unknown kind(s) {', '.join(unknown)}")
+        if not args.netns and any(k in NETWORK_FAULTS for k in wanted):
+            parser.error(f"--faults: {', '.join(NETWORK_FAULTS)} need --netns")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     try:
