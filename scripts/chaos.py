@@ -636,10 +636,8 @@ def summary(values: list[float]) -> dict[str, float | int]:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    with contextlib.ExitStack() as stack:
-        net = stack.enter_context(Netns(args.banks)) if args.netns else None
+    with Netns(args.banks) if args.netns else contextlib.nullcontext() as net:  # removed on any exit
         return run_on(args, workdir, net)
-    raise AssertionError("unreachable")
 
 
 def run_on(args: argparse.Namespace, workdir: Path, net: Netns | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the printed command.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+
+from ledger import pki
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -66,6 +70,13 @@ def test_network_faults_in_namespaces_lose_nothing(tmp_path: Path) -> None:
     genesis = json.loads((tmp_path / "consortium" / "genesis.json").read_text())
     hosts = [m["host"] for m in genesis["members"]]
     assert len(set(hosts)) == 4 and all(h.startswith("10.") for h in hosts), hosts
+    # ... and its certificate names that address (an IP subjectAltName) beside its member id
+    for m in genesis["members"]:
+        bank = m["member_id"]
+        cert = pki.load_cert((tmp_path / "consortium" / "banks" / bank / f"{bank}.tls.pem").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(m["host"])], bank
+        assert san.get_values_for_type(x509.DNSName) == [bank]
 
 
 @pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces here: {WHY_NOT}")
