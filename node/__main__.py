@@ -47,6 +47,7 @@ from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.journal import restore as restore_journal
 from node.pbft.replica import Replica
+from node.peerauth import HandshakeRefusals
 from node.ports import port_holders
 from node.receipts import AttestationBackfill
 from node.reflection import enable_reflection
@@ -310,6 +311,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
     serving = asyncio.ensure_future(serving_when_connected())
+    # Handshakes gRPC refused, counted from the lines it writes on stderr (node/peerauth.py).
+    refusals = HandshakeRefusals.of_stderr(log) if config.tls else None
+    watch_refusals = asyncio.ensure_future(refusals.run() if refusals else asyncio.sleep(0))
     log.event(
         "node_started",
         replica=member.replica,
@@ -330,7 +334,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     if failed in done:
         log.event("node_failed", error=repr(failed.exception()))
         exit_code = 1
-    for task in (stopper, failed, serving):
+    for task in (stopper, failed, serving, watch_refusals):
         task.cancel()
 
     await health.enter_graceful_shutdown()

@@ -9,13 +9,20 @@ validity period. Refusals get UNAUTHENTICATED (no usable certificate) or PERMISS
 valid certificate that may not speak for the member it names), are counted
 (``peer_refused_<reason>``) and logged once per reason.
 
+Refusals in the handshake itself (unknown CA, expired, no certificate, plaintext) happen in gRPC's
+C core; ``HandshakeRefusals`` counts them (``tls_refused_<reason>``) and logs the first of each
+reason from the line gRPC writes for each on stderr.
+
 Cost: one dict lookup per call once a certificate has been checked (the result is cached by
 the certificate's bytes, with its validity window rechecked each call); streams are long-lived.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -113,3 +120,90 @@ class PeerAuth:
             )
         await context.abort(_CODES[reason], f"replica port: {_WHY[reason]}")
         raise AssertionError("unreachable")  # abort raises
+
+
+# --- refusals in the TLS handshake ----------------------------------------------------------
+
+# gRPC's core refuses a bad handshake in C, before any Python runs, and writes one line for it on
+# the process's stderr ("... Handshake failed with error SSL_ERROR_SSL: error:1000007d:SSL
+# routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: certificate has expired"). OpenSSL's words
+# -> our reason.
+_HANDSHAKE_REASONS = (
+    (b"certificate has expired", "expired"),
+    (b"certificate is not yet valid", "not_yet_valid"),
+    (b"unable to get local issuer certificate", "unknown_ca"),
+    (b"PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_certificate"),
+    (b"WRONG_VERSION_NUMBER", "not_tls"),
+    (b"HTTP_REQUEST", "not_tls"),
+)
+HANDSHAKE_MARK = b"Handshake failed with error "
+HANDSHAKE_READ_BYTES_MAX = 1 << 20  # read per poll: a flood of refusals costs bounded work
+HANDSHAKE_LINE_BYTES_MAX = 4096
+
+
+def handshake_reason(line: bytes) -> str | None:
+    """Our reason for a gRPC handshake-failure line (``other`` for one we do not name), or None
+    when the line is not one."""
+    if HANDSHAKE_MARK not in line:
+        return None
+    return next((reason for words, reason in _HANDSHAKE_REASONS if words in line), "other")
+
+
+class HandshakeRefusals:
+    """Counts the handshakes gRPC refused (``tls_refused_<reason>``) and logs the first of each
+    reason (``tls_refused``, with OpenSSL's words), by reading what gRPC wrote to the node's
+    stderr when that is a file (a node started by scripts/consortium.py; elsewhere, a pipe or a
+    terminal, they are only in the stream). The file is read from its end at start-up, once a
+    second, at most HANDSHAKE_READ_BYTES_MAX a time."""
+
+    def __init__(self, path: str, log: EventLog) -> None:
+        self._path = path
+        self._log = log
+        self._logged: set[str] = set()
+        self._partial = b""
+        try:
+            with open(path, "rb") as f:
+                self._offset = f.seek(0, 2)
+        except OSError:
+            self._offset = 0
+
+    @staticmethod
+    def of_stderr(log: EventLog, fd: int = 2) -> HandshakeRefusals | None:
+        """One for this process's stderr, when it is a regular file; else None."""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return HandshakeRefusals(os.readlink(f"/proc/self/fd/{fd}"), log)
+        except OSError:
+            return None
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()[-HANDSHAKE_LINE_BYTES_MAX:]
+        for line in lines:
+            reason = handshake_reason(line)
+            if reason is None:
+                continue
+            self._log.count(f"tls_refused_{reason}")
+            if reason not in self._logged:
+                self._logged.add(reason)
+                why = line.split(HANDSHAKE_MARK, 1)[1][:HANDSHAKE_LINE_BYTES_MAX].decode(errors="replace")
+                self._log.event("tls_refused", reason=reason, error=why)
+
+    def poll(self) -> None:
+        """Read what was written since the last poll (from the start if the file was truncated)."""
+        try:
+            with open(self._path, "rb") as f:
+                if f.seek(0, 2) < self._offset:
+                    self._offset, self._partial = 0, b""
+                f.seek(self._offset)
+                data = f.read(HANDSHAKE_READ_BYTES_MAX)
+        except OSError:
+            return
+        self._offset += len(data)
+        self.feed(data)
+
+    async def run(self, period_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(period_s)  # a log file has no event to await
+            self.poll()

@@ -16,6 +16,17 @@ Throughout the rounds every node's view is sampled: isolated_s_max is the longes
 spent in another view (or view-change state) than most live nodes, and past ISOLATED_S_MAX the
 run fails (issue 21: a node back alone in the view it had asked for stayed there for minutes).
 
+With --netns every node runs in its own network namespace with its own IP on a bridge
+(scripts/netns.py), over mutual TLS, and the rounds also draw network faults: isolate one node
+(its link down), partition the members into two groups (blackhole routes between them; the load
+clients, in the root namespace, reach both), and a slow link (tc netem delay and loss where the
+kernel has sch_netem, else tc tbf rate limiting; the JSON says which). During a fault that leaves
+2f+1 members connected the others must go on committing (recovery_s, as for crashes); after the
+heal, recovery_s_by_kind times how long until every node is back at the height the cluster had
+reached and commits resume.
+
+    scripts/chaos.py --rounds 20 --banks 4 --netns --json
+
 Every fault is also written, as it happens, to faults.log in the work dir: one JSON line per
 kill, start, SIGSTOP and SIGCONT, with ts_ms on the same wall clock as the nodes' events.log
 lines, so a slow round can be read as one timeline: scripts/timeline.py --dir D --round N.
@@ -28,6 +39,7 @@ Exit status 0 when every check passes, 1 when one fails, 2 when the run could no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -54,7 +66,8 @@ for p in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(p))
 
 from audit import audit  # noqa: E402
-from consortium import Consortium, ConsortiumError, exit_cleanly_on_sigterm  # noqa: E402
+from consortium import Consortium, ConsortiumError, bank_name, exit_cleanly_on_sigterm  # noqa: E402
+from netns import Netns, NetnsError  # noqa: E402
 
 from client.models import Committed, Indefinite  # noqa: E402
 from client.sdk import LedgerClient  # noqa: E402
@@ -168,6 +181,9 @@ class IsolationWatch:
         self.worst_s = 0.0
         self.worst = ""
         self._since: dict[str, float] = {}
+        # banks under a network fault, not counted until healed (replaced, never mutated: the
+        # sampling thread reads it)
+        self.exempt: frozenset[str] = frozenset()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="isolation-watch", daemon=True)
 
@@ -182,9 +198,10 @@ class IsolationWatch:
         top = Counter(states.values()).most_common(2)
         tie = len(top) == 2 and top[0][1] == top[1][1]
         most = top[0][0] if top and not tie else None
+        exempt = self.exempt
         for bank in self.addresses:
             state = states.get(bank)
-            if state is None or most is None or state == most:
+            if state is None or most is None or state == most or bank in exempt:
                 self._since.pop(bank, None)
                 continue
             took = now - self._since.setdefault(bank, now)
@@ -216,11 +233,19 @@ class Stats:
     recovery_s: list[float] = field(default_factory=list)
     catchup_s: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    healed_s: dict[str, list[float]] = field(default_factory=dict)  # network fault kind -> heal to caught up
 
 
 class Chaos:
     def __init__(
-        self, c: Consortium, genesis: Genesis, rng: random.Random, stats: Stats, faults_log: Path
+        self,
+        c: Consortium,
+        genesis: Genesis,
+        rng: random.Random,
+        stats: Stats,
+        faults_log: Path,
+        net: Netns | None = None,
+        watch: IsolationWatch | None = None,
     ) -> None:
         self.c = c
         self.g = genesis
@@ -229,6 +254,8 @@ class Chaos:
         self.banks = [m.member_id for m in genesis.members]
         self.faults_log = faults_log
         self.round_no = 0
+        self.net = net
+        self.watch = watch
 
     def fault(self, action: str, bank: str) -> None:
         """Do one fault action to a node ("kill", "start", "stop", "cont") and journal it;
@@ -241,6 +268,9 @@ class Chaos:
             pid = self.c.pid(bank)
             assert pid is not None, f"{bank} should be running"
             os.kill(pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
+        self.journal(action, bank)
+
+    def journal(self, action: str, bank: str) -> None:
         line = {"ts_ms": int(time.time() * 1000), "round": self.round_no, "action": action, "bank": bank}
         with self.faults_log.open("a") as f:
             f.write(json.dumps(line) + "\n")
@@ -370,7 +400,67 @@ class Chaos:
         for v in victims:
             self.bring_back(v)
 
+    def network_round(self, kind: str) -> str:
+        """One network fault (scripts/netns.py), held a random while, then healed. While it
+        lasts, if 2f+1 members can still reach each other they must go on committing (a new
+        view first, if the primary is cut off); after the heal every node must be back at the
+        height the cluster had reached, with commits going on."""
+        net = self.net
+        assert net is not None
+        index = {b: i for i, b in enumerate(self.banks)}
+        primary = self.primary()
+        v0, h0 = self.view_and_height()
+        quorum = 2 * self.g.f + 1
+        if kind == "partition":
+            a = sorted(self.rng.sample(self.banks, self.rng.randint(1, self.g.n // 2)), key=index.__getitem__)
+            b = [x for x in self.banks if x not in a]
+            net.partition([index[x] for x in a], [index[x] for x in b])
+            target = f"{','.join(a)}|{','.join(b)}"
+            connected = b if len(b) >= quorum else []
+        else:
+            victim = self.rng.choice(self.banks)
+            (net.isolate if kind == "isolate" else net.slow)(index[victim])
+            target = victim
+            a = [victim]
+            connected = [x for x in self.banks if x != victim]
+        cut_off = [x for x in self.banks if x not in connected] if kind != "slow_link" else a
+        self.journal(kind, target)
+        t_fault = time.monotonic()
+        if self.watch is not None:
+            self.watch.exempt = frozenset(cut_off)
+        hold_s = self.rng.uniform(2.0, 5.0)
+        try:
+            if connected:
+                what = f"{kind} {target}"
+                if primary in cut_off and kind != "slow_link":
+                    took = self.wait_new_view_commit(v0, what)
+                else:
+                    took = self.wait_progress(h0, what)
+                if took is not None:
+                    self.stats.recovery_s.append(took)
+            time.sleep(max(0.0, t_fault + hold_s - time.monotonic()))  # the outage length is the point
+        finally:
+            _, h_heal = self.view_and_height()
+            net.heal()
+            self.journal("heal", target)
+            t_heal = time.monotonic()
+            if self.watch is not None:
+                self.watch.exempt = frozenset()  # alone in a view from now on counts
+        while time.monotonic() - t_heal < PROGRESS_TIMEOUT_S:
+            h = self.heights()
+            if len(h) == len(self.banks) and min(h.values()) >= h_heal and max(h.values()) > h_heal:
+                self.stats.healed_s.setdefault(kind, []).append(time.monotonic() - t_heal)
+                return target
+            time.sleep(0.05)
+        self.stats.failures.append(
+            f"{kind} {target}: not every node back at height {h_heal} with commits going on "
+            f"{PROGRESS_TIMEOUT_S:.0f}s after the heal"
+        )
+        return target
+
     def round(self, kind: str) -> str:
+        if kind in NETWORK_FAULTS:
+            return self.network_round(kind)
         primary = self.primary()
         backups = [b for b in self.banks if b != primary]
         if kind == "kill_backup":
@@ -475,6 +565,7 @@ FAULTS = (
     "restart_loop",
     "kill_all_in_view_change",
 )
+NETWORK_FAULTS = ("isolate", "partition", "slow_link")  # with --netns only
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -525,18 +616,51 @@ def settle(chaos: Chaos) -> bool:
     return False
 
 
+def fault_kinds(args: argparse.Namespace, net: Netns | None) -> tuple[list[str], str | None]:
+    """The kinds the rounds draw from (--faults, else every kind this run can do), and what was
+    left out for want of a kernel feature."""
+    kinds = list(FAULTS) + (list(NETWORK_FAULTS) if net is not None else [])
+    skipped = None
+    if net is not None and net.slow_link_mechanism is None:
+        kinds.remove("slow_link")
+        skipped = f"slow_link skipped: {net.netem_missing} and no sch_tbf either"
+    if args.faults:
+        kinds = [k for k in args.faults.split(",") if k in kinds]  # checked by main()
+    if not kinds:
+        raise NetnsError(f"no fault kind left to draw from ({skipped})")
+    return kinds, skipped
+
+
+def summary(values: list[float]) -> dict[str, float | int]:
+    return {"n": len(values), "p50": round(statistics.median(values), 2), "max": round(max(values), 2)}
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    with Netns(args.banks) if args.netns else contextlib.nullcontext() as net:  # removed on any exit
+        return run_on(args, workdir, net)
+
+
+def run_on(args: argparse.Namespace, workdir: Path, net: Netns | None) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    c = Consortium(workdir / "consortium")
+    hosts = None if net is None else [net.address(i) for i in range(args.banks)]
+    launcher = None
+    if net is not None:
+        spaces = {bank_name(i): net.exec_prefix(i) for i in range(args.banks)}
+        launcher = spaces.__getitem__
+    c = Consortium(workdir / "consortium", launcher=launcher)
     procs: list[SpawnProcess] = []
     stop = mp.get_context("spawn").Event()
     stats = Stats()
     started = time.monotonic()
     watch: IsolationWatch | None = None
+    kinds, skipped = fault_kinds(args, net)
     try:
-        c.up(banks=args.banks, insecure=args.insecure)
+        c.up(banks=args.banks, insecure=args.insecure, hosts=hosts)
         genesis = c.genesis()
-        log(f"chaos: {args.banks} banks up in {c.dir}; seed {args.seed}")
+        where = "127.0.0.1" if net is None else f"namespaces {net.tag}-*, {net.subnet}"
+        log(f"chaos: {args.banks} banks up in {c.dir} ({where}); seed {args.seed}; faults {','.join(kinds)}")
+        if skipped:
+            log(f"chaos: {skipped}")
         accounts = setup_accounts(c, genesis, args.accounts_per_bank)
         log(f"chaos: {len(accounts)} accounts open and funded")
         everyone = tuple(a for a, _ in accounts)
@@ -555,16 +679,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             proc = ctx.Process(target=client_main, args=(plan, stop), daemon=True)
             proc.start()
             procs.append(proc)
-        chaos = Chaos(c, genesis, rng, stats, workdir / "faults.log")
         watch = IsolationWatch({m.member_id: m.api_address for m in genesis.members}, c.channel)
+        chaos = Chaos(c, genesis, rng, stats, workdir / "faults.log", net, watch)
         watch.start()
         by_kind: dict[str, list[float]] = {}
+        by_round: dict[str, list[int]] = {}
         for r in range(1, args.rounds + 1):
-            kind = rng.choice(FAULTS)
+            kind = rng.choice(kinds)
             chaos.round_no = r
             t0 = time.monotonic()
             seen = len(stats.recovery_s), len(stats.catchup_s)
             target = chaos.round(kind)
+            by_round.setdefault(kind, []).append(r)
             h = chaos.heights()
             new_recoveries = stats.recovery_s[seen[0] :]
             by_kind.setdefault(kind, []).extend(new_recoveries)
@@ -600,6 +726,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for problem in report.problems + stats.failures:
             log(f"  ! {problem}")
         rec = stats.recovery_s
+        network = {}
+        if net is not None:
+            network = {
+                "network_faults": sum(len(v) for k, v in by_round.items() if k in NETWORK_FAULTS),
+                "recovery_s_by_kind": {k: summary(v) for k, v in sorted(stats.healed_s.items())},
+                "slow_link": net.slow_link_mechanism or skipped,
+                "netem": "available" if net.netem_missing is None else f"unavailable: {net.netem_missing}",
+            }
         return {
             "rounds": args.rounds,
             "banks": args.banks,
@@ -617,6 +751,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "catchup_s_max": round(max(stats.catchup_s), 2) if stats.catchup_s else None,
             "recovery_s_max_by_fault": {k: round(max(v), 2) for k, v in sorted(by_kind.items()) if v},
             "isolated_s_max": round(watch.worst_s, 1),
+            "netns": net is not None,
+            **network,
             "failures": len(stats.failures) + len(report.unreachable),
             "seconds": round(time.monotonic() - started, 1),
         }
@@ -632,6 +768,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             pid = c.pid(b)
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)  # a paused node must be able to take SIGTERM
+        if net is not None:
+            net.heal()  # a round cut short leaves no fault behind (closing the harness removes all)
         for line in c.down():
             log(f"chaos: {line}")
 
@@ -664,19 +802,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--insecure", action="store_true", help="plaintext nodes (debugging only; default TLS)"
     )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="each node in its own network namespace (root); adds network faults to the rounds",
+    )
+    parser.add_argument(
+        "--faults",
+        default=None,
+        help=f"comma-separated kinds the rounds draw from (default all): {','.join(FAULTS + NETWORK_FAULTS)}",
+    )
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
     if args.rounds < 1 or args.clients < 1 or args.accounts_per_bank < 1:
         parser.error("--rounds, --clients and --accounts-per-bank must be >= 1")
+    if args.faults:
+        wanted = args.faults.split(",")
+        unknown = [k for k in wanted if k not in FAULTS + NETWORK_FAULTS]
+        if unknown:
+            parser.error(f"--faults: unknown kind(s) {', '.join(unknown)}")
+        if not args.netns and any(k in NETWORK_FAULTS for k in wanted):
+            parser.error(f"--faults: {', '.join(NETWORK_FAULTS)} need --netns")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
-        workdir = args.dir
-        result = run(args, workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-            result = run(args, Path(tmp))
+    try:
+        if args.dir is not None:
+            args.dir.mkdir(parents=True, exist_ok=True)
+            workdir = args.dir
+            result = run(args, workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+                result = run(args, Path(tmp))
+    except NetnsError as exc:
+        print(f"chaos: --netns: {exc}", file=sys.stderr)
+        return 2
     ok = passed(result)
     summary = " ".join(f"{k}={v}" for k, v in result.items())
     log(f"chaos {'PASSED' if ok else 'FAILED'}: {summary}")

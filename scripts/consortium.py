@@ -63,6 +63,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -205,9 +206,16 @@ class NodeInfo:
 class Consortium:
     """A consortium directory and the node processes started from it."""
 
-    def __init__(self, directory: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        python: str = sys.executable,
+        launcher: Callable[[str], list[str]] | None = None,
+    ) -> None:
         self.dir = directory.resolve()
         self.python = python
+        # bank -> what to put before the node's command (scripts/netns.py: `ip netns exec NS`)
+        self.launcher = launcher
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._insecure: bool | None = None
 
@@ -275,10 +283,13 @@ class Consortium:
         chain_id: str | None = None,
         limits: dict[str, int] | None = None,
         insecure: bool = False,
+        hosts: Sequence[str] | None = None,
     ) -> Genesis:
         """Write genesis, keys and node configs for ``banks`` banks; refuse an existing dir.
         Each bank's secrets are made in its own folder by the same ``keygen`` a bank on its
-        own host runs, and genesis is assembled from their public parts alone."""
+        own host runs, and genesis is assembled from their public parts alone. ``hosts``: each
+        bank's address (default 127.0.0.1 for all), in genesis, its certificate and its
+        listening addresses (scripts/netns.py gives each node its own)."""
         if banks < 4:
             raise ConsortiumError(f"--banks must be >= 4 (n = 3f+1 with f >= 1), got {banks}")
         if self.exists():
@@ -295,13 +306,20 @@ class Consortium:
         node_limits = NodeLimits(**(per_tps | (limits or {})))
         chain_id = chain_id or f"local-{secrets.token_hex(4)}"
         ports = free_ports(3 * n)  # replica and API ports in genesis, then the metrics ports
+        if hosts is not None and len(hosts) != n:
+            raise ConsortiumError(f"{len(hosts)} hosts for {n} banks")
+        host_of = list(hosts or [HOST] * n)
         publics: list[Path] = []
         for i in range(n):
             bank = bank_name(i)
             ccy, scale = CURRENCIES[i % len(CURRENCIES)]
             publics.append(
                 keygen(
-                    self.bank_files(bank), HOST, ports[2 * i], ports[2 * i + 1], [(f"{ccy}.{bank}", scale)]
+                    self.bank_files(bank),
+                    host_of[i],
+                    ports[2 * i],
+                    ports[2 * i + 1],
+                    [(f"{ccy}.{bank}", scale)],
                 )
             )
         genesis = assemble_genesis(chain_id, publics)
@@ -321,7 +339,7 @@ class Consortium:
                 tls=not insecure,
                 tls_cert_path=files.tls_cert,
                 tls_key_path=files.tls_key,
-                metrics_listen=f"{HOST}:{ports[2 * n + m.replica]}",
+                metrics_listen=f"{host_of[m.replica]}:{ports[2 * n + m.replica]}",
             )
             self.config_path(m.member_id).write_text(config.to_json())
         manifest = {
@@ -372,7 +390,10 @@ class Consortium:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with (node_dir / "stderr.log").open("ab") as err:
             proc = subprocess.Popen(
-                [self.python, "-m", "node", "--config", str(self.config_path(bank))],
+                [
+                    *(self.launcher(bank) if self.launcher else []),
+                    *(self.python, "-m", "node", "--config", str(self.config_path(bank))),
+                ],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -434,13 +455,14 @@ class Consortium:
         timeout_s: float = UP_TIMEOUT_S,
         limits: dict[str, int] | None = None,
         insecure: bool = False,
+        hosts: Sequence[str] | None = None,
     ) -> list[str]:
         """Create the consortium if needed and start every node that is not running.
         Returns the banks started; raises ConsortiumError if all were already running, or if
         a node does not come up (it cannot listen, say): that error names each one and why,
         and the others are left running (restart the failed one, or stop all with down)."""
         if not self.exists():
-            self.init(banks, limits=limits, insecure=insecure)
+            self.init(banks, limits=limits, insecure=insecure, hosts=hosts)
         all_banks = self.banks()
         to_start = [b for b in all_banks if self.pid(b) is None]
         if not to_start:

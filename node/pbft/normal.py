@@ -31,6 +31,14 @@ from node.pbft.wire import (
     Signed,
 )
 
+# Messages of a past view, outside the window or for another view: what an honest peer sends
+# while it lags (restarted, cut off by a partition, around a view change), often most of what it
+# sends for a while. Counted, but not in ``rejected``, which the driver charges to the peer's
+# connection and penalizes: a penalized honest peer's VIEW-CHANGE waited in the new primary's
+# queue and the view change stalled (chaos, issue 17). Their signatures verified; a member
+# sending them costs what its valid messages cost, within its fair share.
+STALE_KINDS = frozenset({"old_view", "out_of_window", "wrong_view"})
+
 
 class ReplicaCore:
     def __init__(
@@ -441,4 +449,5 @@ class ReplicaCore:
 
     def _reject(self, kind: str) -> None:
         self.counters[kind] += 1
-        self.rejected += 1
+        if kind not in STALE_KINDS:
+            self.rejected += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from ledger.genesis import Genesis, GenesisError, parse_genesis
 from ledger.v1 import consensus_pb2
 from node.config import ConfigError, NodeLimits, parse_node_config
 from node.log import EventLog
-from node.peerauth import PeerAuth
+from node.peerauth import HandshakeRefusals, PeerAuth, handshake_reason
 from node.transport import ReplicaServer
 from tests.client.fakes import Bank, make_banks, make_genesis
 from tests.node.helpers import ROOT
@@ -448,3 +449,50 @@ def test_keygen_and_genesis_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all(m.ca_cert is not None and m.host == "node.example" for m in genesis.members)
     assert main(["genesis", "--dir", str(tmp_path / "g"), *publics]) == 1  # never overwrites
     assert "already exists" in capsys.readouterr().err
+
+
+GRPC_LINE = (
+    b"I1202 08:25:26.720206   14958 ssl_transport_security.cc:2563] Handshake failed with error "
+    b"SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: %s\n"
+)
+
+
+def test_handshake_refusals_are_counted_from_grpc_lines_and_logged_once_per_reason(tmp_path: Path) -> None:
+    assert handshake_reason(GRPC_LINE % b"certificate has expired") == "expired"
+    assert handshake_reason(GRPC_LINE % b"unable to get local issuer certificate") == "unknown_ca"
+    assert handshake_reason(GRPC_LINE % b"something new") == "other"
+    assert handshake_reason(b"E1202 transport closed\n") is None
+    stderr = tmp_path / "stderr.log"
+    stderr.write_bytes(GRPC_LINE % b"certificate has expired")  # before start-up: not ours to count
+    log = EventLog("BANK-A", tmp_path / "events.log")
+    refusals = HandshakeRefusals(str(stderr), log)
+    with stderr.open("ab") as f:
+        f.write(GRPC_LINE % b"certificate has expired" + b"Traceback: unrelated\n")
+        f.write((GRPC_LINE % b"certificate has expired")[:40])  # half a line: counted once whole
+    refusals.poll()
+    assert log.counters["tls_refused_expired"] == 1
+    with stderr.open("ab") as f:
+        f.write((GRPC_LINE % b"certificate has expired")[40:] + GRPC_LINE % b"certificate is not yet valid")
+    refusals.poll()
+    refusals.poll()  # nothing new
+    assert dict(log.counters) == {"tls_refused_expired": 2, "tls_refused_not_yet_valid": 1}
+    log.close()
+    events = [json.loads(line) for line in (tmp_path / "events.log").read_text().splitlines()]
+    assert [(e["event"], e["reason"]) for e in events] == [
+        ("tls_refused", "expired"),
+        ("tls_refused", "not_yet_valid"),
+    ]
+    assert events[0]["error"].endswith("certificate has expired")
+    stderr.write_bytes(b"")  # truncated (rotated): read again from the start
+    refusals.poll()
+    with stderr.open("ab") as f:
+        f.write(GRPC_LINE % b"certificate has expired")
+    refusals.poll()
+    assert log.counters["tls_refused_expired"] == 3
+    # Only a regular file can be read back; a pipe or a terminal cannot.
+    read_end, write_end = os.pipe()
+    try:
+        assert HandshakeRefusals.of_stderr(log, write_end) is None
+    finally:
+        os.close(read_end)
+        os.close(write_end)

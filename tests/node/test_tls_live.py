@@ -150,6 +150,20 @@ def test_bad_connections_are_refused_logged_and_the_node_keeps_committing(net: C
         ),
         timeout_s=10,
     )
+    # ... and the node counts them from those lines (node/peerauth.py HandshakeRefusals, once a
+    # second), logging the first of each reason: plaintext came twice (replica and API ports).
+    handshake = {"unknown_ca": 1, "expired": 1, "not_yet_valid": 1, "no_certificate": 1, "not_tls": 2}
+
+    def counted() -> bool:
+        now = _counters(net, TARGET)
+        return all(
+            now.get(f"tls_refused_{r}", 0) - before.get(f"tls_refused_{r}", 0) >= k
+            for r, k in handshake.items()
+        )
+
+    wait_for("the handshake refusals to be counted", counted, timeout_s=10)
+    reasons = [str(e["reason"]) for e in _events(net, TARGET, "tls_refused")]
+    assert sorted(reasons) == sorted(handshake), reasons  # once per reason
     height = stub(net, TARGET).GetStatus(api_pb2.GetStatusRequest(), timeout=5).last_executed
     raw = fx.open_account(TARGET, "tls-live-2", fx.client("tls-live-2"))
     assert submit_one(net, TARGET, raw).result.code == tx_pb2.OK

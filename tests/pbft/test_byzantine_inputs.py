@@ -184,3 +184,19 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def test_stale_messages_are_counted_but_not_charged_to_their_sender() -> None:
+    # The driver penalizes a connection by ``rejected``: what a lagging honest peer sends (old
+    # views, outside the window) must not count there; forged or malformed input must.
+    c = Cluster()
+    r = c.nodes[1].replica
+    before = r.rejected
+    _expect(c, 1, wire.encode_peer(c.sign(2, Prepare(0, 100, D, 2))), "out_of_window")
+    r._start_view_change(1)
+    _expect(c, 1, wire.encode_peer(c.sign(3, Prepare(0, 1, D, 3))), "old_view")
+    assert r.rejected == before
+    body = wire.encode_body(Prepare(1, 1, D, 2))
+    _expect(c, 1, wire.encode_peer(wire.encode_signed(body, 2, bytes(64))), "bad_signature")
+    _expect(c, 1, b"\x0a\x05garbage-not-a-peer-message", "garbage")
+    assert r.rejected == before + 2
