@@ -40,7 +40,6 @@ from node.config import ConfigError, NodeConfig, load_node_config
 from node.driver import Driver
 from node.log import EventLog
 from node.metrics import NodeMetrics, NodeSources
-from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
 from node.ports import port_holders
@@ -140,21 +139,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         assert ledger.last_height(r) == head.last_executed, "ledger height and block head disagree"
     crypto = Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id)
     replica = Replica(
-        ReplicaConfig(
-            n=genesis.n,
-            f=genesis.f,
-            replica_id=member.replica,
-            chain_id=genesis.chain_id,
-            batch_size_max=limits.batch_size_max,
-            batch_delay_ms=limits.batch_delay_ms,
-            batch_delay_max_ms=limits.batch_delay_max_ms,
-            batch_delay_per_tps_us=limits.batch_delay_per_tps_us,
-            checkpoint_interval=limits.checkpoint_interval,
-            log_window=limits.log_window,
-            view_change_timeout_ms=limits.view_change_timeout_ms,
-            pending_requests_max=limits.pending_requests_max,
-            message_bytes_max=limits.peer_message_bytes_max,
-        ),
+        limits.replica_config(genesis.n, genesis.f, member.replica, genesis.chain_id),
         crypto,
         journal,
         head.last_executed,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger import merkle
+from node.config import NodeLimits
 from node.pbft import wire
 from node.pbft.actions import (
     Action,
@@ -71,6 +72,10 @@ class Cluster:
 
     def config_for(self, i: int) -> ReplicaConfig:
         base: dict[str, Any] = {
+            # As ReplicaConfig's own defaults were before the node config held them all.
+            "batch_delay_per_tps_us": 0,
+            "pending_requests_max": 10_000,
+            "peer_message_bytes_max": 16 << 20,
             "batch_size_max": 1,
             "batch_delay_ms": 0,
             "checkpoint_interval": 2,
@@ -79,7 +84,7 @@ class Cluster:
             "retransmit_ms": 50,
         }
         base.update(self.config)
-        return ReplicaConfig(n=self.n, f=self.f, replica_id=i, chain_id=CHAIN, **base)
+        return NodeLimits(**base).replica_config(self.n, self.f, i, CHAIN)
 
     # --- driving -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.config import NodeLimits
 from node.pbft import wire
 from node.pbft.actions import (
     Action,
@@ -120,19 +121,18 @@ class Simulation:
 
     def config_for(self, rid: int) -> ReplicaConfig:
         sc = self.sc
-        return ReplicaConfig(
-            n=sc.n,
-            f=sc.f,
-            replica_id=rid,
-            chain_id=CHAIN_ID,
+        return NodeLimits(
             batch_size_max=sc.batch_size_max,
             batch_delay_ms=20,
+            batch_delay_per_tps_us=0,
             checkpoint_interval=sc.checkpoint_interval,
             log_window=sc.log_window,
             view_change_timeout_ms=sc.view_change_timeout_ms,
             view_change_backoff_max=4,
             retransmit_ms=200,
-        )
+            pending_requests_max=10_000,
+            peer_message_bytes_max=16 << 20,
+        ).replica_config(sc.n, sc.f, rid, CHAIN_ID)
 
     def make_app(self) -> App:
         return LedgerApp(self.genesis) if self.sc.app == "ledger" else EchoApp()
