@@ -51,7 +51,6 @@ from node.storage.lmdb_store import LmdbStore
 from node.transport import PeerLinks, ReplicaServer, server_options
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
-PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
 # Open files kept out of the connection caps: LMDB, the logs, outgoing peer channels, gRPC's
 # own descriptors (its pollers, wakeup fds, threads). A node needs a few dozen of these.
 FD_RESERVE = 512
@@ -157,23 +156,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
 
     links = PeerLinks(genesis, member.replica, limits, log, on_peer_up=on_peer_up, dial=security.dial)
     driver = Driver(
-        genesis,
-        store,
-        ledger,
-        replica,
-        links,
-        log,
-        tick_ms=limits.tick_ms,
-        pending_requests_max=limits.pending_requests_max,
-        pending_ttl_ms=limits.view_change_timeout_ms * PENDING_TTL_FACTOR,
-        genesis_root=genesis_root,
-        own_replica=member.replica,
-        # Half the timeout saved another ~4% CPU in closed loop, but chaos seed 303 then took
-        # 1.4-4.4 s to commit again after a backup was killed or paused, against 0.5 s at most
-        # with a fifth (both after the restart-clock fix): the node takes the copies it has not
-        # relayed yet with it, and they commit only once clients resubmit elsewhere (the likely
-        # cause, not traced message by message).
-        relay_delay_ms=limits.view_change_timeout_ms // 5,
+        genesis, store, ledger, replica, links, log, limits.core_config(), genesis_root, member.replica
     )
     backfill = AttestationBackfill(
         genesis,
@@ -184,6 +167,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         reply_bytes_max=limits.peer_message_bytes_max,
         reader=key,
         dial=security.dial,
+        put=driver.put_attestations,
     )
     api = LedgerApi(
         genesis,
@@ -250,7 +234,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     links.start()
     driver.start()
     # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
-    backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested, driver.wake_waiters)
+    backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested)
     tune_gc()
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -386,7 +370,7 @@ def start_metrics(
         metrics.serve(config.metrics_listen)
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.metrics_listen} (metrics port): {exc}", 3) from exc
-    driver.observe_commit_latency_s = metrics.commit_latency.observe
+    driver.core.observe_commit_latency_s = metrics.commit_latency.observe
     store.on_commit_s = metrics.store_commit.observe
     log.event("metrics_serving", listen=config.metrics_listen)
     return metrics

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.sim.cluster import Result, Simulation
-from tests.sim.scenario import Scenario, random_scenario
+from sim.cluster import Result, Simulation
+from sim.scenario import Scenario, random_scenario
 
 FAULTS_UNTIL_MS = Scenario(seed=0).faults_until_ms
 

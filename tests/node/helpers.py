@@ -17,7 +17,7 @@ import grpc
 from ledger import readtoken
 from ledger.crypto import SigningKey, load_key
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
-from tests.app.factory import Factory
+from sim.factory import Factory
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "scripts") not in sys.path:
@@ -49,7 +49,7 @@ def running_consortium(directory: Path, limits: dict[str, int] | None = None) ->
 
 
 def factory_for(c: Consortium) -> Factory:
-    """tests/app/factory.py's signer, re-keyed to the consortium's chain and operator keys."""
+    """sim/factory.py's signer, re-keyed to the consortium's chain and operator keys."""
     genesis = c.genesis()
     fx = Factory(banks=genesis.n, chain_id=genesis.chain_id, seed=int(time.time_ns() % 1_000_000))
     fx.genesis = genesis

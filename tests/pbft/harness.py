@@ -24,8 +24,8 @@ from node.pbft.actions import (
 )
 from node.pbft.config import ReplicaConfig
 from node.pbft.replica import Replica
-from tests.sim.apps import echo_envelope
-from tests.sim.crypto import KeyedHashCrypto, keyed_hash_cryptos
+from sim.apps import echo_envelope
+from sim.crypto import KeyedHashCrypto, keyed_hash_cryptos
 
 CHAIN = "unit-chain"
 GENESIS_ROOT = hashlib.sha256(b"genesis").digest()

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.sim.cluster import Result, Simulation, run_seed
-from tests.sim.scenario import Scenario
+from sim.cluster import Result, Simulation, run_seed
+from sim.scenario import Scenario
 
 
 def _ok(r: Result) -> None:

@@ -1,39 +1,41 @@
 """The deterministic cluster simulator: virtual time, a faulty network, crashes, liars, and the
-checkers (agreement, validity, ledger agreement, liveness). One seed fixes everything."""
+checkers (agreement, validity, ledger agreement, liveness). One seed fixes everything.
+
+Every replica is the node's own core (node/core.py: NodeCore) over an in-memory store, the way
+TigerBeetle's simulator runs the production replica: the events a node receives at one virtual
+millisecond run as one group (group commit, then the sends: persist before send), blocks execute
+in the core's one write transaction, client transactions are relayed as the node relays them,
+and catch-up fetches rotate and hedge as the node's do. A crash loses everything but the store;
+a restart builds the replica from the journal and head in it, as the node does after kill -9."""
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.app import queries
 from node.config import NodeLimits
+from node.core import CoreConfig, LedgerLike, NodeCore
 from node.pbft import wire
-from node.pbft.actions import (
-    Action,
-    Attested,
-    Broadcast,
-    ConsensusCrypto,
-    Execute,
-    FetchBlocks,
-    ForwardRequests,
-    Note,
-    Persist,
-    Send,
-)
+from node.pbft.actions import ConsensusCrypto
 from node.pbft.config import ReplicaConfig
 from node.pbft.replica import Replica
-from tests.sim import byzantine
-from tests.sim.apps import App, EchoApp, LedgerApp, echo_envelope
-from tests.sim.crypto import ed25519_cryptos, keyed_hash_cryptos
-from tests.sim.scenario import Scenario
+from node.storage import blocks
+from node.storage.kv import KVWriter
+from node.storage.memory import MemoryStore
+from sim import byzantine
+from sim.apps import ECHO_GENESIS_ROOT, EchoLedger, echo_envelope
+from sim.crypto import ed25519_cryptos, keyed_hash_cryptos
+from sim.scenario import Scenario
 
 TICK_MS = 10
 CHAIN_ID = "sim-chain"
 FETCH_BLOCKS_MAX = 16
+FETCH_TIMEOUT_MS = 2_000  # a fetch nobody answers (silent, crashed, cut off) fails after this
 CLIENT_RETRY_MS = 1_500
 
 
@@ -53,39 +55,136 @@ class Result:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+class _Clock:
+    """The simulation's virtual clock, in the core's units (seconds). Half a millisecond in, so
+    that the core's int(time * 1000) is exactly the virtual millisecond."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def time(self) -> float:
+        return (self.sim.now + 0.5) / 1000
+
+    monotonic = time
+
+
+class _SimLog:
+    """The core's event log: counters, and the replica's notes to the simulation's trace."""
+
+    def __init__(self, node: SimNode) -> None:
+        self.node = node
+        self.counters: Counter[str] = Counter()
+
+    def event(self, event: str, /, **detail: Any) -> None:
+        self.node.sim.on_note(self.node, event, detail)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] += amount
+
+
+class _CheckedLedger:
+    """The node's ledger, with its last outcome kept for the checkers."""
+
+    def __init__(self, inner: LedgerLike) -> None:
+        self.inner = inner
+        self.last: Any = None
+
+    def execute(self, w: KVWriter, height: int, timestamp_ms: int, envelopes: Sequence[bytes]) -> Any:
+        self.last = self.inner.execute(w, height, timestamp_ms, envelopes)
+        return self.last
+
+
 class SimNode:
+    """One replica: the node core, its store (what survives a crash), and its links."""
+
     def __init__(self, sim: Simulation, rid: int, crypto: ConsensusCrypto, behaviour: str) -> None:
         self.sim = sim
         self.id = rid
         self.crypto = crypto
         self.behaviour = behaviour  # "" for honest
-        self.journal: dict[bytes, bytes] = {}
-        self.app: App = sim.make_app()
-        self.blocks: dict[int, bytes] = {}
+        self.store = MemoryStore()
+        self.ledger = _CheckedLedger(sim.make_ledger())
         self.executed_ids: set[bytes] = set()
         self.first_ids: set[bytes] = set()
         self.up = True
         self.heard: list[bytes] = []
-        self.attested = 0
-        self.replica = self._new_replica()
+        self.group_due = False  # a "group" event is queued for this node
+        self.source = ("peer", rid)  # how the other nodes' cores name their link from us
+        self.core = self._new_core()
 
     @property
     def honest(self) -> bool:
         return self.behaviour in ("", "crash")
 
-    def _new_replica(self) -> Replica:
-        return Replica(
-            self.sim.config_for(self.id),
-            self.crypto,
-            dict(self.journal),
-            self.app.last_executed,
-            self.app.state_root,
-            now_ms=self.sim.now,
+    @property
+    def replica(self) -> Replica:
+        replica = self.core.replica
+        assert isinstance(replica, Replica)
+        return replica
+
+    @property
+    def last_executed(self) -> int:
+        return self.core.head.last_executed
+
+    def _new_core(self) -> NodeCore:
+        sim = self.sim
+        with self.store.read() as r:
+            head = blocks.read_head(r, sim.genesis_root)
+            journal = blocks.read_journal(r)
+        replica = Replica(
+            sim.config_for(self.id), self.crypto, journal, head.last_executed, head.state_root, now_ms=sim.now
         )
+        core = NodeCore(
+            sim.sc.n,
+            self.store,
+            self.ledger,
+            replica,
+            self,
+            self,
+            _SimLog(self),
+            sim.clock,
+            sim.core_config,
+            sim.genesis_root,
+            self.id,
+            wake=self._wake,
+        )
+        core.on_executed = self._executed
+        return core
 
     def restart(self) -> None:
         self.up = True
-        self.replica = self._new_replica()
+        self.core = self._new_core()
+
+    def _wake(self) -> None:
+        if not self.group_due:
+            self.group_due = True
+            self.sim._push(self.sim.now, "group", self.id)
+
+    def _executed(self, height: int) -> None:
+        self.sim.on_executed(self, height)
+
+    # The core's Transport and Fetcher.
+
+    def send(self, to: int, message: bytes) -> None:
+        self.sim.send_peer(self, to, message)
+
+    def broadcast(self, message: bytes) -> None:
+        for dst in range(self.sim.sc.n):
+            if dst != self.id:
+                self.sim.send_peer(self, dst, message)
+
+    def forward(self, to: int, envelopes: Sequence[bytes]) -> None:
+        self.sim.send(self.id, to, "forward", list(envelopes))
+
+    def is_up(self, replica: int) -> bool:
+        return not self.sim.cut(self.id, replica)
+
+    def fetch(self, peer: int, from_height: int, round: int) -> None:
+        self.sim.send(self.id, peer, "fetch", (from_height, round))
+        self.sim._push(self.sim.now + FETCH_TIMEOUT_MS, "fetch_timeout", self.id, peer, round, self.core)
+
+    def cancel_fetches(self) -> None:
+        return None
 
 
 class Simulation:
@@ -93,24 +192,34 @@ class Simulation:
         self.sc = sc
         self.rng = random.Random(sc.seed * 7919 + 17)
         self.now = 0
+        self.clock = _Clock(self)
         self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
         self._counter = 0
         self.result = Result(sc.seed)
         self.trace: deque[str] = deque(maxlen=trace_max)
         self.genesis: Any = None
         self.factory: Any = None
+        self.genesis_root = ECHO_GENESIS_ROOT
         if sc.app == "ledger":
-            from tests.app.factory import Factory
+            from sim.factory import Factory
 
             self.factory = Factory(banks=sc.n, seed=sc.seed, chain_id=CHAIN_ID)
             self.genesis = self.factory.genesis
+            self.genesis_root = queries.genesis_state_root(self.genesis)
+        limits = self.limits()
+        self.replica_configs = [limits.replica_config(sc.n, sc.f, r, CHAIN_ID) for r in range(sc.n)]
+        self.core_config = CoreConfig(
+            tick_ms=TICK_MS,
+            pending_requests_max=limits.pending_requests_max,
+            pending_ttl_ms=limits.core_config().pending_ttl_ms,
+            relay_delay_ms=limits.core_config().relay_delay_ms,
+        )
         if sc.crypto == "ed25519":
             cryptos: list[Any] = ed25519_cryptos(sc.n, sc.seed, CHAIN_ID)
         else:
             cryptos = keyed_hash_cryptos(sc.n, sc.seed)
         self.nodes = [SimNode(self, r, cryptos[r], sc.faulty.get(r, "")) for r in range(sc.n)]
         self.submitted: dict[bytes, bytes] = {}  # tx_id -> envelope
-        self.done_ids: set[bytes] = set()
         self.digest_at: dict[int, bytes] = {}
         self.root_at: dict[int, bytes] = {}
         self.requests = self._make_requests()
@@ -119,7 +228,8 @@ class Simulation:
 
     # --- setup -------------------------------------------------------------------------------
 
-    def config_for(self, rid: int) -> ReplicaConfig:
+    def limits(self) -> NodeLimits:
+        """The node config of every replica: the scenario's limits, the rest as the node's."""
         sc = self.sc
         return NodeLimits(
             batch_size_max=sc.batch_size_max,
@@ -132,10 +242,17 @@ class Simulation:
             retransmit_ms=200,
             pending_requests_max=10_000,
             peer_message_bytes_max=16 << 20,
-        ).replica_config(sc.n, sc.f, rid, CHAIN_ID)
+        )
 
-    def make_app(self) -> App:
-        return LedgerApp(self.genesis) if self.sc.app == "ledger" else EchoApp()
+    def config_for(self, rid: int) -> ReplicaConfig:
+        return self.replica_configs[rid]
+
+    def make_ledger(self) -> LedgerLike:
+        if self.sc.app == "ledger":
+            from node.app.ledger import Ledger
+
+            return Ledger(self.genesis)
+        return EchoLedger()
 
     def _make_requests(self) -> list[bytes]:
         sc = self.sc
@@ -163,7 +280,7 @@ class Simulation:
     def _faulty_net(self) -> bool:
         return self.now < self.sc.faults_until_ms
 
-    def _cut(self, a: int, b: int) -> bool:
+    def cut(self, a: int, b: int) -> bool:
         if not self._faulty_net():
             return False
         return any(s <= self.now < e and ((a in g) != (b in g)) for s, e, g in self.sc.partitions)
@@ -173,7 +290,7 @@ class Simulation:
         return self.rng.randint(1, top)
 
     def send(self, src: int, dst: int, kind: str, payload: Any) -> None:
-        if src == dst or self._cut(src, dst):
+        if src == dst or self.cut(src, dst):
             return
         if self._faulty_net() and self.rng.random() < self.sc.drop:
             return
@@ -182,56 +299,46 @@ class Simulation:
         if self._faulty_net() and self.rng.random() < self.sc.duplicate:
             self._push(self.now + self._delay(), kind, dst, src, payload)
 
-    def _send_peer(self, node: SimNode, dst: int, message: bytes) -> None:
+    def send_peer(self, node: SimNode, dst: int, message: bytes) -> None:
         if node.behaviour:
             for m in byzantine.rewrite(node.behaviour, node.replica, node.crypto, dst, message, self.rng):
                 self.send(node.id, dst, "msg", m)
         else:
             self.send(node.id, dst, "msg", message)
 
-    # --- the driver: actions in order ----------------------------------------------------------
+    # --- what the cores report ----------------------------------------------------------------
 
-    def apply(self, node: SimNode, actions: list[Action]) -> None:
-        for a in actions:
-            if isinstance(a, Persist):
-                if a.value is None:
-                    node.journal.pop(a.key, None)
-                else:
-                    node.journal[a.key] = a.value
-            elif isinstance(a, Broadcast):
-                for dst in range(self.sc.n):
-                    if dst != node.id:
-                        self._send_peer(node, dst, a.message)
-            elif isinstance(a, Send):
-                self._send_peer(node, a.to, a.message)
-            elif isinstance(a, ForwardRequests):
-                for env in a.envelopes:
-                    self.send(node.id, a.to, "request", env)
-            elif isinstance(a, Execute):
-                self._execute(node, a)
-            elif isinstance(a, FetchBlocks):
-                peer = self.rng.choice(a.peers)
-                self.send(node.id, peer, "fetch", a.from_sequence)
-            elif isinstance(a, Attested):
-                node.attested += 1
-            elif isinstance(a, Note):
-                if a.kind in ("view_change", "new_view", "equivocation", "state_diverged"):
-                    self.trace.append(f"{self.now:>6} r{node.id} {a.kind} {a.detail}")
-                if a.kind == "view_change" and node.honest:
-                    self.result.view_changes += 1
-                    self._maybe_crash_all()
+    def on_note(self, node: SimNode, kind: str, detail: dict[str, Any]) -> None:
+        if kind in ("view_change", "new_view", "equivocation", "state_diverged"):
+            self.trace.append(f"{self.now:>6} r{node.id} {kind} {detail}")
+        if kind == "view_change" and node.honest:
+            self.result.view_changes += 1
+            self._maybe_crash_all()
 
-    def _execute(self, node: SimNode, a: Execute) -> None:
-        header = wire.decode_header(a.header)
-        out = node.app.execute(a.sequence, header.timestamp_ms, a.envelopes)
-        node.blocks[a.sequence] = wire.encode_certified_block(a.header, a.envelopes, a.certificate)
-        digest = wire.digest_of(a.header)
+    def on_executed(self, node: SimNode, height: int) -> None:
+        out = node.ledger.last
+        digest = node.core.head.last_block_hash
         self.trace.append(
-            f"{self.now:>6} r{node.id} execute {a.sequence} {digest.hex()[:8]} txs={len(a.envelopes)}"
+            f"{self.now:>6} r{node.id} execute {height} {digest.hex()[:8]} txs={len(out.tx_ids)}"
         )
-        if node.honest:
-            self._check_execution(node, a, digest, out.state_root, out.first_executions)
-        self.apply(node, node.replica.on_executed(a.sequence, out.state_root, out.results_root))
+        if not node.honest:
+            return
+        known = self.digest_at.setdefault(height, digest)
+        if known != digest:
+            self._violation(
+                f"agreement: r{node.id} executed {digest.hex()[:8]} at {height}, others {known.hex()[:8]}"
+            )
+        root = self.root_at.setdefault(height, out.state_root)
+        if root != out.state_root:
+            self._violation(f"ledger agreement: r{node.id} state root differs at {height}")
+        for tx_id, recorded in zip(out.tx_ids, out.recorded, strict=True):
+            if tx_id not in self.submitted:
+                self._violation(f"validity: r{node.id} executed unsubmitted tx at {height}")
+            node.executed_ids.add(tx_id)
+            if recorded:
+                if tx_id in node.first_ids:
+                    self._violation(f"validity: r{node.id} applied a tx twice (at {height})")
+                node.first_ids.add(tx_id)
 
     # --- checkers ----------------------------------------------------------------------------
 
@@ -239,34 +346,13 @@ class Simulation:
         self.trace.append(f"{self.now:>6} VIOLATION {what}")
         self.result.safety_violations.append(what)
 
-    def _check_execution(
-        self, node: SimNode, a: Execute, digest: bytes, state_root: bytes, first: tuple[bytes, ...]
-    ) -> None:
-        seq = a.sequence
-        known = self.digest_at.setdefault(seq, digest)
-        if known != digest:
-            self._violation(
-                f"agreement: r{node.id} executed {digest.hex()[:8]} at {seq}, others {known.hex()[:8]}"
-            )
-        root = self.root_at.setdefault(seq, state_root)
-        if root != state_root:
-            self._violation(f"ledger agreement: r{node.id} state root differs at {seq}")
-        for tx_id in a.tx_ids:
-            if tx_id not in self.submitted:
-                self._violation(f"validity: r{node.id} executed unsubmitted tx at {seq}")
-            node.executed_ids.add(tx_id)
-        for tx_id in first:
-            if tx_id in node.first_ids:
-                self._violation(f"validity: r{node.id} applied a tx twice (at {seq})")
-            node.first_ids.add(tx_id)
-
     def _live_done(self) -> bool:
         honest = [n for n in self.nodes if n.honest]
         if len(self.submitted) < len(self.requests):
             return False
         if any(len(n.executed_ids) < len(self.submitted) for n in honest):
             return False
-        if len({n.app.last_executed for n in honest}) != 1:
+        if len({n.last_executed for n in honest}) != 1:
             return False
         # Every honest replica votes in one view again: executing by catch-up alone while stuck
         # in a view nobody else is in leaves the consortium without its fault margin (issue 21).
@@ -327,13 +413,13 @@ class Simulation:
         res.end_ms = self.now
         if not self._live_done():
             missing = [n.id for n in self.nodes if n.honest and len(n.executed_ids) < len(self.submitted)]
-            lasts = {n.id: n.app.last_executed for n in self.nodes if n.honest}
+            lasts = {n.id: n.last_executed for n in self.nodes if n.honest}
             views = {n.id: _view_state(n) for n in self.nodes if n.honest and n.up}
             res.liveness_failure = (
                 f"not done by {deadline} ms: replicas missing requests {missing}, last executed {lasts}, "
                 f"(view, in view change) {views}"
             )
-        res.sequences_executed = max((n.app.last_executed for n in self.nodes if n.honest), default=0)
+        res.sequences_executed = max((n.last_executed for n in self.nodes if n.honest), default=0)
         for n in self.nodes:
             for k, v in n.replica.counters.items():
                 res.counters[k] = res.counters.get(k, 0) + v
@@ -341,10 +427,16 @@ class Simulation:
         return res
 
     def _event(self, kind: str, args: tuple[Any, ...]) -> None:
-        if kind == "tick":
+        if kind == "group":  # the events a node received at this millisecond, as one group
+            node = self.nodes[args[0]]
+            node.group_due = False
+            if node.up:
+                _run_groups(node.core)
+        elif kind == "tick":
             for node in self.nodes:
                 if node.up:
-                    self.apply(node, node.replica.on_tick(self.now))
+                    node.core.tick()
+                    _run_groups(node.core)  # with what else came this millisecond
                     if node.behaviour in ("forge", "replay", "pusher"):
                         for dst, m in byzantine.extra(
                             node.behaviour, node.replica, node.crypto, self.rng, node.heard
@@ -354,15 +446,17 @@ class Simulation:
             self._track_isolation()
             self._push(self.now + TICK_MS, "tick")
         elif kind == "msg":
-            dst, _src, message = args
+            dst, src, message = args
             node = self.nodes[dst]
             if node.up:
                 if node.behaviour == "replay":
                     byzantine.remember(node.heard, message, self.rng)
-                self.apply(node, node.replica.on_message(message))
-        elif kind == "request":
-            dst, _src, env = args
-            self._deliver_request(self.nodes[dst], env)
+                node.core.on_peer_message(self.nodes[src].source, message)
+        elif kind == "forward":
+            dst, src, envelopes = args
+            node = self.nodes[dst]
+            if node.up:
+                node.core.on_forward(self.nodes[src].source, envelopes, _admit)
         elif kind == "submit":
             (i,) = args
             env = self.requests[i]
@@ -370,28 +464,32 @@ class Simulation:
             self.submitted[tx_id] = env
             self.trace.append(f"{self.now:>6} submit {tx_id.hex()[:8]}")
             for r in self.rng.sample(range(self.sc.n), self.rng.randint(1, 2)):
-                self._deliver_request(self.nodes[r], env)
+                self._client_submit(self.nodes[r], env)
         elif kind == "retry":
             # The client SDK re-sends what it has no receipt for (f+1 executions) to everyone.
             for tx_id, env in self.submitted.items():
                 if sum(1 for n in self.nodes if n.honest and tx_id in n.executed_ids) <= self.sc.f:
                     for node in self.nodes:
-                        self._deliver_request(node, env)
+                        self._client_submit(node, env)
             self._push(self.now + CLIENT_RETRY_MS, "retry")
         elif kind == "fetch":
-            dst, src, from_seq = args
+            dst, src, (from_seq, round) = args
             node = self.nodes[dst]
             if node.up and node.behaviour != "silent":
-                top = min(node.app.last_executed, from_seq + FETCH_BLOCKS_MAX - 1)
-                blocks = [node.blocks[s] for s in range(from_seq, top + 1)]
+                blocks_, last = node.core.fetch_blocks(from_seq, FETCH_BLOCKS_MAX)
                 if node.behaviour == "forge":
-                    blocks = byzantine.tamper_blocks(blocks, self.rng)
-                self.send(dst, src, "blocks", blocks)
+                    blocks_ = byzantine.tamper_blocks(blocks_, self.rng)
+                self.send(dst, src, "blocks", (round, blocks_, last))
         elif kind == "blocks":
-            dst, _src, blocks = args
+            dst, src, (round, blocks_, last) = args
             node = self.nodes[dst]
             if node.up:
-                self.apply(node, node.replica.on_blocks(blocks))
+                node.core.on_fetched(round, src, (blocks_, last))
+        elif kind == "fetch_timeout":
+            r, peer, round, core = args
+            node = self.nodes[r]
+            if node.up and node.core is core:
+                core.on_fetched(round, peer, None)
         elif kind == "crash":
             (r,) = args
             self.nodes[r].up = False
@@ -408,28 +506,31 @@ class Simulation:
             # As the node's transport does: links to and from the restarted replica come up.
             for other in self.nodes:
                 if other.up and other.id != r:
-                    self.apply(other, other.replica.on_peer_up(r))
-                    self.apply(self.nodes[r], self.nodes[r].replica.on_peer_up(other.id))
+                    other.core.on_peer_up(r)
+                    self.nodes[r].core.on_peer_up(other.id)
 
-    def _deliver_request(self, node: SimNode, env: bytes) -> None:
+    def _client_submit(self, node: SimNode, env: bytes) -> None:
+        """A client's transaction at a node's API: admitted (stateless checks pass here)."""
         if node.up:
-            tx_id = hashlib.sha256(wire_body(env)).digest()
-            self.apply(node, node.replica.on_request(tx_id, env))
+            tx_id, canonical = wire.canonical_envelope(env)
+            node.core.submit(tx_id, canonical)
+
+
+def _run_groups(core: NodeCore) -> None:
+    while core.run_group() and core.queued:
+        pass
+
+
+def _admit(envelopes: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The API's admission of a peer's relay (node/api/admission.py), as far as the sim needs."""
+    return [wire.canonical_envelope(e) for e in envelopes]
 
 
 def _view_state(node: SimNode) -> tuple[int, bool]:
     return node.replica.view, node.replica.in_view_change
 
 
-def wire_body(env: bytes) -> bytes:
-    from ledger.v1 import tx_pb2
-
-    e = tx_pb2.Envelope()
-    e.ParseFromString(env)
-    return e.body
-
-
 def run_seed(seed: int, app: str = "echo") -> Result:
-    from tests.sim.scenario import random_scenario
+    from sim.scenario import random_scenario
 
     return Simulation(random_scenario(seed, app)).run()
