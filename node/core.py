@@ -434,10 +434,13 @@ class NodeCore:
         return [a for a in actions if not isinstance(a, act.ForwardRequests)]
 
     def _flush_relay(self) -> None:
-        now, self._relay_now = self._relay_now, {}
-        for to, envelopes in now.items():
-            self._forward(to, envelopes)
+        if self._relay_now:
+            now, self._relay_now = self._relay_now, {}
+            for to, envelopes in now.items():
+                self._forward(to, envelopes)
         later = self._relay_later
+        if not later:
+            return
         cutoff = self._monotonic() * 1000 - self.relay_delay_ms
         if not later or (later[0][0] > cutoff and len(later) <= RELAY_WAITING_MAX):
             return
@@ -547,8 +550,8 @@ class NodeCore:
         if not group:
             return False
         replica = self.replica
+        self.stats.events += len(group)
         for source, event, size in group:
-            self.stats.events += 1
             rejected = replica.rejected + self.relays_rejected
             try:
                 actions = event()

@@ -25,7 +25,9 @@ def test_one_hundred_random_seeds_are_safe_and_live() -> None:
         _ok(r)
         executed += r.sequences_executed
     assert executed > 1000  # the runs did real work
-    assert time.monotonic() - started < 60
+    # Each seed runs the node core (queues, group commit, store writes, relays): 1.5-2.4x the
+    # time of the bare replicas the simulator ran before (60 seeds: 38.5 s -> 92 s, loaded host).
+    assert time.monotonic() - started < 150
 
 
 def test_random_seeds_on_the_real_ledger() -> None:
@@ -336,3 +338,11 @@ def test_regression_lagging_replica_without_f_plus_one_evidence_seed_65_ledger()
         log_window=12,
     )
     _ok(Simulation(sc).run())
+
+
+def test_a_primary_cut_off_through_a_view_change_joins_the_new_view_on_a_quiet_network() -> None:
+    # Regression: seeds 103 and 127 of scripts/simulate.py, once the seeds ran the node core
+    # (its relays let the others change view and finish while the primary was cut off; back,
+    # it heard nothing that names a view and stayed alone in view 0).
+    for seed in (103, 127):
+        _ok(run_seed(seed))
