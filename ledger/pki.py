@@ -117,14 +117,39 @@ def issue_node_cert(
     """The node's TLS certificate under its bank's CA: CN = member id, usable by the node as a
     server (both ports) and as a client (its links to peers). ``common_name``, ``not_before`` and
     ``not_after`` exist so tests can make the wrong certificates the node must refuse."""
+    cn = common_name or member_id
+    return _issue(
+        ca,
+        cn,
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        san_names(cn, hosts),
+        not_before,
+        not_after,
+    )
+
+
+def issue_client_cert(ca: Issued, name: str) -> Issued:
+    """A client-only certificate under a bank's CA, for the bank's own tools (its monitoring
+    scrapes the node's metrics with one). CN = ``name``, which must not be a member id, so the
+    certificate can never speak for a node (node/peerauth.py names a peer by its CN)."""
+    return _issue(ca, name, [ExtendedKeyUsageOID.CLIENT_AUTH], None, None, None)
+
+
+def _issue(
+    ca: Issued,
+    cn: str,
+    usages: list[x509.ObjectIdentifier],
+    sans: list[x509.GeneralName] | None,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime | None,
+) -> Issued:
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("the CA key is not an ECDSA key")
     ca_cert = load_cert(ca.cert_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    cn = common_name or member_id
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
         .issuer_name(ca_cert.subject)
@@ -133,16 +158,14 @@ def issue_node_cert(
         .not_valid_before(not_before or now - BACKDATE)
         .not_valid_after(not_after or now + datetime.timedelta(days=NODE_VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(san_names(cn, hosts)), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
     )
+    if sans is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     return Issued(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
 

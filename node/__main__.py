@@ -17,7 +17,9 @@ import gc
 import os
 import resource
 import signal
+import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from ledger import tls as ledger_tls
 from ledger.crypto import KeyFileError, SigningKey, load_key
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis
 from ledger.tls import bind
@@ -39,7 +42,7 @@ from node.app.validate import CheckCache
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.driver import Driver
 from node.log import EventLog
-from node.metrics import NodeMetrics, NodeSources
+from node.metrics import MetricsTls, NodeMetrics, NodeSources
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.replica import Replica
 from node.ports import port_holders
@@ -366,13 +369,28 @@ def start_metrics(
             counters=lambda: dict(log.counters),
         )
     )
+    tls = None
+    if config.tls:
+        assert config.tls_cert_path is not None and config.tls_key_path is not None  # load_node_config
+        member = genesis.member(config.member_id)
+        assert member is not None
+        # Scrapers: client certificates of this node's own bank CA (ssl wants it in a file).
+        client_ca = config.data_dir / "metrics-client-ca.pem"
+        client_ca.write_bytes(ledger_tls.member_ca(member))
+        tls = MetricsTls(config.tls_cert_path, config.tls_key_path, client_ca)
+    lock = threading.Lock()
+
+    def refused(reason: str) -> None:  # the metrics server's threads: counted under a lock
+        with lock:
+            log.count(f"metrics_refused_{reason}")
+
     try:
-        metrics.serve(config.metrics_listen)
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {config.metrics_listen} (metrics port): {exc}", 3) from exc
+        metrics.serve(config.metrics_listen, tls, refused)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot serve metrics on {config.metrics_listen}: {exc}", 3) from exc
     driver.core.observe_commit_latency_s = metrics.commit_latency.observe
     store.on_commit_s = metrics.store_commit.observe
-    log.event("metrics_serving", listen=config.metrics_listen)
+    log.event("metrics_serving", listen=config.metrics_listen, https=tls is not None)
     return metrics
 
 

@@ -6,24 +6,111 @@ commit latency (a block's primary timestamp to its execution here) and the LMDB 
 (which includes the fsync). The HTTP server is prometheus-client's, on its own daemon thread;
 the collector reads plain ints and copies of dicts, which the GIL keeps consistent enough for
 monitoring. Names follow Prometheus conventions (base units, ``_total`` for counters);
-README.md lists them. Who may read: whoever reaches the port, so bind it to the bank's
-monitoring network (the default config binds 127.0.0.1), or put TLS in front.
+README.md lists them.
+
+Who may read: with TLS on (the node's default) the port speaks HTTPS with the node's own
+certificate and asks for a client certificate issued by the node's own bank CA (the one genesis
+lists for it): the bank's monitoring holds one (``scripts/members.py`` issues
+``<BANK>.monitor.pem``), other banks and strangers are refused at the handshake. The server is
+ours, not prometheus-client's ``start_http_server``, because that one shakes hands inside
+``accept()`` on its only serving thread, so one client that never finishes a handshake stalls
+every scrape; here each connection shakes hands on its own thread, under a deadline, and
+connections beyond a cap are closed at once. Plaintext HTTP only with the node's ``tls`` off.
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 # Commit latency from the primary's proposal to execution here: tens of ms to seconds.
 COMMIT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # An LMDB commit with fsync: well under a millisecond on a fast disk, tens of ms on a slow one.
 STORE_COMMIT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# A scrape connection: its TLS handshake and request must arrive within this, and at most this
+# many are served at once (Prometheus uses one; the rest are closed on accept).
+CONNECTION_TIMEOUT_S = 5.0
+CONNECTIONS_MAX = 16
+
+
+@dataclass(frozen=True)
+class MetricsTls:
+    """HTTPS for /metrics: the node's certificate and key, and the CA whose client
+    certificates may scrape (the node's own bank CA)."""
+
+    cert_path: Path
+    key_path: Path
+    client_ca_path: Path
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        ctx.load_verify_locations(cafile=str(self.client_ca_path))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: Prometheus scrapes every few seconds."""
+
+
+class _Server(ThreadingWSGIServer):
+    """A thread per connection, at most CONNECTIONS_MAX; the TLS handshake (when ``tls``) runs on
+    the connection's own thread under CONNECTION_TIMEOUT_S."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls: ssl.SSLContext | None = None
+        self.refused: Callable[[str], None] = lambda reason: None
+        self._slots = threading.BoundedSemaphore(CONNECTIONS_MAX)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not self._slots.acquire(blocking=False):
+            self.refused("connections_max")
+            return False
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        sock: socket.socket = request
+        sock.settimeout(CONNECTION_TIMEOUT_S)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                self.refused(_handshake_reason(exc))
+                return
+        super().finish_request(sock, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke mid-request: nothing to report beyond the count."""
+        self.refused("broken_request")
+
+
+def _handshake_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "handshake_timeout"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls_{(exc.reason or 'error').lower()}"
+    return "handshake_error"
 
 
 @dataclass(frozen=True)
@@ -131,12 +218,22 @@ class NodeMetrics:
         )
         self._server: Any = None
 
-    def serve(self, listen: str) -> int:
-        """Serve /metrics on host:port (prometheus-client's HTTP server, a daemon thread);
-        returns the port (the one the kernel chose for port 0)."""
+    def serve(
+        self, listen: str, tls: MetricsTls | None = None, refused: Callable[[str], None] | None = None
+    ) -> int:
+        """Serve /metrics on host:port (HTTPS when ``tls``; a daemon thread) and return the port
+        (the one the kernel chose for port 0). ``refused(reason)``: a connection refused or
+        broken (a bad or missing client certificate, a stalled handshake, too many)."""
         host, _, port = listen.rpartition(":")
-        self._server, _ = start_http_server(int(port), addr=host, registry=self.registry)
-        return int(self._server.server_address[1])
+        context = None if tls is None else tls.context()  # errors here: before binding
+        server = make_server(host, int(port), make_wsgi_app(self.registry), _Server, _QuietHandler)
+        assert isinstance(server, _Server)
+        server.tls = context
+        if refused is not None:
+            server.refused = refused
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        self._server = server
+        return int(server.server_address[1])
 
     def close(self) -> None:
         if self._server is not None:

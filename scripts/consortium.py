@@ -24,7 +24,8 @@ SDK, demo, chaos and bench scripts rely on:
     consortium.json                    manifest: chain id, banks in replica order, tls
     banks/<BANK>/                      the bank's own folder, made by `keygen` (scripts/members.py):
         <BANK>.node.key, <BANK>.operator.key, <BANK>.ca.pem, <BANK>.ca-key.pem,
-        <BANK>.tls.pem, <BANK>.tls-key.pem, <BANK>.public.json
+        <BANK>.tls.pem, <BANK>.tls-key.pem, <BANK>.public.json,
+        <BANK>.monitor.pem, <BANK>.monitor-key.pem (the bank monitoring's client certificate: metrics)
     nodes/<BANK>/config.json           node config (node/config.py)
     nodes/<BANK>/data/                 LMDB environment
     nodes/<BANK>/events.log            JSON event lines of the node
@@ -50,9 +51,11 @@ import random
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -512,8 +515,28 @@ class Consortium:
 
     def metrics_url(self, bank: str) -> str | None:
         """Where the node serves Prometheus metrics (its config's metrics_listen), or None."""
-        listen = self.node_config(bank).metrics_listen
-        return None if listen is None else f"http://{listen}/metrics"
+        config = self.node_config(bank)
+        if config.metrics_listen is None:
+            return None
+        return f"{'https' if config.tls else 'http'}://{config.metrics_listen}/metrics"
+
+    def metrics_tls(self, bank: str) -> ssl.SSLContext | None:
+        """How the bank's monitoring scrapes its node's metrics: it trusts the bank's CA and
+        shows the bank's monitoring certificate (None: the consortium runs plaintext)."""
+        if self.insecure:
+            return None
+        files = self.bank_files(bank)
+        ctx = ssl.create_default_context(cafile=str(files.ca_cert))
+        ctx.load_cert_chain(str(files.monitor_cert), str(files.monitor_key))
+        return ctx
+
+    def scrape(self, bank: str, timeout_s: float = 5.0) -> str:
+        """The node's /metrics text, read as the bank's monitoring does."""
+        url = self.metrics_url(bank)
+        if url is None:
+            raise ValueError(f"{bank}: no metrics_listen in its config")
+        with urllib.request.urlopen(url, timeout=timeout_s, context=self.metrics_tls(bank)) as resp:
+            return str(resp.read().decode())
 
     def node_config(self, bank: str) -> NodeConfig:
         return load_node_config(self.config_path(bank))

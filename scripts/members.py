@@ -60,6 +60,14 @@ class BankFiles:
         return self.path("tls-key.pem")
 
     @property
+    def monitor_cert(self) -> Path:
+        return self.path("monitor.pem")
+
+    @property
+    def monitor_key(self) -> Path:
+        return self.path("monitor-key.pem")
+
+    @property
     def node_key(self) -> Path:
         return self.path("node.key")
 
@@ -75,17 +83,21 @@ class BankFiles:
 def keygen(
     files: BankFiles, host: str, replica_port: int, api_port: int, assets: list[tuple[str, int]]
 ) -> Path:
-    """Make a bank's CA, node certificate, node key and operator key in its folder, and its
-    public part; returns the public file. Refuses to overwrite any of them."""
+    """Make a bank's CA, node certificate, node key, operator key and a client certificate for
+    its monitoring (scrapes the node's metrics) in its folder, and its public part; returns the
+    public file. Refuses to overwrite any of them."""
     if files.public.exists():
         raise pki.PkiError(f"{files.public}: already exists; this bank has its keys")
     ca = pki.make_ca(files.bank)
     node_tls = pki.issue_node_cert(ca, files.bank, (host,))
+    monitor = pki.issue_client_cert(ca, f"{files.bank} monitoring")
     node_key, operator_key = SigningKey.generate(), SigningKey.generate()
     pki.write_private(files.ca_key, ca.key_pem)
     files.ca_cert.write_bytes(ca.cert_pem)
     pki.write_private(files.tls_key, node_tls.key_pem)
     files.tls_cert.write_bytes(node_tls.cert_pem)
+    pki.write_private(files.monitor_key, monitor.key_pem)
+    files.monitor_cert.write_bytes(monitor.cert_pem)
     save_key(files.node_key, node_key, f"{files.bank} node")
     save_key(files.operator_key, operator_key, f"{files.bank} operator")
     public = {

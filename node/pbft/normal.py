@@ -80,6 +80,9 @@ class ReplicaCore:
         # replica -> (first, latest) ms we heard it ask for a view above ours since we entered
         # ours: a replica alone ahead of us, which we follow after a while (views.py)
         self._ahead: dict[int, tuple[int, int]] = {}
+        # replica -> (times we followed it alone ahead lately, when we last did): each follow
+        # doubles the wait before the next (views.py, _follow_lone_view)
+        self._followed: dict[int, tuple[int, int]] = {}
         self._voted_in: dict[int, int] = {}  # replica -> highest view of its votes we verified
         # replica -> the highest view it has shown us it is in or asks for (votes, view changes)
         self._peer_view: dict[int, int] = {}
@@ -103,24 +106,27 @@ class ReplicaCore:
 
     # --- normal case -----------------------------------------------------------------------
 
-    def _accept_pre_prepare(self, s: Signed, envelopes: tuple[bytes, ...]) -> bool:
+    def _accept_pre_prepare(
+        self, s: Signed, envelopes: tuple[bytes, ...], own_tx_ids: tuple[bytes, ...] | None = None
+    ) -> bool:
+        """``own_tx_ids``: this replica's own proposal, whose header it built from exactly these
+        envelopes and ids (so nothing of it is checked again)."""
         m = s.msg
         assert isinstance(m, PrePrepare)
-        try:
-            header = wire.decode_header(m.header)
-        except wire.WireError:
-            self._reject("bad_batch")
-            return False
-        try:
-            tx_ids = wire.tx_ids_of(envelopes)
-        except wire.WireError:
-            self._reject("bad_batch")
-            return False
-        if wire.digest_of(m.header) != m.digest or not wire.header_matches(
-            header, self.cfg.chain_id, m.sequence, envelopes, tx_ids
-        ):
-            self._reject("bad_batch")
-            return False
+        if own_tx_ids is not None:
+            tx_ids = own_tx_ids
+        else:
+            try:
+                header = wire.decode_header(m.header)
+                tx_ids = wire.tx_ids_of(envelopes)
+            except wire.WireError:
+                self._reject("bad_batch")
+                return False
+            if wire.digest_of(m.header) != m.digest or not wire.header_matches(
+                header, self.cfg.chain_id, m.sequence, envelopes, tx_ids
+            ):
+                self._reject("bad_batch")
+                return False
         slot = self._slot(m.sequence)
         cur = slot.pp
         if cur is not None and cur.view >= m.view:
@@ -293,11 +299,12 @@ class ReplicaCore:
                 return
             seq = max(self.seq_next, self.stable_seq) + 1
             self.seq_next = seq
-            envelopes = tuple(self.pending[t] for t in itertools.islice(self._unproposed, size))
-            tx_ids = wire.tx_ids_of(envelopes)
+            # pending and _unproposed are keyed by tx_id (checked on admission)
+            tx_ids = tuple(itertools.islice(self._unproposed, size))
+            envelopes = tuple(self.pending[t] for t in tx_ids)
             header = wire.build_header(self.cfg.chain_id, seq, self.now_ms, envelopes, tx_ids)
             pp = self._sign(PrePrepare(self.view, seq, wire.digest_of(header), header))
-            accepted = self._accept_pre_prepare(pp, envelopes)
+            accepted = self._accept_pre_prepare(pp, envelopes, tx_ids)
             assert accepted, "own proposal rejected"
             self._out.append(Broadcast(self.slots[seq].pre_prepare_peer))
             self._proposed.update(tx_ids)

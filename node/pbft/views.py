@@ -21,6 +21,13 @@ from node.pbft.wire import (
     ViewChange,
 )
 
+# Following a replica alone ahead (_follow_lone_view): the wait doubles per recent follow of the
+# same replica, up to 2 timeouts << FOLLOW_BACKOFF_MAX (64 timeouts), and the count is forgotten
+# after FOLLOW_FORGET_TIMEOUTS timeouts without a follow. A liar that keeps asking: a view change
+# at 2, 4, 8, ... then every 64 timeouts. A correct replica back from a crash: 2 timeouts.
+FOLLOW_BACKOFF_MAX = 5
+FOLLOW_FORGET_TIMEOUTS = 256
+
 
 class ViewChanging(ReplicaCore):
     # --- view change -----------------------------------------------------------------------
@@ -54,22 +61,37 @@ class ViewChanging(ReplicaCore):
         change it stayed there for minutes, voting in no view (issue 21)."""
         if self.in_view_change or not self._ahead:
             return
-        wait = 2 * self.cfg.view_change_timeout_ms
         still = 2 * self.cfg.retransmit_ms  # it re-sends its VIEW-CHANGE every retransmit_ms
-        views = [
-            vc.msg.new_view
+        asking = {
+            r: vc.msg.new_view
             for r, (first, latest) in self._ahead.items()
-            if self.now_ms - first >= wait
+            if self.now_ms - first >= self._follow_wait_ms(r)
             and self.now_ms - latest <= still
             and isinstance(vc := self._view_changes.get(r), Signed)
             and isinstance(vc.msg, ViewChange)
             # A liar must not push view numbers far in one step; a correct replica is never
             # more than one view above f+1 correct ones.
             and self.view < vc.msg.new_view <= self.view + self.cfg.n
-        ]
-        if views:
+        }
+        if asking:
             self.counters["followed_lone_view"] += 1
-            self._start_view_change(min(views))
+            for r in asking:
+                times, _ = self._followed.get(r, (0, 0))
+                self._followed[r] = (times + 1, self.now_ms)
+            self._start_view_change(min(asking.values()))
+
+    def _follow_wait_ms(self, replica: int) -> int:
+        """How long ``replica`` must ask alone before we follow it: two view-change timeouts,
+        doubled for each time we followed it lately (up to 2^FOLLOW_BACKOFF_MAX). A correct
+        replica needs following once after a crash; a liar asking over and over for the next
+        view would otherwise cost a view change every two timeouts for as long as it likes. The
+        count is forgotten after FOLLOW_FORGET_TIMEOUTS quiet timeouts."""
+        timeout = self.cfg.view_change_timeout_ms
+        times, last = self._followed.get(replica, (0, 0))
+        if times and self.now_ms - last > FOLLOW_FORGET_TIMEOUTS * timeout:
+            del self._followed[replica]
+            times = 0
+        return 2 * timeout << min(times, FOLLOW_BACKOFF_MAX)
 
     def _saw_vote(self, replica: int, view: int) -> None:
         """A verified pre-prepare, prepare or commit of ``view`` by ``replica``. Once f+1 replicas

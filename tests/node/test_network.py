@@ -465,17 +465,15 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
     net: Consortium, funded: Factory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import json
-    import urllib.request
 
     from consortium import main as consortium_main
     from prometheus_client.parser import text_string_to_metric_families
 
     def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
+        assert url == net.metrics_url("BANK-A")
         return {
             (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
+            for family in text_string_to_metric_families(net.scrape("BANK-A"))
             for s in family.samples
         }
 
@@ -485,7 +483,7 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
     for r in records:
         assert r["up"] and r["height"] >= 1 and len(r["state_root"]) == 64
         assert r["disk_bytes"] > 0 and r["stable_checkpoint"] >= 0
-        assert r["metrics_url"].startswith("http://127.0.0.1:") and r["metrics_url"].endswith("/metrics")
+        assert r["metrics_url"].startswith("https://127.0.0.1:") and r["metrics_url"].endswith("/metrics")
     url = records[0]["metrics_url"]
     before = scrape(url)
     ok = ("ledger_transactions_total", (("result", "OK"),))
@@ -514,6 +512,38 @@ def test_status_json_names_each_nodes_metrics_and_the_counters_move_after_a_tran
     )
     assert after[("ledger_peers", ())] == 3 and after[("ledger_store_used_bytes", ())] > 0
     assert 2 <= after[("ledger_peers_up", ())] <= 3  # a quorum of links (earlier tests restart nodes)
+
+
+def test_metrics_are_for_the_banks_own_monitoring_only(net: Consortium) -> None:
+    """HTTPS with a client certificate of the node's own bank CA: plaintext, no certificate and
+    another bank's monitoring certificate are refused at the handshake, and counted."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = net.metrics_url("BANK-A")
+    assert url is not None and url.startswith("https://")
+    a, b = net.bank_files("BANK-A"), net.bank_files("BANK-B")
+    no_cert = ssl.create_default_context(cafile=str(a.ca_cert))
+    other_bank = ssl.create_default_context(cafile=str(a.ca_cert))
+    other_bank.load_cert_chain(str(b.monitor_cert), str(b.monitor_key))
+    attempts: list[tuple[str, ssl.SSLContext | None, str]] = [
+        ("plaintext", None, url.replace("https://", "http://")),
+        ("no client certificate", no_cert, url),
+        ("BANK-B's monitoring certificate", other_bank, url),
+    ]
+    for what, ctx, target in attempts:
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            urllib.request.urlopen(target, timeout=5, context=ctx).read()
+        assert "ledger_height" in net.scrape("BANK-A"), f"the node still serves after {what}"
+
+    def refusals() -> int | None:
+        status = net.node_status("BANK-A")
+        assert status is not None
+        counted = sum(v for k, v in status.counters.items() if k.startswith("metrics_refused_tls_"))
+        return counted if counted >= 3 else None
+
+    wait_for("the three refusals to be counted", refusals)
 
 
 def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:

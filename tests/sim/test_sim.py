@@ -4,8 +4,6 @@ scenario generator cannot make them disappear)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from sim.cluster import Result, Simulation, run_seed
@@ -18,16 +16,12 @@ def _ok(r: Result) -> None:
 
 
 def test_one_hundred_random_seeds_are_safe_and_live() -> None:
-    started = time.monotonic()
     executed = 0
     for seed in range(100):
         r = run_seed(seed)
         _ok(r)
         executed += r.sequences_executed
-    assert executed > 1000  # the runs did real work
-    # Each seed runs the node core (queues, group commit, store writes, relays): 1.5-2.4x the
-    # time of the bare replicas the simulator ran before (60 seeds: 38.5 s -> 92 s, loaded host).
-    assert time.monotonic() - started < 150
+    assert executed > 1000  # the runs did real work (their speed: scripts/simulate.py, not a test)
 
 
 def test_random_seeds_on_the_real_ledger() -> None:
@@ -135,16 +129,19 @@ def test_every_replica_crashes_during_a_view_change_and_the_lone_one_rejoins(f: 
 
 def test_a_liar_asking_alone_for_the_next_view_costs_view_changes_not_liveness() -> None:
     """The price of following a replica alone ahead: a liar that keeps asking for the next view
-    makes the correct replicas change views, at most once per two timeouts. Everything still
-    executes, in one view at the end."""
+    makes the correct replicas change views, after 2 timeouts, then 4, 8, ...: the wait doubles
+    per follow of the same replica. Everything still executes, in one view at the end."""
     sc = Scenario(seed=21, faulty={3: "pusher"}, requests=30, submit_until_ms=3_000)
     r = Simulation(sc).run()
     _ok(r)
     followed = r.counters.get("followed_lone_view", 0)
     assert followed > 0
-    # Three correct replicas, the liar's first request heard at ~0 ms, then one follow per two
-    # timeouts (plus the view change itself) at most.
-    assert followed <= 3 * (r.end_ms // (2 * sc.view_change_timeout_ms) + 1), (followed, r.end_ms)
+    # Three correct replicas, each following the liar after 2, then 4, 8, ... timeouts
+    # (views.py, FOLLOW_BACKOFF_MAX): k follows need 2 * (2^k - 1) timeouts at least.
+    follows_max = 0
+    while 2 * ((1 << (follows_max + 1)) - 1) * sc.view_change_timeout_ms <= r.end_ms:
+        follows_max += 1
+    assert followed <= 3 * follows_max, (followed, follows_max, r.end_ms)
 
 
 def test_seven_replicas_two_faulty() -> None:
