@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeded fault simulator of whole PBFT clusters (tests/sim).
+"""Seeded fault simulator of whole clusters of node cores (sim/).
 
     python scripts/simulate.py --seeds 1000 --json     many seeds; last line is one JSON object
     python scripts/simulate.py --seed 42               replay one run; a short trace on failure
