@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ledger.genesis import Genesis
+from node import core
 from node.core import (
     INTERNAL,
     CoreConfig,
@@ -44,16 +45,8 @@ YIELD_EVERY_S = 0.002  # the loop runs its other tasks at least this often (see 
 HEIGHT_WAITERS_MAX = 10_000  # reads waiting for a min_height (wait_height); past it, no wait
 
 
-class Transport(Protocol):
-    """node/transport.py: PeerLinks."""
-
-    def send(self, to: int, message: bytes) -> None: ...
-
-    def broadcast(self, message: bytes) -> None: ...
-
-    def forward(self, to: int, envelopes: Sequence[bytes]) -> None: ...
-
-    def is_up(self, replica: int) -> bool: ...
+class Transport(core.Transport, Protocol):
+    """node/transport.py: PeerLinks (what the core sends through, and catch-up's fetches)."""
 
     async def fetch_blocks(self, peer_id: int, from_height: int) -> tuple[list[bytes], int] | None: ...
 

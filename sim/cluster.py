@@ -109,6 +109,7 @@ class SimNode:
         self.up = True
         self.heard: list[bytes] = []
         self.group_due = False  # a "group" event is queued for this node
+        self.crash_after_sends: int | None = None  # a crash due after this many more messages
         self.source = ("peer", rid)  # how the other nodes' cores name their link from us
         self.core = self._new_core()
 
@@ -153,6 +154,7 @@ class SimNode:
 
     def restart(self) -> None:
         self.up = True
+        self.crash_after_sends = None
         self.core = self._new_core()
 
     def _wake(self) -> None:
@@ -165,16 +167,31 @@ class SimNode:
 
     # The core's Transport and Fetcher.
 
+    def _may_send(self) -> bool:
+        """False once crashed; a crash due (crash_after_sends) lands between two messages."""
+        if not self.up:
+            return False
+        left = self.crash_after_sends
+        if left is None:
+            return True
+        if left == 0:
+            self.sim.crash(self)
+            return False
+        self.crash_after_sends = left - 1
+        return True
+
     def send(self, to: int, message: bytes) -> None:
-        self.sim.send_peer(self, to, message)
+        if self._may_send():
+            self.sim.send_peer(self, to, message)
 
     def broadcast(self, message: bytes) -> None:
         for dst in range(self.sim.sc.n):
-            if dst != self.id:
+            if dst != self.id and self._may_send():
                 self.sim.send_peer(self, dst, message)
 
     def forward(self, to: int, envelopes: Sequence[bytes]) -> None:
-        self.sim.send(self.id, to, "forward", list(envelopes))
+        if self._may_send():
+            self.sim.send(self.id, to, "forward", list(envelopes))
 
     def is_up(self, replica: int) -> bool:
         return not self.sim.cut(self.id, replica)
@@ -191,6 +208,7 @@ class Simulation:
     def __init__(self, sc: Scenario, trace_max: int = 300) -> None:
         self.sc = sc
         self.rng = random.Random(sc.seed * 7919 + 17)
+        self.crash_rng = random.Random(sc.seed * 7919 + 18)  # where in its sends a crash lands
         self.now = 0
         self.clock = _Clock(self)
         self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
@@ -431,12 +449,12 @@ class Simulation:
             node = self.nodes[args[0]]
             node.group_due = False
             if node.up:
-                _run_groups(node.core)
+                _run_groups(node)
         elif kind == "tick":
             for node in self.nodes:
                 if node.up:
                     node.core.tick()
-                    _run_groups(node.core)  # with what else came this millisecond
+                    _run_groups(node)  # with what else came this millisecond
                     if node.behaviour in ("forge", "replay", "pusher"):
                         for dst, m in byzantine.extra(
                             node.behaviour, node.replica, node.crypto, self.rng, node.heard
@@ -491,9 +509,18 @@ class Simulation:
             if node.up and node.core is core:
                 core.on_fetched(round, peer, None)
         elif kind == "crash":
+            # kill -9 lands anywhere, also between a group's sends: after this many more
+            # messages (its journal records are on disk by then: persist before send), or at
+            # the next millisecond if it sends no more.
             (r,) = args
-            self.nodes[r].up = False
-            self.trace.append(f"{self.now:>6} r{r} crash")
+            node = self.nodes[r]
+            if node.up:
+                node.crash_after_sends = self.crash_rng.randint(0, 3)
+                self._push(self.now + 1, "crash_now", r)
+        elif kind == "crash_now":
+            (r,) = args
+            if self.nodes[r].crash_after_sends is not None:
+                self.crash(self.nodes[r])
         elif kind == "crash_all":
             for node in self.nodes:
                 node.up = False
@@ -509,6 +536,11 @@ class Simulation:
                     other.core.on_peer_up(r)
                     self.nodes[r].core.on_peer_up(other.id)
 
+    def crash(self, node: SimNode) -> None:
+        node.up = False
+        node.crash_after_sends = None
+        self.trace.append(f"{self.now:>6} r{node.id} crash")
+
     def _client_submit(self, node: SimNode, env: bytes) -> None:
         """A client's transaction at a node's API: admitted (stateless checks pass here)."""
         if node.up:
@@ -516,8 +548,8 @@ class Simulation:
             node.core.submit(tx_id, canonical)
 
 
-def _run_groups(core: NodeCore) -> None:
-    while core.run_group() and core.queued:
+def _run_groups(node: SimNode) -> None:
+    while node.up and node.core.run_group() and node.core.queued:
         pass
 
 
