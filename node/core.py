@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -310,15 +310,18 @@ class NodeCore:
         self.wake()
         return True
 
-    def has_room(self, source: Hashable, size: int) -> bool:
-        """Whether a peer stream's next message of ``size`` bytes fits its queue now."""
-        return self._events.has_room(source, size, PEER_STREAM_EVENTS_MAX)
-
-    def on_peer_message(self, source: Hashable, raw: bytes) -> None:
-        """A message from one peer connection (after has_room: the shell waits for room)."""
-        event = functools.partial(self.replica.on_message, raw)
-        if self._events.put(source, (source, event, len(raw)), len(raw), PEER_STREAM_EVENTS_MAX):
-            self.wake()
+    def on_peer_message(self, source: Hashable, raw: bytes) -> bool:
+        """A message from one peer connection, queued; False (not queued) while its queue is
+        full (the shell's stream then waits for room: backpressure)."""
+        if not self._events.put(
+            source,
+            (source, functools.partial(self.replica.on_message, raw), len(raw)),
+            len(raw),
+            PEER_STREAM_EVENTS_MAX,
+        ):
+            return False
+        self.wake()
+        return True
 
     @property
     def queued(self) -> int:
@@ -499,7 +502,7 @@ class NodeCore:
         with self.store.read() as r:
             return _receipt_heights(r, tx_ids)
 
-    def attested_tx_ids(self, sequence: int, waiting: Callable[[bytes], bool]) -> dict[bytes, int]:
+    def attested_tx_ids(self, sequence: int, waiting: Container[bytes]) -> dict[bytes, int]:
         """The attestations of ``sequence`` are on disk: tx_id -> receipt height for those of
         its transactions that ``waiting`` asks for and whose receipt can now be served (a retry
         of an earlier tx in this block keeps its receipt at the earlier height)."""
@@ -510,7 +513,7 @@ class NodeCore:
             if raw is None:
                 return {}
             tx_ids = tuple(wire.tx_ids_of(wire.decode_certified_block(raw)[1]))
-        heights = self.receipt_heights([t for t in tx_ids if waiting(t)])
+        heights = self.receipt_heights([t for t in tx_ids if t in waiting])
         return {tx_id: h for tx_id, h in heights.items() if h is not None}
 
     def unlikely_to_be_attested(self, height: int) -> bool:

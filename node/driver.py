@@ -160,14 +160,11 @@ class Driver:
         is stopping, or the replica rejected too many of its messages."""
         core = self.core
         for raw in messages:
-            while not core.has_room(source, len(raw)):
+            while not core.on_peer_message(source, raw):
                 if self._stopped:
                     return False
                 self._room.clear()
                 await self._room.wait()
-            if self._stopped:
-                return False
-            core.on_peer_message(source, raw)
         return not self._stopped
 
     def queue_depths(self) -> dict[str, int]:
@@ -283,7 +280,7 @@ class Driver:
                 attested.set_result(None)
         if not self._waiters:
             return
-        for tx_id, height in self.core.attested_tx_ids(sequence, self._waiters.__contains__).items():
+        for tx_id, height in self.core.attested_tx_ids(sequence, self._waiters).items():
             for fut in self._waiters.get(tx_id, []):
                 if not fut.done():
                     fut.set_result(height)
