@@ -24,22 +24,11 @@ from typing import Any, Protocol
 
 from ledger.genesis import Genesis
 from node import core
-from node.core import (
-    INTERNAL,
-    CoreConfig,
-    CoreStats,
-    LedgerLike,
-    NodeCore,
-    ReplicaLike,
-    SourceRecord,
-    _Pending,
-)
+from node.core import CoreConfig, CoreStats, LedgerLike, NodeCore, ReplicaLike, _Pending
 from node.log import EventLog
 from node.pbft import actions as act
 from node.storage import blocks
 from node.storage.kv import KVReader, KVStore
-
-__all__ = ["INTERNAL", "Driver", "SourceRecord", "Transport"]
 
 YIELD_EVERY_S = 0.002  # the loop runs its other tasks at least this often (see _consume)
 HEIGHT_WAITERS_MAX = 10_000  # reads waiting for a min_height (wait_height); past it, no wait
