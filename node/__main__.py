@@ -39,11 +39,10 @@ from node.api import LedgerApi
 from node.app import queries
 from node.app.ledger import Ledger
 from node.app.validate import CheckCache
-from node.config import ConfigError, NodeConfig, load_node_config
+from node.config import ConfigError, NodeConfig, NodeLimits, load_node_config
 from node.driver import Driver
 from node.log import EventLog
 from node.metrics import MetricsTls, NodeMetrics, NodeSources
-from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.journal import restore as restore_journal
 from node.pbft.replica import Replica
@@ -59,7 +58,6 @@ from node.transport import PeerLinks, ReplicaServer, server_options
 from node.votes import VoteGuard, VoteRecord, VoteRecordError, start_floor
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
-PENDING_TTL_FACTOR = 30  # forget an admitted request after this many view-change timeouts
 # Open files kept out of the connection caps: LMDB, the logs, outgoing peer channels, gRPC's
 # own descriptors (its pollers, wakeup fds, threads). A node needs a few dozen of these.
 FD_RESERVE = 512
@@ -119,16 +117,90 @@ class _Inbound:
 
 
 async def run(loaded: Loaded, key: SigningKey) -> int:
+    """The composition root: assemble the node, serve it, run until a signal or a failure."""
     config, genesis, member = loaded.config, loaded.genesis, loaded.member
-    limits = config.limits
     # First: LMDB, the log and every socket count against the open-file limit.
     open_files = raise_open_files_limit()
-    connections_max = connections_cap(limits.connections_max, open_files)
+    connections_max = connections_cap(config.limits.connections_max, open_files)
+    limits = config.limits
     log = EventLog(member.member_id, config.log_path, limits.log_file_bytes_max, limits.log_files_kept)
     try:
         security: NodeSecurity = load_security(config, genesis, member, log)
     except SecurityError as exc:
         raise StartupError(str(exc), 2) from exc
+    node = assemble(loaded, key, security, log)
+    metrics = start_metrics(config, genesis, node.driver, node.replica, node.links, node.lmdb_store, log)
+    servers = bind_servers(loaded, node, security, connections_max, log)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await servers.start()
+    node.start()
+    tune_gc()
+    serving = asyncio.ensure_future(follow_health(servers.health, node, config.limits, log))
+    # Handshakes gRPC refused, counted from the lines it writes on stderr (node/peerauth.py).
+    refusals = HandshakeRefusals.of_stderr(log) if config.tls else None
+    watch_refusals = asyncio.ensure_future(refusals.run() if refusals else asyncio.sleep(0))
+    log.event(
+        "node_started",
+        replica=member.replica,
+        api=config.api_listen,
+        replica_port=config.replica_listen,
+        tls=config.tls,
+        last_executed=node.driver.head.last_executed,
+        journal_records=node.journal_records,
+        abstaining=node.vote_floor is not None,
+        vote_floor=None
+        if node.vote_floor is None
+        else f"view {node.vote_floor[0]}, sequence {node.vote_floor[1]}",
+        open_files=open_files,
+        connections_max=connections_max,
+    )
+    exit_code = await until_stopped(stop, node.driver, log)
+    serving.cancel()
+    watch_refusals.cancel()
+    await servers.stop()
+    await node.stop()
+    if metrics is not None:
+        metrics.close()
+    node.store.close()
+    log.event("node_stopped", exit_code=exit_code, last_executed=node.driver.head.last_executed)
+    log.close()
+    return exit_code
+
+
+@dataclass
+class Node:
+    """The node's parts, wired together (assemble)."""
+
+    lmdb_store: LmdbStore
+    store: blocks.ScopedReads  # over lmdb_store: what the node reads and writes through
+    replica: Replica
+    links: PeerLinks
+    driver: Driver
+    backfill: AttestationBackfill
+    api: LedgerApi
+    quorum_links: asyncio.Event  # set once 2f peers (a quorum with this node) are linked
+    journal_records: int
+    vote_floor: tuple[int, int] | None  # restored or wiped: (view, sequence) it abstains below
+
+    def start(self) -> None:
+        self.links.start()
+        self.driver.start()
+        # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
+        self.backfill.start(lambda: self.driver.head.last_executed, self.driver.unlikely_to_be_attested)
+
+    async def stop(self) -> None:
+        await self.driver.stop()
+        await self.links.close()
+        await self.backfill.close()
+
+
+def assemble(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: EventLog) -> Node:
+    """Store, ledger, replica (from the store's journal and head), peer links, the driver
+    around the node core, the attestation backfill and the client API."""
+    config, genesis, member = loaded.config, loaded.genesis, loaded.member
+    limits = config.limits
     lmdb_store = LmdbStore(
         config.data_dir,
         map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes),
@@ -153,21 +225,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         floor = start_floor(record, r, not journal, restore_journal(journal).view)
     crypto = Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id)
     replica = Replica(
-        ReplicaConfig(
-            n=genesis.n,
-            f=genesis.f,
-            replica_id=member.replica,
-            chain_id=genesis.chain_id,
-            batch_size_max=limits.batch_size_max,
-            batch_delay_ms=limits.batch_delay_ms,
-            batch_delay_max_ms=limits.batch_delay_max_ms,
-            batch_delay_per_tps_us=limits.batch_delay_per_tps_us,
-            checkpoint_interval=limits.checkpoint_interval,
-            log_window=limits.log_window,
-            view_change_timeout_ms=limits.view_change_timeout_ms,
-            pending_requests_max=limits.pending_requests_max,
-            message_bytes_max=limits.peer_message_bytes_max,
-        ),
+        limits.replica_config(genesis.n, genesis.f, member.replica, genesis.chain_id),
         crypto,
         journal,
         head.last_executed,
@@ -193,17 +251,9 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         replica,
         links,
         log,
-        tick_ms=limits.tick_ms,
-        pending_requests_max=limits.pending_requests_max,
-        pending_ttl_ms=limits.view_change_timeout_ms * PENDING_TTL_FACTOR,
-        genesis_root=genesis_root,
-        own_replica=member.replica,
-        # Half the timeout saved another ~4% CPU in closed loop, but chaos seed 303 then took
-        # 1.4-4.4 s to commit again after a backup was killed or paused, against 0.5 s at most
-        # with a fifth (both after the restart-clock fix): the node takes the copies it has not
-        # relayed yet with it, and they commit only once clients resubmit elsewhere (the likely
-        # cause, not traced message by message).
-        relay_delay_ms=limits.view_change_timeout_ms // 5,
+        limits.core_config(),
+        genesis_root,
+        member.replica,
         pruner=None if config.retention.archive else Pruner(config.retention),
         before_send=votes.before_send,
     )
@@ -216,6 +266,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         reply_bytes_max=limits.peer_message_bytes_max,
         reader=key,
         dial=security.dial,
+        put=driver.put_attestations,
     )
     api = LedgerApi(
         genesis,
@@ -231,16 +282,43 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
         space=lmdb_store.space,
     )
-    metrics = start_metrics(config, genesis, driver, replica, links, lmdb_store, log)
+    return Node(lmdb_store, store, replica, links, driver, backfill, api, quorum_links, len(journal), floor)
 
+
+@dataclass
+class Servers:
+    replica: grpc.aio.Server
+    api: grpc.aio.Server
+    health: HealthServicer
+
+    async def start(self) -> None:
+        await self.replica.start()
+        await self.api.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.api.stop(grace=1.0)
+        await self.replica.stop(grace=0.5)
+
+
+def bind_servers(
+    loaded: Loaded, node: Node, security: NodeSecurity, connections_max: int, log: EventLog
+) -> Servers:
+    """The replica port (ReplicaService, mutual TLS) and the API port (LedgerService, health,
+    reflection), bound; StartupError (exit 3) when an address is taken."""
+    config, genesis = loaded.config, loaded.genesis
+    limits = config.limits
     peer_bytes = limits.peer_message_bytes_max
     replica_server = grpc.aio.server(
         options=server_options(
             limits, peer_bytes, peer_bytes, connections_max, limits.peer_streams_per_connection_max
         )
     )
+    inbound = _Inbound(node.driver, node.api)
     replica_server.add_generic_rpc_handlers(
-        (ReplicaServer(genesis, limits, _Inbound(driver, api), log, security.peer_auth(log)).handler(),)
+        (ReplicaServer(genesis, limits, inbound, log, security.peer_auth(log)).handler(),)
     )
     # Client requests are bounded tightly; replies (a whole block) may be as large as a peer's.
     api_server = grpc.aio.server(
@@ -248,7 +326,7 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             limits, limits.message_bytes_max, peer_bytes, connections_max, limits.streams_per_connection_max
         )
     )
-    api_server.add_generic_rpc_handlers((api.handler(),))
+    api_server.add_generic_rpc_handlers((node.api.handler(),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, api_server)
     enable_reflection(
@@ -271,62 +349,36 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
             raise StartupError(
                 f"cannot listen on {address} ({what} {port}); held by: {port_holders(port)}", 3
             )
+    return Servers(replica_server, api_server, health)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
-    await replica_server.start()
-    await api_server.start()
-    links.start()
-    driver.start()
-    # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
-    backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested, driver.wake_waiters)
-    tune_gc()
-    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    await health.set("ledger.v1.LedgerService", health_pb2.HealthCheckResponse.NOT_SERVING)
+async def follow_health(health: HealthServicer, node: Node, limits: NodeLimits, log: EventLog) -> None:
+    """SERVING once a quorum is reachable; then LedgerService follows the disk budget: NOT_SERVING
+    (no new work; reads still answered) while the store is within its reserve."""
+    await node.quorum_links.wait()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.event("serving", peers_up=node.links.up_count())
+    taking_work: bool | None = None
+    store = node.lmdb_store
+    while True:
+        full = store.space_left(limits.disk_reserve_bytes)
+        if (full is None) != taking_work:
+            first, taking_work = taking_work is None, full is None
+            await health.set(
+                "ledger.v1.LedgerService",
+                health_pb2.HealthCheckResponse.SERVING
+                if taking_work
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+            if not taking_work:
+                log.event("disk_budget_reached", reason=full, **store.space())
+            elif not first:
+                log.event("taking_work", **store.space())
+        await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
-    async def serving_when_connected() -> None:
-        """SERVING once a quorum is reachable; then LedgerService follows the disk budget: NOT_SERVING
-        (no new work; reads still answered) while the store is within its reserve."""
-        await quorum_links.wait()
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.event("serving", peers_up=links.up_count())
-        taking_work: bool | None = None
-        while True:
-            full = lmdb_store.space_left(limits.disk_reserve_bytes)
-            if (full is None) != taking_work:
-                first, taking_work = taking_work is None, full is None
-                await health.set(
-                    "ledger.v1.LedgerService",
-                    health_pb2.HealthCheckResponse.SERVING
-                    if taking_work
-                    else health_pb2.HealthCheckResponse.NOT_SERVING,
-                )
-                if not taking_work:
-                    log.event("disk_budget_reached", reason=full, **lmdb_store.space())
-                elif not first:
-                    log.event("taking_work", **lmdb_store.space())
-            await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
-    serving = asyncio.ensure_future(serving_when_connected())
-    # Handshakes gRPC refused, counted from the lines it writes on stderr (node/peerauth.py).
-    refusals = HandshakeRefusals.of_stderr(log) if config.tls else None
-    watch_refusals = asyncio.ensure_future(refusals.run() if refusals else asyncio.sleep(0))
-    log.event(
-        "node_started",
-        replica=member.replica,
-        api=config.api_listen,
-        replica_port=config.replica_listen,
-        tls=config.tls,
-        last_executed=head.last_executed,
-        journal_records=len(journal),
-        abstaining=floor is not None,
-        vote_floor=None if floor is None else f"view {floor[0]}, sequence {floor[1]}",
-        open_files=open_files,
-        connections_max=connections_max,
-    )
+async def until_stopped(stop: asyncio.Event, driver: Driver, log: EventLog) -> int:
+    """Wait for a stop signal (exit 0) or the driver's loop failing (a bug: exit 1)."""
     stopper = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(driver.wait_failed())
     done, _ = await asyncio.wait([stopper, failed], return_when=asyncio.FIRST_COMPLETED)
@@ -334,20 +386,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     if failed in done:
         log.event("node_failed", error=repr(failed.exception()))
         exit_code = 1
-    for task in (stopper, failed, serving, watch_refusals):
+    for task in (stopper, failed):
         task.cancel()
-
-    await health.enter_graceful_shutdown()
-    await api_server.stop(grace=1.0)
-    await replica_server.stop(grace=0.5)
-    await driver.stop()
-    await links.close()
-    await backfill.close()
-    if metrics is not None:
-        metrics.close()
-    store.close()
-    log.event("node_stopped", exit_code=exit_code, last_executed=driver.head.last_executed)
-    log.close()
     return exit_code
 
 
@@ -438,7 +478,7 @@ def start_metrics(
         metrics.serve(config.metrics_listen, tls, refused)
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(f"cannot serve metrics on {config.metrics_listen}: {exc}", 3) from exc
-    driver.observe_commit_latency_s = metrics.commit_latency.observe
+    driver.core.observe_commit_latency_s = metrics.commit_latency.observe
     store.on_commit_s = metrics.store_commit.observe
     log.event("metrics_serving", listen=config.metrics_listen, https=tls is not None)
     return metrics

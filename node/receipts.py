@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -238,8 +238,12 @@ class AttestationBackfill:
         reader: SigningKey | None = None,
         *,
         dial: Dial,  # node/security.py: TLS with the node's certificate, or plaintext
+        # Stores what was fetched, in the node's loop (node/driver.py: Driver.put_attestations;
+        # only the loop writes the store); True once on disk.
+        put: Callable[[int, Sequence[bytes], float], Awaitable[bool]],
     ) -> None:
         self._dial = dial
+        self._put = put
         self.genesis = genesis
         # The node key: peers serve a member's node the blocks' attestations (node/api/authority.py).
         self.reader = reader
@@ -318,30 +322,23 @@ class AttestationBackfill:
             ):
                 good.setdefault(wire.decode_signed(raw)[1], raw)
             if len(good) >= self.genesis.f + 1:
-                with self.store.write() as w:
-                    if blocks.get_outcome(w, height) is None:  # pruned meanwhile
-                        return False
-                    blocks.put_attestations(w, height, [good[s] for s in sorted(good)][: self.genesis.f + 1])
-                self.log.count("attestations_backfilled")
-                return True
+                return await self._put(
+                    height, [good[s] for s in sorted(good)][: self.genesis.f + 1], BACKFILL_TIMEOUT_S
+                )
         self.log.count("attestations_backfill_failed")
         return False
 
     # --- in the background ----------------------------------------------------------------
 
-    def start(
-        self, last_executed: Callable[[], int], unlikely: Callable[[int], bool], filled: Callable[[int], None]
-    ) -> None:
+    def start(self, last_executed: Callable[[], int], unlikely: Callable[[int], bool]) -> None:
         """Run ``run`` until close(). See run for the arguments."""
-        self._task = asyncio.get_running_loop().create_task(self.run(last_executed, unlikely, filled))
+        self._task = asyncio.get_running_loop().create_task(self.run(last_executed, unlikely))
 
-    async def run(
-        self, last_executed: Callable[[], int], unlikely: Callable[[int], bool], filled: Callable[[int], None]
-    ) -> None:
+    async def run(self, last_executed: Callable[[], int], unlikely: Callable[[int], bool]) -> None:
         """Give every executed block its f+1 attestations: those ``unlikely`` to get them the
         usual way (replayed by catch-up, or well behind the head: driver.unlikely_to_be_attested)
-        are filled from the peers, lowest first, at most BACKFILL_BLOCKS_PER_S a second;
-        ``filled(height)`` after each success (the driver wakes that block's receipt waiters).
+        are filled from the peers, lowest first, at most BACKFILL_BLOCKS_PER_S a second (the
+        loop that stores them wakes that block's receipt waiters).
         Reads the whole store once from height 1 (a restart finds what an earlier run left
         unfilled), then each new block; a failed block is tried again after BACKFILL_RETRY_S."""
         scanned = 0  # every height up to here has been looked at
@@ -363,7 +360,6 @@ class AttestationBackfill:
                         continue
                 if await self.fill(height):
                     del gaps[height]
-                    filled(height)
                 else:
                     gaps[height] = time.monotonic() + BACKFILL_RETRY_S
                 await asyncio.sleep(1 / BACKFILL_BLOCKS_PER_S)  # the rate limit itself

@@ -8,7 +8,7 @@
     python scripts/node_figures.py [--txs 6000] [--batch 200] [--clients 4] [--dir PATH]
 
 Starts its own consortium in a temp dir (or --dir, which must not exist) and always stops it.
-Transactions are signed up front (tests/app/factory.py) so client-side signing is not measured.
+Transactions are signed up front (sim/factory.py) so client-side signing is not measured.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from consortium import Consortium  # noqa: E402
 from ledger import readtoken  # noqa: E402
 from ledger.crypto import load_key  # noqa: E402
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2  # noqa: E402
-from tests.app.factory import Factory  # noqa: E402
+from sim.factory import Factory  # noqa: E402
 
 
 def _factory(c: Consortium) -> Factory:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Seeded fault simulator of whole PBFT clusters (tests/sim).
+"""Seeded fault simulator of whole clusters of node cores (sim/).
 
     python scripts/simulate.py --seeds 1000 --json     many seeds; last line is one JSON object
     python scripts/simulate.py --seed 42               replay one run; a short trace on failure
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.sim.cluster import Result, Simulation
-from tests.sim.scenario import Scenario, random_scenario
+from sim.cluster import Result, Simulation
+from sim.scenario import Scenario, random_scenario
 
 FAULTS_UNTIL_MS = Scenario(seed=0).faults_until_ms
 

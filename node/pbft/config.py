@@ -7,56 +7,43 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ReplicaConfig:
+    """Built from the node's limits (node/config.py: NodeLimits.replica_config), where each limit
+    has its one default and its one validation; only the cluster's shape is checked here."""
+
     n: int
     f: int
     replica_id: int
     chain_id: str
-    batch_size_max: int = 64
+    batch_size_max: int
     # How long the primary lets a batch that is not full wait for company: at least
     # batch_delay_ms, and, when batch_delay_per_tps_us is set, longer as requests arrive faster
     # (that many microseconds per transaction/s of the batch's own arrival rate), up to
     # batch_delay_max_ms. Under light load blocks go out quickly; under heavy load they grow,
     # since every block costs each replica a fixed few milliseconds of votes, signatures and
     # fsyncs whatever its size.
-    batch_delay_ms: int = 20
-    batch_delay_max_ms: int = 100
-    batch_delay_per_tps_us: int = 0
-    checkpoint_interval: int = 16
-    log_window: int = 64  # sequences above the stable checkpoint a pre-prepare may use
-    view_change_timeout_ms: int = 2000
-    view_change_backoff_max: int = 6  # the timeout doubles at most this many times
-    retransmit_ms: int = 1000  # own votes are re-sent this often (lossy links)
-    pending_requests_max: int = 10_000
-    message_bytes_max: int = 16 << 20
-    recent_executed_max: int = 10_000  # tx_ids remembered to drop late duplicates
+    batch_delay_ms: int
+    batch_delay_max_ms: int
+    batch_delay_per_tps_us: int
+    checkpoint_interval: int
+    log_window: int  # sequences above the stable checkpoint a pre-prepare may use
+    view_change_timeout_ms: int
+    view_change_backoff_max: int  # the timeout doubles at most this many times
+    retransmit_ms: int  # own votes are re-sent this often (lossy links)
+    pending_requests_max: int
+    peer_message_bytes_max: int  # one message from a peer
+    recent_executed_max: int  # tx_ids remembered to drop late duplicates
     # Blocks the primary has proposed but not yet executed. Under load, requests then gather
     # into larger batches while earlier ones are agreed, instead of splintering into many small
     # blocks whose fixed costs (fsyncs, votes, signatures) dominate.
-    proposals_in_flight_max: int = 2
+    proposals_in_flight_max: int
     # A backup will not prepare a block stamped further than this ahead of its own clock.
-    timestamp_skew_ms_max: int = 30_000
+    timestamp_skew_ms_max: int
 
     def __post_init__(self) -> None:
         if self.f < 0 or self.n != 3 * self.f + 1:
             raise ValueError(f"n must be 3f+1, got n={self.n} f={self.f}")
         if not 0 <= self.replica_id < self.n:
             raise ValueError(f"replica_id {self.replica_id} outside 0..{self.n - 1}")
-        if self.checkpoint_interval < 1 or self.log_window < 2 * self.checkpoint_interval:
-            raise ValueError("log_window must be at least 2 * checkpoint_interval")
-        if self.log_window % self.checkpoint_interval:
-            raise ValueError("log_window must be a multiple of checkpoint_interval")
-        for name in (
-            "batch_size_max",
-            "view_change_timeout_ms",
-            "retransmit_ms",
-            "pending_requests_max",
-            "timestamp_skew_ms_max",
-            "proposals_in_flight_max",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
-        if min(self.batch_delay_ms, self.batch_delay_max_ms, self.batch_delay_per_tps_us) < 0:
-            raise ValueError("batch delays must not be negative")
 
     @property
     def quorum(self) -> int:

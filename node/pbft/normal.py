@@ -95,6 +95,9 @@ class ReplicaCore:
         # doubles the wait before the next (views.py, _follow_lone_view)
         self._followed: dict[int, tuple[int, int]] = {}
         self._voted_in: dict[int, int] = {}  # replica -> highest view of its votes we verified
+        # replica -> the highest view it has shown us it is in or asks for (votes, view changes)
+        self._peer_view: dict[int, int] = {}
+        self._own_vote: Signed | None = None  # the last prepare or commit we signed
 
         # The clock from birth, not from the first tick: a request or pre-prepare that arrives
         # before it would otherwise arm the view-change timer at time 0 plus one timeout, and
@@ -442,7 +445,10 @@ class ReplicaCore:
     def _sign(self, msg: Body) -> Signed:
         body = wire.encode_body(msg)
         signature = self.crypto.sign(body)
-        return Signed(wire.encode_signed(body, self.id, signature), body, self.id, signature, msg)
+        signed = Signed(wire.encode_signed(body, self.id, signature), body, self.id, signature, msg)
+        if isinstance(msg, Prepare | Commit):
+            self._own_vote = signed  # kept past checkpoints: shows a peer left behind our view
+        return signed
 
     def _persist(self, key: bytes, value: bytes | None) -> None:
         self._out.append(Persist(key, value))

@@ -119,7 +119,7 @@ class Replica(ViewChanging):
 
     def on_message(self, peer_message: bytes) -> list[Action]:
         self._out = []
-        if len(peer_message) > self.cfg.message_bytes_max:
+        if len(peer_message) > self.cfg.peer_message_bytes_max:
             self._reject("oversize")
             return self._out
         try:
@@ -202,7 +202,7 @@ class Replica(ViewChanging):
         self._out = []
         progressed = False
         for raw in blocks:
-            if len(raw) > self.cfg.message_bytes_max:
+            if len(raw) > self.cfg.peer_message_bytes_max:
                 self._reject("oversize")
                 break
             try:

@@ -99,6 +99,7 @@ class ViewChanging(ReplicaCore):
         left behind: a partition or pause hid the view change from us, and executing what they
         commit by catch-up would keep us out of every quorum for good. Asking for their view
         makes its primary send us its NEW-VIEW (_bring_up_to_date)."""
+        self._shown_view(replica, view)
         if replica == self.id or view <= self._voted_in.get(replica, -1) or self.vote_floor is not None:
             return
         self._voted_in[replica] = view
@@ -133,7 +134,12 @@ class ViewChanging(ReplicaCore):
         if self.is_primary:
             self._try_new_view()
 
+    def _shown_view(self, replica: int, view: int) -> None:
+        if view > self._peer_view.get(replica, -1):
+            self._peer_view[replica] = view
+
     def _on_view_change(self, s: Signed, m: ViewChange) -> None:
+        self._shown_view(s.signer, m.new_view)
         if m.new_view <= self.view and not self.in_view_change:
             # A replica still asking for a view we are in or past missed its NEW-VIEW: show it the
             # way in, and our votes since. The view we are in too (regression: chaos seed 303,
@@ -272,7 +278,37 @@ class ViewChanging(ReplicaCore):
         if not self.in_view_change and not self.is_primary:
             self._reforward()
         peers = tuple(r for r in range(self.cfg.n) if r != self.id)
-        self._out.extend(Broadcast(m) for m in self._own_latest(peers))
+        latest = self._own_latest(peers)
+        self._out.extend(Broadcast(m) for m in latest)
+        self._show_view(peers, latest)
+
+    def _show_view(self, peers: tuple[int, ...], sent: list[bytes]) -> None:
+        """A peer that has shown us no view as high as ours (no vote, no view change) may have
+        missed the view change, cut off while it ran: after it, with no traffic, nothing else it
+        receives names a view, and it would stay alone in the old one (issue 21; simulator
+        seeds 103 and 127, once the seeds ran the node core's relays). Our latest vote of this
+        view shows it ours; f+1 of them make it follow (_saw_vote), and the view change it then
+        asks for shows it back to us, which ends this."""
+        if self.in_view_change or self.view == 0:
+            return
+        lagging = [p for p in peers if self._peer_view.get(p, -1) < self.view]
+        if not lagging:
+            return
+        vote = self._latest_vote()
+        if vote is not None and vote not in sent:
+            self._out.extend(Send(p, vote) for p in lagging)
+
+    def _latest_vote(self) -> bytes | None:
+        """Our vote (commit, else prepare) of the view we are in on the highest sequence, or
+        the last one we signed in it (its slot may be gone past a checkpoint)."""
+        for _, slot in sorted(self.slots.items(), reverse=True):
+            for vote in (slot.commits.get(self.id), slot.prepares.get(self.id)):
+                if vote is not None and getattr(vote.msg, "view", -1) == self.view:
+                    return wire.encode_peer(vote.raw)
+        own = self._own_vote
+        if own is not None and getattr(own.msg, "view", -1) == self.view:
+            return wire.encode_peer(own.raw)
+        return None
 
     def _bring_up_to_date(self, peer: int) -> None:
         """Send ``peer`` at once what it may have missed: as primary of our view its NEW-VIEW

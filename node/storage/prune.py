@@ -23,7 +23,6 @@ import struct
 from dataclasses import dataclass
 
 from ledger.v1 import consensus_pb2, tx_pb2
-from node.app.codec import decode_result
 from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 
@@ -146,7 +145,7 @@ class Pruner:
     def _prune_height(w: KVWriter, height: int) -> int:
         results = blocks.get_results(w, height)
         for raw in results:
-            result = decode_result(raw)
+            result = tx_pb2.TxResult.FromString(raw)  # storage reads bytes, not node.app
             if result.final or not result.tx_id:
                 continue  # a recorded result is found through s/t/, which stays
             key = blocks.TX_INDEX + result.tx_id

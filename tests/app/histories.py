@@ -9,7 +9,7 @@ from typing import Any
 from ledger.crypto import DOMAIN_TX, SigningKey, verify
 from ledger.v1 import tx_pb2
 from node.app.tx import Code
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.app.helpers import Chain
 
 BANKS = ["BANK-A", "BANK-B", "BANK-C", "BANK-D"]

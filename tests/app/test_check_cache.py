@@ -11,7 +11,7 @@ from node.app.ledger import Ledger
 from node.app.tx import CheckedTx, Code, InvalidTransaction
 from node.app.validate import CheckCache, decode_and_verify
 from node.storage.memory import MemoryStore
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.app.helpers import Chain
 
 

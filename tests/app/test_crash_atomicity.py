@@ -16,7 +16,7 @@ from node.app.ledger import Ledger
 from node.storage.kv import KVStore, KVWriter
 from node.storage.lmdb_store import LmdbStore
 from node.storage.memory import MemoryStore
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.app.helpers import Chain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from node.app.ledger import Ledger
     from node.storage.lmdb_store import LmdbStore
-    from tests.app.factory import Factory
+    from sim.factory import Factory
     from tests.app.test_crash_atomicity import setup_and_batch
 
     fx = Factory()

@@ -17,7 +17,7 @@ from node.app.ledger import HeightError, Ledger
 from node.app.tx import Code, InvalidTransaction, Mint, SignatureEntry, TxBody
 from node.app.validate import check_envelope
 from node.storage.memory import MemoryStore
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.app.helpers import Chain
 
 

@@ -18,7 +18,7 @@ from node.storage import history as index
 from node.storage.kv import KVStore
 from node.storage.lmdb_store import LmdbStore
 from node.storage.memory import MemoryStore
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.app.helpers import Chain
 from tests.storage.test_stores import count_reads
 

@@ -12,7 +12,7 @@ from node.app.ledger import Ledger
 from node.app.tx import Code, EscrowCreate, Leg, Mint, OpenAccount, Transfer
 from node.storage.kv import KVStore
 from node.storage.memory import MemoryStore
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.app.helpers import Chain
 
 USD_A, USD_B, EUR_B = "USD.BANK-A", "USD.BANK-B", "EUR.BANK-B"

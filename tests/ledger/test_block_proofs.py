@@ -9,7 +9,7 @@ import pytest
 from client.verify import ReceiptError, verify_attestations, verify_certificate
 from ledger import block
 from ledger.v1 import consensus_pb2, tx_pb2
-from node.pbft.config import ReplicaConfig
+from node.config import NodeLimits
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.verify import Verifier
 from node.receipts import matching_attestations
@@ -36,7 +36,7 @@ def chain() -> FakeChain:
 def _node(chain: FakeChain) -> tuple[Verifier, Ed25519Crypto]:
     g = chain.genesis
     crypto = Ed25519Crypto(chain.banks[3].node_key, g.node_keys(), g.chain_id)
-    return Verifier(ReplicaConfig(n=g.n, f=g.f, replica_id=3, chain_id=g.chain_id), crypto), crypto
+    return Verifier(NodeLimits().replica_config(g.n, g.f, 3, g.chain_id), crypto), crypto
 
 
 def test_node_and_client_accept_and_refuse_the_same_commit_certificates(chain: FakeChain) -> None:

@@ -34,8 +34,8 @@ from ledger.genesis import Genesis, parse_genesis
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.app.ledger import Ledger
 from node.app.validate import decode_and_verify
+from node.config import NodeLimits
 from node.pbft import wire
-from node.pbft.config import ReplicaConfig
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.verify import Verifier
 from node.storage.memory import MemoryStore
@@ -264,7 +264,7 @@ def test_commits_and_attestations_are_signed_consensus_messages() -> None:
         consensus_pb2.SignedMessage.FromString(h(a["signed_message"])) for a in vec["attestations"]
     ]
     # The node's check (catch-up) and the client's accept the certificate.
-    config = ReplicaConfig(n=g.n, f=g.f, replica_id=3, chain_id=g.chain_id)
+    config = NodeLimits().replica_config(g.n, g.f, 3, g.chain_id)
     node_check = Verifier(config, Ed25519Crypto(SigningKey(seed("BANK-D/node")), g.node_keys(), g.chain_id))
     assert node_check.commit_certificate(vec["height"], digest, commits)
     certificate = consensus_pb2.CommitCertificate(

@@ -18,7 +18,7 @@ from ledger import readtoken
 from ledger.crypto import SigningKey, load_key
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 from node.storage.prune import Retention
-from tests.app.factory import Factory
+from sim.factory import Factory
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "scripts") not in sys.path:
@@ -55,7 +55,7 @@ def running_consortium(
 
 
 def factory_for(c: Consortium) -> Factory:
-    """tests/app/factory.py's signer, re-keyed to the consortium's chain and operator keys."""
+    """sim/factory.py's signer, re-keyed to the consortium's chain and operator keys."""
     genesis = c.genesis()
     fx = Factory(banks=genesis.n, chain_id=genesis.chain_id, seed=int(time.time_ns() % 1_000_000))
     fx.genesis = genesis

@@ -24,7 +24,7 @@ from node.driver import Driver
 from node.pbft import actions as act
 from node.pbft import wire
 from node.storage import blocks
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.node.test_driver import _block, make, make_api
 
 ATTESTATIONS = tuple(
@@ -269,27 +269,33 @@ def test_the_background_backfill_fills_every_block_unlikely_to_be_attested_once(
         if height in fail_once:
             fail_once.discard(height)
             return False
-        with driver.store.write() as w:
-            blocks.put_attestations(w, height, ATTESTATIONS)
-        return True
+        return await driver.put_attestations(height, ATTESTATIONS, 5)  # stored by the loop
 
     monkeypatch.setattr(backfill, "_fill", fetch)
-    woken: list[int] = []
+    woken: list[int] = []  # heights whose attestations the loop stored (and woke waiters for)
+
+    def attested(height: int) -> None:
+        woken.append(height)
+        driver.wake_waiters(height)
+
+    driver.core.on_attested = attested
     # Replayed heights and those 3 behind the head (6) are unlikely to get attestations: 3, 5.
-    driver._replayed[5] = None
+    driver.core._replayed[5] = None
     assert [h for h in range(1, 7) if driver.unlikely_to_be_attested(h)] == [1, 2, 3, 5]
 
     async def scenario() -> None:
-        backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested, woken.append)
+        driver.start()
+        backfill.start(lambda: driver.head.last_executed, driver.unlikely_to_be_attested)
         deadline = asyncio.get_running_loop().time() + 5
         while sorted(set(woken)) != [3, 5] and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)  # polling the background task's progress
-        driver._replayed[4] = None  # now 4 is unlikely too: it fails once, then is filled
+        driver.core._replayed[4] = None  # now 4 is unlikely too: it fails once, then is filled
         while 4 not in woken and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         for _ in range(20):  # more idle rounds: nothing is fetched again
             await asyncio.sleep(0.002)
         await backfill.close()
+        await driver.stop()
 
     asyncio.run(scenario())
     assert sorted(fetched) == [3, 4, 4, 5], "each block fetched once (4 again after its failure)"

@@ -1,5 +1,6 @@
-"""The driver's action loop in-process: a scripted replica, the real Ledger, an in-memory store
-that logs every commit, and a transport that logs every send, all in one ordered trace."""
+"""The node core and its asyncio shell in-process: a scripted replica, the real Ledger, an
+in-memory store that logs every commit, and a transport that logs every send, all in one ordered
+trace. The core's decisions that depend on time run on a fake clock, without asyncio."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from node.app.codec import decode_envelope
 from node.app.ledger import Ledger
 from node.app.validate import CheckCache
 from node.config import NodeLimits
-from node.driver import FETCH_HEDGE_S, Driver
+from node.core import FETCH_HEDGE_S, CoreConfig, NodeCore
+from node.driver import Driver
 from node.log import EventLog
 from node.pbft import actions as act
 from node.pbft import wire
@@ -30,7 +32,7 @@ from node.security import NodeSecurity
 from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 from node.storage.memory import MemoryStore
-from tests.app.factory import Factory
+from sim.factory import Factory
 
 
 class TracingStore:
@@ -86,6 +88,29 @@ class TracingTransport:
         return None
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0  # seconds, on both clocks
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class FakeFetcher:
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int, int]] = []  # (peer, from_height, round)
+        self.cancelled = 0
+
+    def fetch(self, peer: int, from_height: int, round: int) -> None:
+        self.asked.append((peer, from_height, round))
+
+    def cancel_fetches(self) -> None:
+        self.cancelled += 1
+
+
 class ScriptedReplica:
     """Returns the scripted action lists; records on_executed calls in the trace."""
 
@@ -120,6 +145,9 @@ class ScriptedReplica:
         return [act.Send(peer, b"latest-votes")]
 
 
+CONFIG = CoreConfig(tick_ms=1000, pending_requests_max=2, pending_ttl_ms=60_000, relay_delay_ms=400)
+
+
 def make(fx: Factory) -> tuple[Driver, ScriptedReplica, list[tuple[str, Any]]]:
     trace: list[tuple[str, Any]] = []
     replica = ScriptedReplica(trace)
@@ -130,13 +158,32 @@ def make(fx: Factory) -> tuple[Driver, ScriptedReplica, list[tuple[str, Any]]]:
         replica,
         TracingTransport(trace),
         EventLog("BANK-B"),
-        tick_ms=1000,
-        pending_requests_max=2,
-        pending_ttl_ms=60_000,
-        genesis_root=queries.genesis_state_root(fx.genesis),
-        own_replica=1,
+        CONFIG,
+        queries.genesis_state_root(fx.genesis),
+        1,
     )
     return driver, replica, trace
+
+
+def make_core(fx: Factory) -> tuple[NodeCore, ScriptedReplica, list[tuple[str, Any]], FakeClock, FakeFetcher]:
+    """The core alone, on a fake clock: no asyncio."""
+    trace: list[tuple[str, Any]] = []
+    replica = ScriptedReplica(trace)
+    clock, fetcher = FakeClock(), FakeFetcher()
+    core = NodeCore(
+        fx.genesis.n,
+        TracingStore(trace),
+        Ledger(fx.genesis),
+        replica,
+        TracingTransport(trace),
+        fetcher,
+        EventLog("BANK-B"),
+        clock,
+        CONFIG,
+        queries.genesis_state_root(fx.genesis),
+        1,
+    )
+    return core, replica, trace, clock, fetcher
 
 
 def test_persists_commit_in_one_txn_before_the_sends_that_follow() -> None:
@@ -262,22 +309,20 @@ def test_attested_wakes_receipt_waiters_and_pending_is_bounded() -> None:
         assert blocks.get_attestations(r, 1) == (b"att1", b"att2")
 
 
-def test_pending_requests_expire_oldest_first_after_their_ttl(monkeypatch: Any) -> None:
+def test_pending_requests_expire_oldest_first_after_their_ttl() -> None:
     fx = Factory()
-    driver, _, _ = make(fx)
-    now = [1_000.0]  # seconds on the driver's monotonic clock
-    monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
+    core, _, _, clock, _ = make_core(fx)
     opened = fx.open_account("BANK-A", "alice", fx.client("alice"))
-    assert driver.submit(b"\x01" * 32, opened)
-    now[0] += 30  # half the 60 s ttl
-    assert driver.submit(b"\x02" * 32, opened)
-    now[0] += 30.001  # the first is past its ttl, the second is not
-    driver._expire_pending()
-    assert list(driver.pending) == [b"\x02" * 32]
-    assert driver.log.counters["pending_expired"] == 1
-    now[0] += 30
-    driver._expire_pending()
-    assert not driver.pending and driver.log.counters["pending_expired"] == 2
+    assert core.submit(b"\x01" * 32, opened)
+    clock.now += 30  # half the 60 s ttl
+    assert core.submit(b"\x02" * 32, opened)
+    clock.now += 30.001  # the first is past its ttl, the second is not
+    core.tick()
+    assert list(core.pending) == [b"\x02" * 32]
+    assert core.log.counters["pending_expired"] == 1
+    clock.now += 30
+    core.tick()
+    assert not core.pending and core.log.counters["pending_expired"] == 2
 
 
 def make_api(fx: Factory, driver: Driver, limits: NodeLimits | None = None) -> LedgerApi:
@@ -288,10 +333,11 @@ def make_api(fx: Factory, driver: Driver, limits: NodeLimits | None = None) -> L
         driver.store,
         driver.log,
         dial=NodeSecurity(fx.genesis, None).dial,  # never dials in these tests
+        put=driver.put_attestations,
     )
-    assert isinstance(driver.ledger, Ledger)
+    assert isinstance(driver.core.ledger, Ledger)
     return LedgerApi(
-        fx.genesis, "BANK-B", 1, limits or NodeLimits(), driver, driver.ledger, dict, driver.log, backfill,
+        fx.genesis, "BANK-B", 1, limits or NodeLimits(), driver, driver.core.ledger, dict, driver.log, backfill,
         CheckCache(fx.genesis),
     )  # fmt: skip
 
@@ -462,9 +508,7 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_later_
     monkeypatch: Any,
 ) -> None:
     fx = Factory()
-    driver, replica, trace = make(fx)
-    now = [1_000.0]  # seconds on the driver's monotonic clock
-    monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
+    driver, replica, trace, clock, _ = make_core(fx)
     delay_s = driver.relay_delay_ms / 1000
     envs = [fx.open_account("BANK-A", f"acct{i}", fx.client(f"c{i}")) for i in range(6)]
 
@@ -477,15 +521,15 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_later_
 
     request(envs[0])
     assert forwards() == [(0, 1)], "the primary at once, the other peers later"
-    now[0] += delay_s / 2
+    clock.now += delay_s / 2
     request(envs[1])
     request(envs[2])
     assert forwards() == [(0, 1), (0, 1), (0, 1)]
     del replica.pending[fx.tx_id(envs[1])]  # executed here before its copies were due
-    now[0] += delay_s / 2
+    clock.now += delay_s / 2
     driver._flush_relay()
     assert forwards()[3:] == [(2, 1), (3, 1)], "envs[0] is due; the others are not"
-    now[0] += delay_s / 2
+    clock.now += delay_s / 2
     driver._flush_relay()
     assert forwards()[5:] == [(2, 1), (3, 1)], "envs[2] goes; envs[1] executed, so it never does"
     assert driver.log.counters["relay_not_needed"] == 1
@@ -495,11 +539,11 @@ def test_client_requests_go_to_the_primary_at_once_and_to_the_other_peers_later_
     replica.primary = 1  # we are the primary now: nobody gets a copy at once
     request(envs[3])
     assert len(forwards()) == 7
-    now[0] += delay_s
-    monkeypatch.setattr("node.driver.FORWARD_BATCH_MAX", 1)
+    clock.now += delay_s
+    monkeypatch.setattr("node.core.FORWARD_BATCH_MAX", 1)
     request(envs[4])  # envs[3] is due: to every peer, as we are the primary
     assert sorted(forwards()[7:]) == [(0, 1), (2, 1), (3, 1)]
-    monkeypatch.setattr("node.driver.RELAY_WAITING_MAX", 1)
+    monkeypatch.setattr("node.core.RELAY_WAITING_MAX", 1)
     replica.primary = 0
     request(envs[5])  # two copies wait, past the bound: the oldest (envs[4]) goes at once
     assert sorted(forwards()[10:]) == [(0, 1), (0, 1), (2, 1), (3, 1)]
@@ -560,9 +604,9 @@ def test_catch_up_asks_a_different_peer_first_each_time() -> None:
         driver.start()
         for _ in range(3):
             answered.clear()
-            driver._start_fetch(act.FetchBlocks(5, (0, 2, 3)))
+            driver.run([act.FetchBlocks(5, (0, 2, 3))])
             await answered.wait()
-            while driver._fetching:  # the fetch task ends right after the answer
+            while driver.core.fetching:  # the round ends with the answer
                 await asyncio.sleep(0)
         await driver.stop()
 
@@ -574,59 +618,53 @@ def test_catch_up_asks_the_next_peer_too_when_one_does_not_answer() -> None:
     # Regression (chaos seed 7): a paused primary's link stayed up, and every backup's catch-up
     # waited on it for the whole pause; one silent peer must cost FETCH_HEDGE_S, not the timeout.
     fx = Factory()
-    driver, _, _ = make(fx)
-    asked: list[int] = []
-    cancelled: list[int] = []
-    replayed = asyncio.Event()
+    core, replica, _, clock, fetcher = make_core(fx)
+    replayed: list[list[bytes]] = []
 
-    async def first_one_silent(peer_id: int, from_height: int) -> tuple[list[bytes], int]:
-        asked.append(peer_id)
-        if peer_id == 0:
-            try:
-                await asyncio.Event().wait()  # paused: the call never completes
-            finally:
-                cancelled.append(peer_id)
-        return [b"block-from-%d" % peer_id], 9
-
-    def replay(fetched: list[bytes]) -> list[act.Action]:
-        assert fetched == [b"block-from-2"]
-        replayed.set()
+    def on_blocks(fetched: Sequence[bytes]) -> list[act.Action]:
+        replayed.append(list(fetched))
         return []
 
-    driver.transport.fetch_blocks = first_one_silent  # type: ignore[method-assign]
-    driver._replay = replay  # type: ignore[method-assign]
+    replica.on_blocks = on_blocks  # type: ignore[assignment,method-assign]
+    core.run([act.FetchBlocks(5, (0, 2, 3))])
+    assert fetcher.asked == [(0, 5, 1)]
+    clock.now += FETCH_HEDGE_S * 0.9
+    core.tick()
+    assert fetcher.asked == [(0, 5, 1)], "not yet: peer 0 may still answer"
+    clock.now += FETCH_HEDGE_S * 0.1
+    core.tick()
+    assert fetcher.asked == [(0, 5, 1), (2, 5, 1)], "peer 0 silent for the hedge delay: ask peer 2 too"
+    core.on_fetched(1, 2, ([b"block-from-2"], 9))
+    assert fetcher.cancelled == 1 and not core.fetching, "the call to the silent peer is cancelled"
+    core.on_fetched(1, 0, ([b"late"], 9))  # a late answer of the ended round is not used
+    while core.run_group():
+        pass
+    assert replayed == [[b"block-from-2"]]
+    assert core.stats.fetched_blocks == 1
 
-    async def scenario() -> float:
-        driver.start()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        driver._start_fetch(act.FetchBlocks(5, (0, 2, 3)))
-        await asyncio.wait_for(replayed.wait(), timeout=5)
-        took = loop.time() - t0
-        while driver._fetching:  # the hedged call to the silent peer is cancelled on the way out
-            await asyncio.sleep(0)
-        await driver.stop()
-        return took
 
-    took = asyncio.run(scenario())
-    assert asked == [0, 2] and cancelled == [0]
-    # Peer 2 was asked only once peer 0 had been silent for the hedge delay (the 5 s wait_for
-    # above bounds it from the other side: peer 0 never answers).
-    assert took >= 0.9 * FETCH_HEDGE_S, took
+def test_catch_up_asks_the_next_peer_at_once_when_one_cannot_answer() -> None:
+    fx = Factory()
+    core, _, _, _, fetcher = make_core(fx)
+    core.run([act.FetchBlocks(5, (0, 2))])
+    core.on_fetched(1, 0, None)
+    assert fetcher.asked == [(0, 5, 1), (2, 5, 1)]
+    core.on_fetched(1, 2, ([], 4))  # nothing new there either: the round ends
+    assert not core.fetching
+    core.run([act.FetchBlocks(5, (0, 2))])  # the replica asks again: the next peer first
+    assert fetcher.asked[2:] == [(2, 5, 2)]
 
 
 def test_the_first_block_after_a_quiet_spell_is_logged_with_the_gap(
-    monkeypatch: Any, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fx = Factory()
-    driver, _, _ = make(fx)  # its EventLog writes JSON lines to stderr
-    now = [1_000.0]  # seconds on the driver's monotonic clock
-    monkeypatch.setattr("node.driver.time.monotonic", lambda: now[0])
+    driver, _, _, clock, _ = make_core(fx)  # its EventLog writes JSON lines to stderr
     alice, bob, carol = fx.client("alice"), fx.client("bob"), fx.client("carol")
     driver.run([_block(fx, 1, [fx.open_account("BANK-A", "alice", alice)])])
-    now[0] += 0.2
+    clock.now += 0.2
     driver.run([_block(fx, 2, [fx.open_account("BANK-A", "bob", bob)])])
-    now[0] += 0.7  # commits stalled, then resumed
+    clock.now += 0.7  # commits stalled, then resumed
     driver.run([_block(fx, 3, [fx.open_account("BANK-A", "carol", carol)])])
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     executed = [(e["height"], e["after_ms"]) for e in logged if e["event"] == "executed"]
@@ -637,7 +675,7 @@ def test_the_first_block_after_a_quiet_spell_is_logged_with_the_gap(
 def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_another() -> None:
     # Issue 16: one FIFO queue for every source let 4 streams of forged votes starve the
     # honest peers (8 of 9 canary transfers failed). Each source now has its own bounded queue.
-    from node.driver import PEER_STREAM_EVENTS_MAX as SOURCE_EVENTS_MAX
+    from node.core import PEER_STREAM_EVENTS_MAX as SOURCE_EVENTS_MAX
 
     driver, replica, _ = make(Factory())
     seen: list[bytes] = []
@@ -650,7 +688,7 @@ def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_anot
 
     async def scenario() -> None:
         flood = asyncio.ensure_future(driver.on_peer_messages("flood", [b"f"] * (SOURCE_EVENTS_MAX + 500)))
-        while driver._events.depth("flood")[0] < SOURCE_EVENTS_MAX:
+        while driver.core._events.depth("flood")[0] < SOURCE_EVENTS_MAX:
             await asyncio.sleep(0)
         assert not flood.done()  # its queue is full: it waits (backpressure), nothing dropped
         assert await driver.on_peer_messages("honest", [b"h"])
@@ -671,10 +709,10 @@ def test_a_connection_flooding_the_loop_waits_its_turn_and_does_not_hold_up_anot
 
 
 def test_a_source_whose_messages_the_replica_rejects_is_logged_and_then_served_slowly(tmp_path: Path) -> None:
-    from node.driver import PENALTY_REJECTED_MIN, PENALTY_UNITS_PER_S
+    from node.core import PENALTY_REJECTED_MIN, PENALTY_UNITS_PER_S
 
     driver, replica, _ = make(Factory())
-    driver.log = EventLog("BANK-B", tmp_path / "events.log")
+    driver.core.log = EventLog("BANK-B", tmp_path / "events.log")
     seen: list[bytes] = []
 
     def on_message(raw: bytes) -> list[act.Action]:
@@ -701,10 +739,10 @@ def test_a_source_whose_messages_the_replica_rejects_is_logged_and_then_served_s
     logged = [json.loads(line) for line in (tmp_path / "events.log").read_text().splitlines()]
     flagged = [(e["source"], e["rejected"]) for e in logged if e["event"] == "peer_source_rejected"]
     assert flagged == [("liar", 100)]
-    assert driver.sources["honest"].rejected_total == 0
+    assert driver.core.sources["honest"].rejected_total == 0
     # Most of what the liar sent was rejected: from then on it is served at PENALTY_UNITS_PER_S,
     # so the honest source's 50 went ahead of most of its backlog.
-    assert "liar" in driver._penalized and "honest" not in driver._penalized
+    assert "liar" in driver.core._penalized and "honest" not in driver.core._penalized
     assert driver.log.counters["peer_sources_penalized"] == 1
     served_after = seen.count(b"forged") - PENALTY_REJECTED_MIN
     assert served_after < forged - PENALTY_REJECTED_MIN, (served_after, PENALTY_UNITS_PER_S)

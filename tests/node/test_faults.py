@@ -15,7 +15,7 @@ import pytest
 
 from client.verify import verify_receipt
 from ledger.v1 import api_pb2, tx_pb2
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.node.helpers import (
     Consortium,
     factory_for,

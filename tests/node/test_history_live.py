@@ -25,7 +25,7 @@ from client.sdk import LedgerClient
 from ledger import readtoken
 from ledger.crypto import SigningKey
 from ledger.v1 import api_pb2
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.node.helpers import (
     Consortium,
     factory_for,

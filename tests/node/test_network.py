@@ -21,7 +21,7 @@ from ledger.crypto import DOMAIN_CONSENSUS, SigningKey
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
 from node.config import NodeLimits
 from node.transport import FRAME_MESSAGES_MAX
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.node.helpers import (
     WAIT_S,
     Consortium,

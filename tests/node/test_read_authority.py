@@ -19,7 +19,7 @@ from ledger.v1 import api_pb2
 from node.api import Abort, LedgerApi
 from node.api.authority import CLOCK_SKEW_MS, token_of
 from node.pbft import actions as act
-from tests.app.factory import Factory
+from sim.factory import Factory
 from tests.node.test_api_reads import ATTESTATIONS
 from tests.node.test_driver import _block, make, make_api
 

@@ -9,7 +9,7 @@ from node.config import NodeLimits
 from node.log import EventLog
 from node.security import NodeSecurity
 from node.transport import FRAME_MESSAGES_MAX, FRAME_OVERHEAD_BYTES, PeerLinks
-from tests.app.factory import Factory
+from sim.factory import Factory
 
 
 def test_frames_stop_at_the_message_cap_and_unsendable_messages_are_dropped() -> None:

@@ -1,33 +1,31 @@
 """A tiny synchronous cluster for replica unit tests: messages are delivered in FIFO order
-until the network is quiet; tests decide who is down, what is dropped and when time passes."""
+until the network is quiet; tests decide who is down, what is dropped and when time passes.
+
+Each node is the node's own core (node/core.py: NodeCore) over an in-memory store: every action
+list a replica returns goes through NodeCore.run (journal records persisted before the sends,
+blocks executed in one write transaction, attestations stored), as in the node. What the tests
+inspect is recorded at the replica's boundary (the action lists it returned) or read from the
+store (journal, blocks, attestations)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ledger import merkle
+from node.config import NodeLimits
+from node.core import CoreConfig, NodeCore
 from node.pbft import wire
-from node.pbft.actions import (
-    Action,
-    Attested,
-    Broadcast,
-    Execute,
-    FetchBlocks,
-    ForwardRequests,
-    Persist,
-    Send,
-)
+from node.pbft.actions import Action, Attested, Execute, FetchBlocks
 from node.pbft.config import ReplicaConfig
 from node.pbft.replica import Replica
-from tests.sim.apps import echo_envelope
-from tests.sim.crypto import KeyedHashCrypto, keyed_hash_cryptos
+from node.storage import blocks
+from node.storage.memory import MemoryStore
+from sim.apps import ECHO_GENESIS_ROOT, EchoLedger, echo_envelope
+from sim.crypto import KeyedHashCrypto, keyed_hash_cryptos
 
 CHAIN = "unit-chain"
-GENESIS_ROOT = hashlib.sha256(b"genesis").digest()
+CORE = CoreConfig(tick_ms=10, pending_requests_max=10_000, pending_ttl_ms=60_000, relay_delay_ms=400)
 
 
 def request(i: int) -> tuple[bytes, bytes]:
@@ -41,17 +39,140 @@ def body_of(peer: bytes) -> wire.Body:
     return wire.decode_body(body)
 
 
-@dataclass
+class _Log:
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+
+    def event(self, event: str, /, **detail: Any) -> None:
+        return None
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] += amount
+
+
+class RecordingReplica(Replica):
+    """The replica, keeping every action list it returns (and its FetchBlocks) on its node."""
+
+    def __init__(self, node: Node, *args: Any, **kw: Any) -> None:
+        self.node = node
+        super().__init__(*args, **kw)
+
+    def _record(self, actions: list[Action]) -> list[Action]:
+        self.node.batches.append(list(actions))
+        self.node.fetches.extend(a for a in actions if isinstance(a, FetchBlocks))
+        return actions
+
+    def on_request(self, tx_id: bytes, envelope: bytes) -> list[Action]:
+        return self._record(super().on_request(tx_id, envelope))
+
+    def on_message(self, peer_message: bytes) -> list[Action]:
+        return self._record(super().on_message(peer_message))
+
+    def on_tick(self, now_ms: int) -> list[Action]:
+        return self._record(super().on_tick(now_ms))
+
+    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[Action]:
+        return self._record(super().on_executed(sequence, state_root, results_root))
+
+    def on_blocks(self, blocks: Sequence[bytes]) -> list[Action]:
+        return self._record(super().on_blocks(blocks))
+
+    def on_peer_up(self, peer: int) -> list[Action]:
+        return self._record(super().on_peer_up(peer))
+
+
 class Node:
-    replica: Replica
-    crypto: KeyedHashCrypto
-    journal: dict[bytes, bytes] = field(default_factory=dict)
-    executed: list[Execute] = field(default_factory=list)
-    attested: list[Attested] = field(default_factory=list)
-    fetches: list[FetchBlocks] = field(default_factory=list)
-    blocks: dict[int, bytes] = field(default_factory=dict)
-    batches: list[list[Action]] = field(default_factory=list)  # every action list returned
-    state_root: bytes = GENESIS_ROOT
+    """One replica: its core over an in-memory store (what survives a restart)."""
+
+    def __init__(self, cluster: Cluster, i: int, crypto: KeyedHashCrypto) -> None:
+        self.cluster = cluster
+        self.id = i
+        self.crypto = crypto
+        self.store = MemoryStore()
+        self.batches: list[list[Action]] = []  # every action list the replica returned
+        self.fetches: list[FetchBlocks] = []
+        self.core = self._new_core()
+
+    def _new_core(self, vote_floor: tuple[int, int] | None = None) -> NodeCore:
+        c = self.cluster
+        with self.store.read() as r:
+            head = blocks.read_head(r, ECHO_GENESIS_ROOT)
+            journal = blocks.read_journal(r)
+        replica = RecordingReplica(
+            self,
+            c.config_for(self.id),
+            self.crypto,
+            journal,
+            head.last_executed,
+            head.state_root,
+            now_ms=c.now,
+            vote_floor=vote_floor,
+        )
+        return NodeCore(
+            c.n, self.store, EchoLedger(), replica, self, self, _Log(), c, CORE, ECHO_GENESIS_ROOT, self.id
+        )
+
+    def restore_empty(self, vote_floor: tuple[int, int] | None) -> None:
+        """Back from a backup older than everything it stored (an empty store), with a floor."""
+        self.store = MemoryStore()
+        self.core = self._new_core(vote_floor)
+
+    @property
+    def replica(self) -> Replica:
+        replica = self.core.replica
+        assert isinstance(replica, Replica)
+        return replica
+
+    @property
+    def journal(self) -> dict[bytes, bytes]:
+        with self.store.read() as r:
+            return blocks.read_journal(r)
+
+    @property
+    def blocks(self) -> dict[int, bytes]:
+        """Height -> certified block, as stored."""
+        with self.store.read() as r:
+            top = blocks.read_head(r, ECHO_GENESIS_ROOT).last_executed
+            return {h: raw for h in range(1, top + 1) if (raw := blocks.get_block(r, h)) is not None}
+
+    @property
+    def executed(self) -> list[Execute]:
+        """The executed blocks, as the Execute actions that stored them."""
+        out = []
+        for height, raw in self.blocks.items():
+            header, envelopes, certificate = wire.decode_certified_block(raw)
+            out.append(Execute(height, header, envelopes, certificate, wire.tx_ids_of(envelopes)))
+        return out
+
+    @property
+    def attested(self) -> list[Attested]:
+        with self.store.read() as r:
+            top = blocks.read_head(r, ECHO_GENESIS_ROOT).last_executed
+            found = ((h, blocks.get_attestations(r, h)) for h in range(1, top + 1))
+            return [Attested(h, atts) for h, atts in found if atts]
+
+    # The core's Transport and Fetcher: the cluster's FIFO network.
+
+    def send(self, to: int, message: bytes) -> None:
+        self.cluster.queue.append((self.id, to, "msg", message))
+
+    def broadcast(self, message: bytes) -> None:
+        for j in range(self.cluster.n):
+            if j != self.id:
+                self.cluster.queue.append((self.id, j, "msg", message))
+
+    def forward(self, to: int, envelopes: Sequence[bytes]) -> None:
+        for env in envelopes:
+            self.cluster.queue.append((self.id, to, "req", env))
+
+    def is_up(self, replica: int) -> bool:
+        return replica not in self.cluster.down
+
+    def fetch(self, peer: int, from_height: int, round: int) -> None:
+        return None  # tests answer a FetchBlocks themselves (node.fetches), with on_blocks
+
+    def cancel_fetches(self) -> None:
+        return None
 
 
 class Cluster:
@@ -59,18 +180,19 @@ class Cluster:
         self.n = 3 * f + 1
         self.f = f
         self.config = dict(config)
+        self.now = 0
         self.cryptos = keyed_hash_cryptos(self.n, seed=1)
-        self.nodes = [
-            Node(Replica(self.config_for(i), self.cryptos[i], {}, 0, GENESIS_ROOT, now_ms=0), self.cryptos[i])
-            for i in range(self.n)
-        ]
         self.queue: deque[tuple[int, int, str, bytes]] = deque()  # (from, to, kind, payload)
         self.down: set[int] = set()
         self.drop: Callable[[int, int, bytes], bool] = lambda src, dst, msg: False
-        self.now = 0
+        self.nodes = [Node(self, i, self.cryptos[i]) for i in range(self.n)]
 
     def config_for(self, i: int) -> ReplicaConfig:
         base: dict[str, Any] = {
+            # As ReplicaConfig's own defaults were before the node config held them all.
+            "batch_delay_per_tps_us": 0,
+            "pending_requests_max": 10_000,
+            "peer_message_bytes_max": 16 << 20,
             "batch_size_max": 1,
             "batch_delay_ms": 0,
             "checkpoint_interval": 2,
@@ -79,38 +201,20 @@ class Cluster:
             "retransmit_ms": 50,
         }
         base.update(self.config)
-        return ReplicaConfig(n=self.n, f=self.f, replica_id=i, chain_id=CHAIN, **base)
+        return NodeLimits(**base).replica_config(self.n, self.f, i, CHAIN)
+
+    # The cores' Clock: the cluster's virtual time.
+
+    def time(self) -> float:
+        return (self.now + 0.5) / 1000
+
+    monotonic = time
 
     # --- driving -------------------------------------------------------------------------
 
     def handle(self, i: int, actions: list[Action]) -> None:
-        node = self.nodes[i]
-        node.batches.append(list(actions))
-        for a in actions:
-            if isinstance(a, Persist):
-                if a.value is None:
-                    node.journal.pop(a.key, None)
-                else:
-                    node.journal[a.key] = a.value
-            elif isinstance(a, Broadcast):
-                for j in range(self.n):
-                    if j != i:
-                        self.queue.append((i, j, "msg", a.message))
-            elif isinstance(a, Send):
-                self.queue.append((i, a.to, "msg", a.message))
-            elif isinstance(a, ForwardRequests):
-                for env in a.envelopes:
-                    self.queue.append((i, a.to, "req", env))
-            elif isinstance(a, Execute):
-                node.executed.append(a)
-                node.blocks[a.sequence] = wire.encode_certified_block(a.header, a.envelopes, a.certificate)
-                node.state_root = hashlib.sha256(node.state_root + wire.digest_of(a.header)).digest()
-                results_root = merkle.root(list(a.tx_ids))
-                self.handle(i, node.replica.on_executed(a.sequence, node.state_root, results_root))
-            elif isinstance(a, Attested):
-                node.attested.append(a)
-            elif isinstance(a, FetchBlocks):
-                node.fetches.append(a)
+        """Run a replica's actions through node i's core (persist, execute, then send)."""
+        self.nodes[i].core.run(actions)
 
     def submit(self, to: int, i: int) -> bytes:
         tx_id, env = request(i)
@@ -145,11 +249,9 @@ class Cluster:
             self.tick(step)
 
     def restart(self, i: int) -> None:
+        """Node i after kill -9: a new core and replica from what its store holds."""
         node = self.nodes[i]
-        last = node.executed[-1].sequence if node.executed else 0
-        node.replica = Replica(
-            self.config_for(i), node.crypto, dict(node.journal), last, node.state_root, now_ms=self.now
-        )
+        node.core = node._new_core()
 
     # --- inspection ------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ def _expect(c: Cluster, i: int, message: bytes, counter: str) -> None:
 
 
 def test_malformed_and_unauthenticated_messages() -> None:
-    c = Cluster(message_bytes_max=4096)
+    c = Cluster(peer_message_bytes_max=4096)
     _expect(c, 1, b"\xff" * 5000, "oversize")
     _expect(c, 1, b"\x0a\x05garbage-not-a-peer-message", "garbage")
     body = wire.encode_body(Prepare(0, 1, D, 7))
@@ -146,7 +146,7 @@ def test_a_batch_is_parsed_only_after_the_signature_verifies_and_only_as_counted
     # its wire size (8.4 MB of tiny entries cost a node ~200 MB and 7.5 s of its loop).
     from ledger.v1 import consensus_pb2 as cpb
 
-    c = Cluster(message_bytes_max=64 << 20)
+    c = Cluster(peer_message_bytes_max=64 << 20)
     _, env = request(1)
     header = wire.build_header(CHAIN, 1, 0, (env,))
     pp = PrePrepare(0, 1, wire.digest_of(header), header)

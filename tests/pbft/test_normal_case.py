@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ledger import merkle
+from node.config import NodeLimits
 from node.pbft import wire
 from node.pbft.actions import Broadcast, Execute, ForwardRequests, Persist
-from node.pbft.config import ReplicaConfig
 from node.pbft.journal import COMMIT, PRE_PREPARE, PREPARE
 from node.pbft.verify import Verifier
 from node.pbft.wire import Commit, Prepare, PrePrepare
@@ -57,10 +57,9 @@ def test_batches_fill_up_to_the_limit_then_wait_for_the_delay() -> None:
 
 
 def test_batch_delay_grows_with_the_arrival_rate_between_its_bounds() -> None:
-    cfg = ReplicaConfig(
-        n=4, f=1, replica_id=0, chain_id="c", batch_size_max=500,
-        batch_delay_ms=20, batch_delay_max_ms=100, batch_delay_per_tps_us=100,
-    )  # fmt: skip
+    cfg = NodeLimits(
+        batch_size_max=500, batch_delay_ms=20, batch_delay_max_ms=100, batch_delay_per_tps_us=100
+    ).replica_config(4, 1, 0, "c")
     # 2 requests in 20 ms (100 tx/s): the 10 ms the rate asks for is under the floor.
     assert not cfg.batch_ready(2, 19) and cfg.batch_ready(2, 20)
     # 64 requests in 60 ms (~1,070 tx/s): wait until age^2 >= 64 * 100, i.e. 80 ms.
@@ -68,7 +67,7 @@ def test_batch_delay_grows_with_the_arrival_rate_between_its_bounds() -> None:
     # 400 in 100 ms (4,000 tx/s): the rate would ask for 400 ms; the ceiling says 100.
     assert not cfg.batch_ready(400, 99) and cfg.batch_ready(400, 100)
     assert cfg.batch_ready(500, 0)  # full: at once
-    fixed = ReplicaConfig(n=4, f=1, replica_id=0, chain_id="c", batch_delay_ms=30)
+    fixed = NodeLimits(batch_delay_ms=30, batch_delay_per_tps_us=0).replica_config(4, 1, 0, "c")
     assert not fixed.batch_ready(60, 29) and fixed.batch_ready(60, 30)  # per_tps 0: a fixed delay
 
 

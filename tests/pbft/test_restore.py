@@ -10,7 +10,8 @@ from node.pbft import wire
 from node.pbft.actions import Action, Broadcast, Note, Send
 from node.pbft.replica import Replica
 from node.pbft.wire import Checkpoint, Commit, Prepare, PrePrepare, ViewChange
-from tests.pbft.harness import CHAIN, GENESIS_ROOT, Cluster, body_of, request
+from sim.apps import ECHO_GENESIS_ROOT
+from tests.pbft.harness import CHAIN, Cluster, body_of, request
 
 
 def _pp(c: Cluster, view: int, seq: int, envelopes: tuple[bytes, ...]) -> bytes:
@@ -27,7 +28,7 @@ def _votes(actions: Sequence[Action]) -> list[wire.Body]:
 
 def _from_old_journal(c: Cluster, i: int, floor: tuple[int, int] | None) -> Replica:
     """Replica i back from an empty journal (its backup predates its votes)."""
-    return Replica(c.config_for(i), c.cryptos[i], {}, 0, GENESIS_ROOT, now_ms=c.now, vote_floor=floor)
+    return Replica(c.config_for(i), c.cryptos[i], {}, 0, ECHO_GENESIS_ROOT, now_ms=c.now, vote_floor=floor)
 
 
 def test_without_the_floor_a_replica_that_forgot_votes_again_with_the_floor_it_does_not() -> None:
@@ -53,9 +54,7 @@ def test_an_abstaining_replica_follows_by_blocks_and_votes_once_past_its_floor()
         c.submit(0, i)
         c.deliver()
     floor = (c.nodes[3].replica.view, c.nodes[3].replica.stable_seq + 2 * 4)
-    c.nodes[3].journal.clear()  # restored from a backup older than all of it
-    c.nodes[3].executed.clear()
-    c.nodes[3].replica = _from_old_journal(c, 3, floor)
+    c.nodes[3].restore_empty(floor)  # restored from a backup older than all of it
     n3 = c.nodes[3]
     n3.batches.clear()
     for i in range(3, 16):  # the others go on; each checkpoint makes it fetch certified blocks

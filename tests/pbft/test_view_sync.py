@@ -122,3 +122,22 @@ def test_the_whole_way_back_from_a_lower_view() -> None:
     c.run_for(TIMEOUT_MS)
     assert [e.tx_ids for e in c.nodes[0].executed] == [(tx,), (tx2,)]
     assert [e.tx_ids for e in c.nodes[3].executed] == [(tx,), (tx2,)]
+
+
+def test_a_replica_cut_off_during_a_view_change_joins_the_view_once_back_while_all_is_quiet() -> None:
+    # Regression (simulator seeds 103 and 127, once the seeds ran the node core): the primary
+    # was cut off while the others changed view and committed everything; back on an idle
+    # network it heard only checkpoints, which name no view, and stayed alone in view 0.
+    c = Cluster()
+    c.submit(0, 1)
+    c.deliver()
+    c.down.add(0)
+    tx_id = c.submit(1, 2)  # the primary is gone: the others change view and commit it
+    c.run_for(1_000)
+    assert all(c.nodes[i].replica.view == 1 for i in (1, 2, 3))
+    assert all(tx_id in {t for e in c.nodes[i].executed for t in e.tx_ids} for i in (1, 2, 3))
+    c.down.discard(0)
+    assert c.nodes[0].replica.view == 0
+    c.run_for(1_000)  # no client traffic at all
+    assert [n.replica.view for n in c.nodes] == [1, 1, 1, 1]
+    assert not c.nodes[0].replica.in_view_change
