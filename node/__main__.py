@@ -131,7 +131,8 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     store = blocks.ScopedReads(lmdb_store)
     # Admission and execution share it: each envelope parsed and verified once.
     checks = CheckCache(genesis, entries_max=2 * limits.pending_requests_max)
-    ledger = Ledger(genesis, checks=checks)
+    # The state tree is built at checkpoint heights, for the checkpoint to sign (balance proofs).
+    ledger = Ledger(genesis, checks=checks, tree_interval=limits.checkpoint_interval)
     genesis_root = queries.genesis_state_root(genesis)
     with store.read() as r:
         head = blocks.read_head(r, genesis_root)

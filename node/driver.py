@@ -126,7 +126,9 @@ class ReplicaLike(Protocol):
 
     def on_tick(self, now_ms: int) -> list[act.Action]: ...
 
-    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[act.Action]: ...
+    def on_executed(
+        self, sequence: int, state_root: bytes, results_root: bytes, tree_root: bytes = b""
+    ) -> list[act.Action]: ...
 
     def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]: ...
 
@@ -239,6 +241,8 @@ class Driver:
         self._replayed: dict[int, None] = {}  # heights executed from fetched blocks (insertion order)
         self._height_waiters: dict[asyncio.Future[None], int] = {}  # see wait_height
         self._attested_waiters: dict[asyncio.Future[None], int] = {}  # wait_attested
+        self._stable_waiters: dict[asyncio.Future[None], int] = {}  # wait_stable
+        self._stable_seq = 0  # the highest stable checkpoint the replica noted (persisted by _flush)
         self.own_replica = own_replica
         # Seconds from a block's proposal (its primary's timestamp) to its execution here.
         self.observe_commit_latency_s: Callable[[float], None] = _ignore
@@ -502,6 +506,13 @@ class Driver:
         finally:
             waiters.pop(fut, None)
 
+    async def wait_stable(self, sequence: int, timeout_s: float) -> bool:
+        """True once a checkpoint at ``sequence`` or later is stable and its certificate on disk
+        here, False if not within timeout_s (balance proofs: node/api/proofs.py)."""
+        if self._stable_seq >= sequence:
+            return True
+        return await self._wait(self._stable_waiters, sequence, timeout_s, "stable_waits_full")
+
     def unlikely_to_be_attested(self, height: int) -> bool:
         """An executed block whose Attested will probably never come here: it was replayed from
         a peer's certified copy (catch-up), or it is well behind the head."""
@@ -626,6 +637,8 @@ class Driver:
             elif isinstance(action, act.FetchBlocks):
                 self._start_fetch(action)
             elif isinstance(action, act.Note):
+                if action.kind == "stable_checkpoint":
+                    self._stable_seq = max(self._stable_seq, int(action.detail["sequence"]))
                 self.log.count(f"note_{action.kind}")
                 self.log.event(action.kind, **action.detail)
             else:  # pragma: no cover - the Action union is closed
@@ -644,6 +657,9 @@ class Driver:
             self.stats.persist_txns += 1
         for a in attested:
             self.wake_waiters(a.sequence)
+        for fut, sequence in self._stable_waiters.items():
+            if sequence <= self._stable_seq and not fut.done():
+                fut.set_result(None)
         outbox, self._outbox = self._outbox, []
         for action in outbox:
             if isinstance(action, act.Send):
@@ -714,7 +730,8 @@ class Driver:
                 state_root=out.state_root.hex()[:16],
                 after_ms=quiet_ms,
             )
-        return self.replica.on_executed(action.sequence, out.state_root, out.results_root)
+        # tree_root: the state tree's root at checkpoint heights, which the checkpoint signs.
+        return self.replica.on_executed(action.sequence, out.state_root, out.results_root, out.tree_root)
 
     def wake_waiters(self, sequence: int) -> None:
         """Attestations for ``sequence`` are on disk (from consensus or a backfill): its

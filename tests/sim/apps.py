@@ -17,6 +17,7 @@ class Outcome:
     state_root: bytes
     results_root: bytes
     first_executions: tuple[bytes, ...]  # tx_ids whose effect applied in this block
+    tree_root: bytes = b""  # what a checkpoint at this height signs beside state_root
 
 
 class App(Protocol):
@@ -53,7 +54,8 @@ class EchoApp:
             h.update(t)
         self.state_root = h.digest()
         self.last_executed = height
-        return Outcome(self.state_root, merkle.root(results), tuple(fresh))
+        tree_root = hashlib.sha256(b"echo-tree" + self.state_root).digest()
+        return Outcome(self.state_root, merkle.root(results), tuple(fresh), tree_root)
 
 
 def echo_envelope(chain_id: str, nonce: bytes, memo: str) -> bytes:
@@ -64,11 +66,11 @@ def echo_envelope(chain_id: str, nonce: bytes, memo: str) -> bytes:
 class LedgerApp:
     """node.app.Ledger over an in-memory store: one write transaction per block, as the node."""
 
-    def __init__(self, genesis: object) -> None:
+    def __init__(self, genesis: object, tree_interval: int) -> None:
         from node.app.ledger import Ledger
         from node.storage.memory import MemoryStore
 
-        self.ledger = Ledger(genesis)  # type: ignore[arg-type]
+        self.ledger = Ledger(genesis, tree_interval=tree_interval)  # type: ignore[arg-type]
         self.store = MemoryStore()
         self.last_executed = 0
         self.state_root = b""
@@ -86,4 +88,4 @@ class LedgerApp:
                 first.append(tx_id)
         self.last_executed = height
         self.state_root = out.state_root
-        return Outcome(out.state_root, out.results_root, tuple(first))
+        return Outcome(out.state_root, out.results_root, tuple(first), out.tree_root)

@@ -111,7 +111,7 @@ class Simulation:
         self.submitted: dict[bytes, bytes] = {}  # tx_id -> envelope
         self.done_ids: set[bytes] = set()
         self.digest_at: dict[int, bytes] = {}
-        self.root_at: dict[int, bytes] = {}
+        self.root_at: dict[int, tuple[bytes, bytes]] = {}
         self.requests = self._make_requests()
         self._crashed_all = False
         self._isolated_since: dict[int, int] = {}
@@ -135,7 +135,7 @@ class Simulation:
         )
 
     def make_app(self) -> App:
-        return LedgerApp(self.genesis) if self.sc.app == "ledger" else EchoApp()
+        return LedgerApp(self.genesis, self.sc.checkpoint_interval) if self.sc.app == "ledger" else EchoApp()
 
     def _make_requests(self) -> list[bytes]:
         sc = self.sc
@@ -220,6 +220,8 @@ class Simulation:
                 if a.kind == "view_change" and node.honest:
                     self.result.view_changes += 1
                     self._maybe_crash_all()
+                if a.kind == "stable_checkpoint" and node.honest:
+                    self._check_stable(node)
 
     def _execute(self, node: SimNode, a: Execute) -> None:
         header = wire.decode_header(a.header)
@@ -230,8 +232,10 @@ class Simulation:
             f"{self.now:>6} r{node.id} execute {a.sequence} {digest.hex()[:8]} txs={len(a.envelopes)}"
         )
         if node.honest:
-            self._check_execution(node, a, digest, out.state_root, out.first_executions)
-        self.apply(node, node.replica.on_executed(a.sequence, out.state_root, out.results_root))
+            self._check_execution(node, a, digest, (out.state_root, out.tree_root), out.first_executions)
+        self.apply(
+            node, node.replica.on_executed(a.sequence, out.state_root, out.results_root, out.tree_root)
+        )
 
     # --- checkers ----------------------------------------------------------------------------
 
@@ -240,17 +244,23 @@ class Simulation:
         self.result.safety_violations.append(what)
 
     def _check_execution(
-        self, node: SimNode, a: Execute, digest: bytes, state_root: bytes, first: tuple[bytes, ...]
+        self,
+        node: SimNode,
+        a: Execute,
+        digest: bytes,
+        roots: tuple[bytes, bytes],
+        first: tuple[bytes, ...],
     ) -> None:
+        """``roots``: the state root and the state tree's root (empty off tree heights)."""
         seq = a.sequence
         known = self.digest_at.setdefault(seq, digest)
         if known != digest:
             self._violation(
                 f"agreement: r{node.id} executed {digest.hex()[:8]} at {seq}, others {known.hex()[:8]}"
             )
-        root = self.root_at.setdefault(seq, state_root)
-        if root != state_root:
-            self._violation(f"ledger agreement: r{node.id} state root differs at {seq}")
+        known_roots = self.root_at.setdefault(seq, roots)
+        if known_roots != roots:
+            self._violation(f"ledger agreement: r{node.id} state or tree root differs at {seq}")
         for tx_id in a.tx_ids:
             if tx_id not in self.submitted:
                 self._violation(f"validity: r{node.id} executed unsubmitted tx at {seq}")
@@ -259,6 +269,20 @@ class Simulation:
             if tx_id in node.first_ids:
                 self._violation(f"validity: r{node.id} applied a tx twice (at {seq})")
             node.first_ids.add(tx_id)
+
+    def _check_stable(self, node: SimNode) -> None:
+        """A checkpoint certificate (2f+1 signatures) certifies the roots honest replicas
+        computed: a balance proof or a snapshot checked against it is true."""
+        r = node.replica
+        roots = r.verifier.checkpoint_proof(r.stable_seq, r.stable_proof)
+        if roots is None:
+            self._violation(f"checkpoint: r{node.id} holds an invalid stable proof at {r.stable_seq}")
+            return
+        computed = self.root_at.get(r.stable_seq)
+        if computed is not None and computed != roots:
+            self._violation(
+                f"checkpoint: r{node.id} stable at {r.stable_seq} with roots honest ones did not compute"
+            )
 
     def _live_done(self) -> bool:
         honest = [n for n in self.nodes if n.honest]
