@@ -67,11 +67,13 @@ from client.policy import (
     Unresponsive,
     rotated,
 )
+from client.proofs import VerifiedBalances, verify_balance_proof
 from client.tx import Transaction, TxBuilder, TxBuildError
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_block, verify_receipt
 from ledger import readtoken, tls
 from ledger.crypto import SigningKey
 from ledger.genesis import Genesis, load_genesis
+from ledger.statetree import ProofError
 from ledger.v1 import api_pb2, api_pb2_grpc, tx_pb2
 
 T = TypeVar("T")
@@ -468,6 +470,26 @@ class LedgerClient:
         if confirmations <= 1:
             return self._query(what, call, timeout_s)[1]
         return self._agreed(what, call, confirmations, timeout_s)
+
+    def balance_proof(
+        self, account_id: str, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> tuple[VerifiedBalances, bytes]:
+        """The account's balances as of the latest stable checkpoint, verified against genesis
+        alone (client/proofs.py), and the proof's bytes (keep them: ``verify_balance_proof``
+        checks them again later, offline). A node whose proof does not verify is skipped for the
+        next; Unverified when none did. Read like ``account``."""
+
+        def call(stub: api_pb2_grpc.LedgerServiceStub, t: float) -> tuple[VerifiedBalances, bytes]:
+            md = self._read_md(as_key, "GetBalanceProof", account_id)
+            proof = stub.GetBalanceProof(
+                api_pb2.GetBalanceProofRequest(account_id=account_id), timeout=t, metadata=md
+            )
+            try:
+                return verify_balance_proof(self.genesis, proof, account_id), proof.SerializeToString()
+            except ProofError as exc:  # a lying or broken node: the next one is asked
+                raise ReceiptError(exc.reason, str(exc)) from exc
+
+        return self._query(f"balance proof of account {account_id!r}", call, timeout_s)[1]
 
     def balances(
         self,

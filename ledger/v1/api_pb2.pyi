@@ -545,6 +545,7 @@ class BalanceProof(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    SALTS_FIELD_NUMBER: _builtins.int
     chain_id: _builtins.str
     account_id: _builtins.str
     sequence: _builtins.int
@@ -563,6 +564,12 @@ class BalanceProof(_message.Message):
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """state tree node records on the paths of those keys"""
 
+    @_builtins.property
+    def salts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The 16-byte salt of each of those keys the tree holds, in the proof's key order (the
+        account record, then per genesis asset by name: available, held).
+        """
+
     def __init__(
         self,
         *,
@@ -573,10 +580,11 @@ class BalanceProof(_message.Message):
         account: _builtins.bytes = ...,
         balances: _abc.Iterable[Global___ProvenBalance] | None = ...,
         nodes: _abc.Iterable[_builtins.bytes] | None = ...,
+        salts: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "account_id", b"account_id", "balances", b"balances", "chain_id", b"chain_id", "checkpoints", b"checkpoints", "nodes", b"nodes", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "account_id", b"account_id", "balances", b"balances", "chain_id", b"chain_id", "checkpoints", b"checkpoints", "nodes", b"nodes", "salts", b"salts", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
