@@ -62,15 +62,14 @@ def node_hash(record: bytes) -> bytes:
 
 def encode_node(slots: list[Slot]) -> bytes:
     present = leaves = 0
-    parts = [b""]
-    for s, slot in enumerate(slots):
+    bit = 1
+    for slot in slots:
         if slot is not None:
-            present |= 1 << s
+            present |= bit
             if len(slot) == LEAF_BYTES:
-                leaves |= 1 << s
-            parts.append(slot)
-    parts[0] = _U16.pack(present, leaves)
-    return b"".join(parts)
+                leaves |= bit
+        bit <<= 1
+    return _U16.pack(present, leaves) + b"".join([s for s in slots if s is not None])
 
 
 def decode_node(record: bytes) -> list[Slot]:
