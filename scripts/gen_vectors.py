@@ -463,6 +463,7 @@ def statetree_file(genesis: Genesis, k: dict[str, SigningKey], envelopes: list[b
             {"path": key[len(statetree.NODE) :].decode(), "record": v.hex()}
             for key, v in r.scan(statetree.NODE)
         ]
+        results = [{"tx_id": key[4:].hex(), "result": v.hex()} for key, v in r.scan(b"s/t/")]
         proof = build_balance_proof(genesis, r, "alice")
     assert proof is not None
     verified = verify_balance_proof(genesis, proof, "alice")
@@ -506,13 +507,15 @@ def statetree_file(genesis: Genesis, k: dict[str, SigningKey], envelopes: list[b
             raise AssertionError(f"tampered balance proof verified: {what}")
     return {
         "about": "the state tree after block.json's block as a checkpoint (docs/PROTOCOL.md, section "
-        "11): every leaf (state key, salt, value), every node record by its hex path, the root; "
-        "alice's BalanceProof against 2f+1 checkpoints, what it proves, and tampered copies with "
-        "the reason each must fail with",
+        "11): the recorded results (all of height 1, so in tx_id order) whose range is the leaf "
+        "t/_/results, every leaf (state key, salt, value), every node record by its hex path, the "
+        "root; alice's BalanceProof against 2f+1 checkpoints, what it proves, and tampered copies "
+        "with the reason each must fail with",
         "genesis": "genesis.json",
         "sequence": HEIGHT,
         "state_root": out.state_root.hex(),
         "empty_root": lt.EMPTY_ROOT.hex(),
+        "results": results,
         "leaves": leaves,
         "nodes": nodes,
         "tree_root": out.tree_root.hex(),

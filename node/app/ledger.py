@@ -194,7 +194,7 @@ class Ledger:
         state_root = write_set_root(prev_root, height, block.writes, written)
         tree_root = b""
         if self.tree_interval:
-            statetree.record_writes(w, height, written, tuple(tx_ids))
+            statetree.record_writes(w, height, written)
             if height % self.tree_interval == 0:
                 tree_root = statetree.update(w, height)
         w.put(st.META_HEIGHT, st.u64(height))

@@ -3,12 +3,14 @@ any order of writes; proofs prove presence and absence; the ledger builds it at 
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
 
 from ledger import statetree as lt
 from node.app import statetree
+from node.app.codec import decode_result
 from node.app.ledger import Ledger
 from node.storage.memory import MemoryStore
 from tests.app.factory import Factory
@@ -22,7 +24,7 @@ def _apply(store: MemoryStore, height: int, changes: dict[bytes, bytes | None]) 
                 w.delete(key)
             else:
                 w.put(key, value)
-        statetree.record_writes(w, height, sorted(changes), (height.to_bytes(32, "big"),))
+        statetree.record_writes(w, height, sorted(changes))
         return statetree.update(w, height)
 
 
@@ -94,25 +96,24 @@ def test_deleting_everything_leaves_only_the_empty_root() -> None:
         assert not list(r.scan(statetree.VALUES))
 
 
-def test_salts_hide_values_and_differ_by_history() -> None:
-    """Equal values under other keys, or after other transactions, hash differently: a
-    neighbour's leaf in a proof does not tell its amount."""
-    a, b = MemoryStore(), MemoryStore()
-    keys = [b"s/b/x\x00USD", b"s/b/y\x00USD"]
-    root_a = _apply(a, 1, dict.fromkeys(keys, b"\x00" * 7 + b"\x05"))
-    with b.write() as w:
-        statetree.record_writes(w, 0, [], (b"\x01" * 32,))  # another transaction history
-    with b.read() as r:
-        assert r.get(statetree.SECRET) is not None
-    with a.read() as r:
-        salts = {statetree.proven_value(r, k) for k in keys}
-    assert len(salts) == 2
-    with b.write() as w:
-        for key in keys:
-            w.put(key, b"\x00" * 7 + b"\x05")
-        statetree.record_writes(w, 1, keys, (b"\x02" * 32,))
-        root_b = statetree.update(w, 1)
-    assert root_a != root_b
+def test_salts_differ_by_key_and_come_from_the_first_recorded_transactions() -> None:
+    """Equal values under other keys hash differently (a neighbour's leaf in a proof does not
+    tell its amount); the secret is the first recorded block's tx_ids, not a public value."""
+    fx = Factory()
+    store = MemoryStore()
+    chain = Chain(Ledger(fx.genesis, tree_interval=1), store)
+    chain.run(
+        [fx.open_account("BANK-A", "x", fx.client("x")), fx.open_account("BANK-A", "y", fx.client("y"))]
+    )
+    chain.run([fx.mint("USD.BANK-A", "x", 5), fx.mint("USD.BANK-A", "y", 5)])
+    with store.read() as r:
+        secret = r.get(statetree.SECRET)
+        x = statetree.proven_value(r, b"s/b/x\x00USD.BANK-A")
+        y = statetree.proven_value(r, b"s/b/y\x00USD.BANK-A")
+        opened = sorted(k[4:] for k, v in r.scan(b"s/t/") if decode_result(v).height == 1)
+    assert x is not None and y is not None and x[1] == y[1] and x[0] != y[0]
+    assert len(opened) == 2
+    assert secret == hashlib.sha256(statetree.SECRET_TAG + b"".join(opened)).digest()
 
 
 def test_a_proof_without_a_node_or_with_a_forged_value_fails() -> None:
@@ -141,19 +142,62 @@ def test_ledger_builds_the_tree_at_tree_heights_over_the_whole_state() -> None:
     first = chain.run([fx.open_account("BANK-A", "alice", fx.client("alice"))])
     assert first.tree_root == b""
     second = chain.run([fx.mint("USD.BANK-A", "alice", 500, "dep-1")])
-    with store.read() as r:
-        state = {k: v for k, v in r.scan(b"s/") if k not in (b"s/_/height", b"s/_/root")}
     assert second.tree_root == _reference_root(store)
-    with store.read() as r:
-        assert {k[4:]: v[16:] for k, v in r.scan(statetree.VALUES)} == state
+    _assert_leaves_are_the_state(store)
     # A store without the tree's records (one from before it) is rebuilt from the whole state.
     with store.write() as w:
         for k in [k for k, _ in w.scan(statetree.PREFIX)]:
             w.delete(k)
     chain.run([fx.mint("USD.BANK-A", "alice", 1, "dep-2")])
     fourth = chain.run([])
+    assert fourth.tree_root == _reference_root(store)
+    _assert_leaves_are_the_state(store)
+
+
+def _assert_leaves_are_the_state(store: MemoryStore) -> None:
+    """Every state key but the results is a leaf with its value; the results are the range."""
     with store.read() as r:
         state = {k: v for k, v in r.scan(b"s/") if k not in (b"s/_/height", b"s/_/root")}
-    assert fourth.tree_root == _reference_root(store)
-    with store.read() as r:
-        assert {k[4:]: v[16:] for k, v in r.scan(statetree.VALUES)} == state
+        leaves = {k[4:]: v[16:] for k, v in r.scan(statetree.VALUES)}
+    results = sorted((decode_result(v).height, k[4:], v) for k, v in state.items() if k.startswith(b"s/t/"))
+    mmr = leaves.pop(statetree.RESULTS_KEY)
+    assert leaves == {k: v for k, v in state.items() if not k.startswith(b"s/t/")}
+    assert mmr == _reference_mmr([hashlib.sha256(b"\x00" + t + v).digest() for _, t, v in results])
+
+
+def _reference_mmr(leaves: list[bytes]) -> bytes:
+    """u64be(count) || root: perfect subtrees, largest first, bagged from the right."""
+    peaks: list[bytes] = []
+    rest = leaves
+    while rest:
+        size = 1 << (len(rest).bit_length() - 1)
+        level, rest = rest[:size], rest[size:]
+        while len(level) > 1:
+            level = [
+                hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)
+            ]
+        peaks.append(level[0])
+    root = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        root = hashlib.sha256(b"\x01" + peak + root).digest()
+    return len(leaves).to_bytes(8, "big") + root
+
+
+def test_a_rebuilt_tree_equals_the_one_built_step_by_step() -> None:
+    """A node that starts keeping the tree late (a store from before it) computes the root the
+    others built checkpoint by checkpoint: the root is a function of the state alone."""
+    fx = Factory()
+    steady, late = MemoryStore(), MemoryStore()
+    a = Chain(Ledger(fx.genesis, tree_interval=2), steady)
+    b = Chain(Ledger(fx.genesis), late)  # no tree at first
+    blocks = [[fx.open_account("BANK-A", f"acct-{i}", fx.client(f"c{i}"))] for i in range(5)]
+    blocks += [[fx.mint("USD.BANK-A", f"acct-{i}", 10 + i) for i in range(5)]]
+    blocks += [[fx.transfer([("acct-0", "acct-1", "USD.BANK-A", 3)])], []]
+    roots = [a.run(block).tree_root for block in blocks]
+    for block in blocks[:5]:
+        b.run(block)
+    b.ledger = Ledger(fx.genesis, tree_interval=2)
+    late_roots = [b.run(block).tree_root for block in blocks[5:]]
+    # Heights 6 (rebuilt from the whole state) and 8 (step by step after that).
+    assert late_roots[0] == roots[5] != b"" and late_roots[2] == roots[7] != roots[5]
+    assert roots[5] != roots[3] != b""

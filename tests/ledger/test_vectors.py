@@ -334,6 +334,18 @@ def test_state_tree_root_nodes_and_balance_proof() -> None:
         return statetree.node_hash(records[path])
 
     assert subtree("") == h(vec["tree_root"])
+    # The results' range (all of height 1 here: tx_id order), bagged; its leaf is count || root.
+    peaks: list[bytes] = []
+    for i, x in enumerate(vec["results"]):
+        peaks.append(hashlib.sha256(b"\x00" + h(x["tx_id"]) + h(x["result"])).digest())
+        while len(peaks) > bin(i + 1).count("1"):
+            right, left = peaks.pop(), peaks.pop()
+            peaks.append(hashlib.sha256(b"\x01" + left + right).digest())
+    root = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        root = hashlib.sha256(b"\x01" + peak + root).digest()
+    (mmr,) = [h(x["value"]) for x in vec["leaves"] if h(x["key"]) == b"t/_/results"]
+    assert mmr == len(vec["results"]).to_bytes(8, "big") + root
     assert {n["path"]: h(n["record"]) for n in vec["nodes"]} == records
     assert statetree.node_hash(bytes(4)) == h(vec["empty_root"])
     proof = api_pb2.BalanceProof.FromString(h(vec["balance_proof"]))
