@@ -33,23 +33,29 @@ def proof_keys(genesis: Genesis, account_id: str) -> list[bytes]:
     return keys
 
 
-def _stable(r: KVReader) -> tuple[int, tuple[bytes, ...]]:
+def _stable(r: KVReader) -> tuple[int, bytes, tuple[bytes, ...]]:
+    """(sequence, tree root, the 2f+1 signed checkpoints) of the stable checkpoint here."""
     raw = r.get(STABLE_KEY)
     if raw is None:
-        return 0, ()
+        return 0, b"", ()
     proof = decode_signed_list(raw)
     first = consensus_pb2.SignedMessage.FromString(proof[0])
-    sequence = consensus_pb2.ConsensusMessage.FromString(first.body).checkpoint.sequence
-    return int(sequence), proof
+    checkpoint = consensus_pb2.ConsensusMessage.FromString(first.body).checkpoint
+    return int(checkpoint.sequence), bytes(checkpoint.tree_root), proof
 
 
 def build_balance_proof(genesis: Genesis, r: KVReader, account_id: str) -> api_pb2.BalanceProof | None:
     """The proof as of the tree in ``r``, or None when the stable checkpoint is not the tree's
     height (not stable yet, or this node is behind it)."""
-    height, _ = tree.tree_root(r)
-    sequence, certificate = _stable(r)
+    height, root = tree.tree_root(r)
+    sequence, certified, certificate = _stable(r)
     if height == 0 or sequence != height:
         return None
+    if certified != root:  # our state diverged from the quorum's (state_diverged): a bug
+        raise Abort(
+            grpc.StatusCode.INTERNAL,
+            f"this node's state tree at {height} is not the one 2f+1 members certified; ask another node",
+        )
     out = api_pb2.BalanceProof(chain_id=genesis.chain_id, account_id=account_id, sequence=sequence)
     for raw in certificate:
         out.checkpoints.add().MergeFromString(raw)

@@ -205,6 +205,19 @@ def test_a_checkpoint_not_yet_stable_is_unavailable_until_it_is() -> None:
         assert statetree.tree_root(r)[0] == 6
 
 
+def test_a_node_whose_tree_is_not_the_certified_one_refuses_to_prove() -> None:
+    n = Node()
+    n.driver.run([_block(n.fx, 5, []), _block(n.fx, 6, [])])
+    n.replica.tree_roots[6] = bytes(32)  # 2f+1 certified another tree than this node's
+    n.stabilize(6)
+    with pytest.raises(Abort) as exc:
+        n.proof("alice", n.token(n.alice, "alice"))
+    assert (
+        exc.value.code == grpc.StatusCode.INTERNAL
+        and "not the one 2f+1 members certified" in exc.value.message
+    )
+
+
 def test_ledgerctl_verify_checks_a_saved_proof_offline(
     node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
