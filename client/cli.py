@@ -40,12 +40,14 @@ from client.models import (
     Unreachable,
     Unverified,
 )
+from client.proofs import verify_balance_proof
 from client.sdk import LedgerClient
 from client.tx import LegSpec, Transaction, TxBuildError, debited_accounts
 from client.verify import ReceiptError
 from client.wallet import Wallet, WalletError
 from ledger.crypto import SigningKey
 from ledger.genesis import Genesis, GenesisError, load_genesis
+from ledger.statetree import ProofError
 from ledger.tls import TlsError
 
 EXIT_OK = 0
@@ -349,10 +351,44 @@ def cmd_escrow(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_balance(ctx: Context, args: argparse.Namespace) -> int:
+    if args.proof:
+        return _balance_proofs(ctx, args)
+    if args.out:
+        raise CliError(EXIT_USAGE, "--out saves a proof: use it with --proof")
     if not 1 <= args.confirmations <= len(ctx.client.endpoints):
         raise CliError(EXIT_USAGE, f"--confirmations must be 1..{len(ctx.client.endpoints)}")
     accounts = [ctx.account(a, args.confirmations) for a in args.accounts]
     out.print_accounts(accounts, ctx.genesis, ctx.as_json)
+    return EXIT_OK
+
+
+def _balance_proofs(ctx: Context, args: argparse.Namespace) -> int:
+    if args.out and len(args.accounts) != 1:
+        raise CliError(EXIT_USAGE, "--out saves the proof of one account")
+    proven = []
+    for account_id in args.accounts:
+        verified, raw = ctx.read_with(
+            f"account {account_id!r}",
+            lambda key, a=account_id: ctx.client.balance_proof(a, as_key=key),  # type: ignore[misc]
+            ctx.account_read_keys(account_id),
+        )
+        if args.out:
+            Path(args.out).write_bytes(raw)
+        proven.append(verified)
+    out.print_proven(proven, ctx.genesis, ctx.as_json)
+    return EXIT_OK
+
+
+def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CliError(EXIT_USAGE, f"cannot read {args.file}: {exc}") from exc
+    try:
+        verified = verify_balance_proof(ctx.genesis, raw)
+    except ProofError as exc:
+        raise CliError(EXIT_UNVERIFIED, f"{args.file}: the proof does not verify: {exc}") from exc
+    out.print_proven([verified], ctx.genesis, ctx.as_json)
     return EXIT_OK
 
 
@@ -448,6 +484,7 @@ COMMANDS = {
     "block": cmd_block,
     "status": cmd_status,
     "supply": cmd_supply,
+    "verify": cmd_verify,
     "sign": cmd_sign,
     "submit": cmd_submit,
     "history": cli_history.cmd_history,

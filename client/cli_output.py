@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from client.amounts import format_amount
 from client.models import AccountInfo, Committed, Indefinite, NodeStatusInfo, Rejected, Supply
+from client.proofs import VerifiedBalances
 from client.verify import VerifiedBlock
 from ledger.genesis import Genesis
 from ledger.v1 import tx_pb2
@@ -135,6 +136,48 @@ def print_accounts(accounts: Sequence[AccountInfo], genesis: Genesis, as_json: b
         for b in d["balances"]:
             rows.append([d["account_id"], d["member_id"], state, b["asset"], b["available"], b["held"]])
     table(["account", "bank", "state", "asset", "available", "held"], rows)
+
+
+def proven_doc(p: VerifiedBalances, genesis: Genesis) -> dict[str, Any]:
+    return {
+        "account_id": p.account_id,
+        "exists": p.exists,
+        "member_id": p.member_id,
+        "owner_key": p.owner_key.hex(),
+        "frozen": p.frozen,
+        "verified": True,
+        "checkpoint": p.sequence,  # the balances are the state after this block
+        "state_root": p.state_root.hex(),
+        "tree_root": p.tree_root.hex(),
+        "signers": [genesis.members[i].member_id for i in p.signers],
+        "balances": [
+            {
+                "asset": b.asset,
+                "available": format_amount(b.available, _scale(genesis, b.asset)),
+                "held": format_amount(b.held, _scale(genesis, b.asset)),
+                "available_minor": b.available,
+                "held_minor": b.held,
+            }
+            for b in p.balances
+            if b.available or b.held
+        ],
+    }
+
+
+def print_proven(proven: Sequence[VerifiedBalances], genesis: Genesis, as_json: bool) -> None:
+    """Balances a proof verified against genesis (ledgerctl balance --proof, verify)."""
+    docs = [proven_doc(p, genesis) for p in proven]
+    if as_json:
+        emit_json(docs[0] if len(docs) == 1 else docs)
+        return
+    for d in docs:
+        state = "no such account" if not d["exists"] else ("frozen" if d["frozen"] else "active")
+        print(
+            f"{d['account_id']} ({d['member_id'] or '-'}, {state}): verified at checkpoint "
+            f"{d['checkpoint']}, tree root {d['tree_root'][:16]}, signed by {', '.join(d['signers'])}"
+        )
+    rows = [[d["account_id"], b["asset"], b["available"], b["held"]] for d in docs for b in d["balances"]]
+    table(["account", "asset", "available", "held"], rows)
 
 
 def supply_doc(supply: Supply) -> dict[str, Any]:

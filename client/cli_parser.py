@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     bal = sub.add_parser("balance", help="balances of accounts")
     bal.add_argument("accounts", nargs="+")
     bal.add_argument(
+        "--proof",
+        action="store_true",
+        help="as of the latest stable checkpoint, with a Merkle proof verified against genesis alone",
+    )
+    bal.add_argument(
+        "--out", metavar="FILE", help="with --proof and one account: save the proof (ledgerctl verify FILE)"
+    )
+    bal.add_argument(
         "--confirmations",
         type=int,
         default=1,
@@ -144,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("block", help="a certified block, verified").add_argument("height", type=int)
     sub.add_parser("status", help="every node's view, height and state root")
     sub.add_parser("supply", help="minted, redeemed and outstanding per asset")
+    ver = sub.add_parser(
+        "verify",
+        help="check a saved balance proof offline (balance --proof --out FILE), against genesis alone",
+    )
+    ver.add_argument("file")
     sign = sub.add_parser("sign", help="add your signature to an envelope file (multi-party transfers)")
     sign.add_argument("file")
     sign.add_argument("--key", action="append", metavar="LABEL")

@@ -75,11 +75,13 @@ from client.policy import (
     status_code,
     status_details,
 )
+from client.proofs import VerifiedBalances, verify_balance_proof
 from client.tx import Transaction, TxBuilder, TxBuildError
 from client.verify import ReceiptError, VerificationCache, VerifiedBlock, verify_block, verify_receipt
 from ledger import readtoken, tls
 from ledger.crypto import SigningKey
 from ledger.genesis import Genesis, load_genesis
+from ledger.statetree import ProofError
 from ledger.v1 import api_pb2, tx_pb2
 
 T = TypeVar("T")
@@ -436,6 +438,30 @@ class ClientCore:
                 what, "GetAccount", request, check, confirmations, timeout_s, account_id, as_key
             )
         )
+
+    def op_balance_proof(
+        self, account_id: str, as_key: SigningKey | None, timeout_s: float | None
+    ) -> Op[tuple[VerifiedBalances, bytes]]:
+        """The account's balances as of the latest stable checkpoint, verified with genesis
+        alone (client/proofs.py), and the proof's bytes. A node whose proof does not verify is
+        skipped for the next. Read like ``op_account``."""
+
+        def check(proof: api_pb2.BalanceProof) -> tuple[VerifiedBalances, bytes]:
+            try:
+                return verify_balance_proof(self.genesis, proof, account_id), proof.SerializeToString()
+            except ProofError as exc:  # a lying or broken node: the next one is asked
+                raise ReceiptError(exc.reason, str(exc)) from exc
+
+        _, out = yield from self._query(
+            f"balance proof of account {account_id!r}",
+            "GetBalanceProof",
+            api_pb2.GetBalanceProofRequest(account_id=account_id),
+            check,
+            timeout_s,
+            scope=account_id,
+            as_key=as_key,
+        )
+        return out
 
     def op_balances(
         self,

@@ -44,6 +44,7 @@ from client.models import (
     TransactionInfo,
 )
 from client.policy import CHANNEL_OPTIONS
+from client.proofs import VerifiedBalances
 from client.tx import Transaction
 from client.verify import VerifiedBlock
 from ledger import tls
@@ -207,6 +208,15 @@ class LedgerClient(core.ClientCore):
         operator key (``as_key``, else the client's reader); NotAuthorized otherwise.
         """
         return self._run(self.op_account(account_id, confirmations, min_height, as_key, timeout_s))
+
+    def balance_proof(
+        self, account_id: str, *, as_key: SigningKey | None = None, timeout_s: float | None = None
+    ) -> tuple[VerifiedBalances, bytes]:
+        """The account's balances as of the latest stable checkpoint, verified against genesis
+        alone (client/proofs.py), and the proof's bytes (keep them: ``verify_balance_proof``
+        checks them again later, offline). A node whose proof does not verify is skipped for the
+        next; Unverified when none did. Read like ``account``."""
+        return self._run(self.op_balance_proof(account_id, as_key, timeout_s))
 
     def balances(
         self,

@@ -115,7 +115,7 @@ def _parse(kind: type[_M], raw: bytes, reason: str) -> _M:
     return msg
 
 
-def _member_signature(genesis: Genesis) -> VerifyFn:
+def member_signature(genesis: Genesis) -> VerifyFn:
     """A consensus signature check against the genesis members' node keys."""
 
     def check(signer: int, body: bytes, signature: bytes) -> bool:
@@ -137,7 +137,7 @@ def verify_certificate(
     digest = digest_of(header_bytes)
     commits = [c.SerializeToString() for c in certificate.commits]
     try:
-        quorum = certified(commits, genesis.n, genesis.f, header.height, digest, _member_signature(genesis))
+        quorum = certified(commits, genesis.n, genesis.f, header.height, digest, member_signature(genesis))
     except ProofError as exc:
         raise ReceiptError(exc.reason, exc.message) from exc
     return CertifiedHeader(header=header, digest=digest, view=quorum.vote, commit_signers=quorum.signers)
@@ -150,7 +150,7 @@ def verify_attestations(
     (ledger/block.py ``attested``)."""
     entries = [a.SerializeToString() for a in attestations]
     try:
-        quorum = attested(entries, genesis.n, genesis.f, sequence, digest, _member_signature(genesis))
+        quorum = attested(entries, genesis.n, genesis.f, sequence, digest, member_signature(genesis))
     except ProofError as exc:
         raise ReceiptError(exc.reason, exc.message) from exc
     results_root, state_root = quorum.vote

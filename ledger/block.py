@@ -102,7 +102,9 @@ class Votes(Generic[V]):
         raise ProofError(split_reason if len(self.groups) > 1 else few_reason, message)
 
 
-def _signed(raw: bytes, n: int, verify: VerifyFn, what: str) -> tuple[int, consensus_pb2.ConsensusMessage]:
+def signed_message(
+    raw: bytes, n: int, verify: VerifyFn, what: str
+) -> tuple[int, consensus_pb2.ConsensusMessage]:
     """(signer, message) of one serialized SignedMessage by a member whose signature verifies."""
     try:
         sm = consensus_pb2.SignedMessage.FromString(raw)
@@ -141,7 +143,7 @@ def _votes(
     for i, raw in enumerate(entries):
         what = f"{kind} {i}"
         try:
-            signer, msg = _signed(raw, n, verify, what)
+            signer, msg = signed_message(raw, n, verify, what)
         except ProofError as exc:
             votes.rejected.append(exc)
             continue

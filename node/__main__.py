@@ -210,9 +210,15 @@ def assemble(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: Event
     store = blocks.ScopedReads(lmdb_store)
     # Admission and execution share it: each envelope parsed and verified once.
     checks = CheckCache(genesis, entries_max=2 * limits.pending_requests_max)
+    # The state tree is built at checkpoint heights, for the checkpoint to sign (balance proofs).
     # LEDGER_NODE_NO_HISTORY=1: no history index (the history calls then find no entries). A
     # measuring aid only, to price the index on the closed-loop benchmark; never in production.
-    ledger = Ledger(genesis, checks=checks, history=os.environ.get("LEDGER_NODE_NO_HISTORY") != "1")
+    ledger = Ledger(
+        genesis,
+        checks=checks,
+        tree_interval=limits.checkpoint_interval,
+        history=os.environ.get("LEDGER_NODE_NO_HISTORY") != "1",
+    )
     genesis_root = queries.genesis_state_root(genesis)
     with store.read() as r:
         head = blocks.read_head(r, genesis_root)

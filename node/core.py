@@ -134,7 +134,9 @@ class ReplicaLike(Protocol):
 
     def on_tick(self, now_ms: int) -> list[act.Action]: ...
 
-    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[act.Action]: ...
+    def on_executed(
+        self, sequence: int, state_root: bytes, results_root: bytes, tree_root: bytes = b""
+    ) -> list[act.Action]: ...
 
     def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]: ...
 
@@ -307,6 +309,10 @@ class NodeCore:
         # are on disk (its receipts may be served).
         self.on_executed: Callable[[int], None] = _ignore
         self.on_attested: Callable[[int], None] = _ignore
+        # ... and a stable checkpoint's certificate is on disk (balance proofs may use it).
+        self.on_stable: Callable[[int], None] = _ignore
+        self.stable_seq = replica.stable_seq  # the highest stable checkpoint (its certificate on disk)
+        self._stable_told = self.stable_seq
         self.pruner = pruner
         self._ticks = 0
         # Called after a group's records are on disk and before its messages leave: the vote
@@ -673,6 +679,8 @@ class NodeCore:
             elif isinstance(action, act.FetchBlocks):
                 self._start_fetch(action)
             elif isinstance(action, act.Note):
+                if action.kind == "stable_checkpoint":
+                    self.stable_seq = max(self.stable_seq, int(action.detail["sequence"]))
                 self.log.count(f"note_{action.kind}")
                 self.log.event(action.kind, **action.detail)
             else:  # pragma: no cover - the Action union is closed
@@ -691,6 +699,9 @@ class NodeCore:
             self.stats.persist_txns += 1
         for a in attested:
             self.on_attested(a.sequence)
+        if self.stable_seq > self._stable_told:  # its records went to disk just now
+            self._stable_told = self.stable_seq
+            self.on_stable(self.stable_seq)
         outbox, self._outbox = self._outbox, []
         if outbox and self.before_send is not None:
             self.before_send()
@@ -762,7 +773,8 @@ class NodeCore:
                 state_root=out.state_root.hex()[:16],
                 after_ms=quiet_ms,
             )
-        return self.replica.on_executed(action.sequence, out.state_root, out.results_root)
+        # tree_root: the state tree's root at checkpoint heights, which the checkpoint signs.
+        return self.replica.on_executed(action.sequence, out.state_root, out.results_root, out.tree_root)
 
     # --- catch-up -----------------------------------------------------------------------
 

@@ -83,6 +83,7 @@ class Driver:
         )
         self.core.on_executed = self._executed
         self.core.on_attested = self.wake_waiters
+        self.core.on_stable = self._stable
         self._waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -90,6 +91,7 @@ class Driver:
         self._stopped = False
         self._height_waiters: dict[asyncio.Future[None], int] = {}  # see wait_height
         self._attested_waiters: dict[asyncio.Future[None], int] = {}  # wait_attested
+        self._stable_waiters: dict[asyncio.Future[None], int] = {}  # wait_stable
 
     # What the API, the metrics and the tests read of the core.
 
@@ -295,6 +297,18 @@ class Driver:
             if blocks.get_attestations(r, height):
                 return True
         return await self._wait(self._attested_waiters, height, timeout_s, "attested_waits_full")
+
+    async def wait_stable(self, sequence: int, timeout_s: float) -> bool:
+        """True once a checkpoint at ``sequence`` or later is stable and its certificate on disk
+        here, False if not within timeout_s (balance proofs: node/api/proofs.py)."""
+        if self.core.stable_seq >= sequence:
+            return True
+        return await self._wait(self._stable_waiters, sequence, timeout_s, "stable_waits_full")
+
+    def _stable(self, sequence: int) -> None:
+        for fut, at in self._stable_waiters.items():
+            if at <= sequence and not fut.done():
+                fut.set_result(None)
 
     async def _wait(
         self, waiters: dict[asyncio.Future[None], int], height: int, timeout_s: float, full: str

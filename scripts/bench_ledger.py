@@ -106,9 +106,14 @@ def run_one(
     sync: bool,
     parent: str | None,
     index: bool = False,
+    tree_interval: int = 0,
 ) -> dict[str, float | int | bool]:
     check = None if verify else (lambda *_: True)
-    ledger = Ledger(genesis, history=index) if check is None else Ledger(genesis, verify=check, history=index)
+    ledger = (
+        Ledger(genesis, history=index, tree_interval=tree_interval)
+        if check is None
+        else Ledger(genesis, verify=check, history=index, tree_interval=tree_interval)
+    )
     with tempfile.TemporaryDirectory(prefix="bench-ledger-", dir=parent) as tmp:
         store = LmdbStore(Path(tmp) / "db", map_size_bytes=1 << 32, sync=sync)
         try:
@@ -116,7 +121,9 @@ def run_one(
             for i in range(0, len(setup), 1000):
                 height += 1
                 with store.write() as w:
-                    Ledger(genesis).execute(w, height, 1_000, setup[i : i + 1000])
+                    Ledger(genesis, tree_interval=tree_interval).execute(
+                        w, height, 1_000, setup[i : i + 1000]
+                    )
             ok = 0
             cpu_start = time.process_time()
             start = time.perf_counter()
@@ -176,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--history-cost", action="store_true", help="time execute with and without the history index"
     )
+    parser.add_argument(
+        "--tree-interval",
+        type=int,
+        default=0,
+        help="build the state tree every N blocks, as a node does at checkpoints (default 0: no tree)",
+    )
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if not batches or min(batches) < 1 or args.txs < 1 or args.accounts < 2 or args.repeat < 1:
@@ -197,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             runs = [
-                run_one(genesis, setup, txs, batch, verify, sync=not args.no_sync, parent=args.dir)
+                run_one(
+                    genesis,
+                    setup,
+                    txs,
+                    batch,
+                    verify,
+                    sync=not args.no_sync,
+                    parent=args.dir,
+                    tree_interval=args.tree_interval,
+                )
                 for _ in range(args.repeat)
             ]
             best = min(runs, key=lambda row: float(row["seconds"]))
@@ -216,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['batch']:>6} | {sig:>10} | {row['txs']:>6} | {row['seconds']:>8.3f} | {row['tx_per_s']:>10.1f}"
             f" | {row['runs_tx_per_s']}"
         )
-    print(json.dumps({"bench": "ledger", "results": rows}))
+    print(json.dumps({"bench": "ledger", "tree_interval": args.tree_interval, "results": rows}))
     return 0
 
 

@@ -31,14 +31,20 @@ if str(ROOT) not in sys.path:
 from google.protobuf.descriptor import FieldDescriptor  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
+from client.proofs import verify_balance_proof  # noqa: E402
 from client.tx import LegSpec, Transaction, TxBuilder  # noqa: E402
 from client.verify import ReceiptError, verify_receipt  # noqa: E402
 from ledger import block, merkle, readtoken  # noqa: E402
+from ledger import statetree as lt  # noqa: E402
 from ledger.crypto import DOMAIN_CONSENSUS, DOMAIN_READ, DOMAIN_TX, SigningKey, signing_bytes, tx_id_of  # noqa: E402
 from ledger.genesis import Genesis, parse_genesis  # noqa: E402
+from ledger.statetree import ProofError  # noqa: E402
 from ledger.v1 import api_pb2, consensus_pb2, tx_pb2  # noqa: E402
+from node.api.proofs import build_balance_proof  # noqa: E402
+from node.app import statetree  # noqa: E402
 from node.app.ledger import Ledger  # noqa: E402
-from node.pbft import wire  # noqa: E402
+from node.pbft import journal, wire  # noqa: E402
+from node.storage import blocks  # noqa: E402
 from node.storage.memory import MemoryStore  # noqa: E402
 
 VECTORS = ROOT / "tests" / "vectors"
@@ -425,6 +431,107 @@ def receipt_file(genesis: Genesis, tx_id: bytes, receipt: api_pb2.Receipt) -> di
     }
 
 
+def statetree_file(genesis: Genesis, k: dict[str, SigningKey], envelopes: list[bytes]) -> dict[str, Any]:
+    """The state tree after block.json's block (a checkpoint at height 1), alice's balance proof
+    (2f+1 checkpoints signed by COMMITTERS) and tampered copies with their reasons."""
+    store = MemoryStore()
+    with store.write() as w:
+        out = Ledger(genesis, tree_interval=HEIGHT).execute(w, HEIGHT, TIMESTAMP_MS, envelopes)
+        checkpoints = [
+            _signed(
+                k[f"{BANKS[r]}/node"],
+                r,
+                consensus_pb2.ConsensusMessage(
+                    checkpoint=consensus_pb2.Checkpoint(
+                        sequence=HEIGHT, state_root=out.state_root, replica=r, tree_root=out.tree_root
+                    )
+                ),
+            )
+            for r in COMMITTERS
+        ]
+        w.put(blocks.JOURNAL + journal.STABLE, wire.encode_signed_list(checkpoints))
+    with store.read() as r:
+        leaves = [
+            {
+                "key": key[len(statetree.VALUES) :].hex(),
+                "salt": v[: lt.SALT_BYTES].hex(),
+                "value": v[lt.SALT_BYTES :].hex(),
+            }
+            for key, v in r.scan(statetree.VALUES)
+        ]
+        nodes = [
+            {"path": key[len(statetree.NODE) :].decode(), "record": v.hex()}
+            for key, v in r.scan(statetree.NODE)
+        ]
+        results = [{"tx_id": key[4:].hex(), "result": v.hex()} for key, v in r.scan(b"s/t/")]
+        proof = build_balance_proof(genesis, r, "alice")
+    assert proof is not None
+    verified = verify_balance_proof(genesis, proof, "alice")
+
+    def copy(change: Callable[[api_pb2.BalanceProof], None]) -> api_pb2.BalanceProof:
+        p = api_pb2.BalanceProof()
+        p.CopyFrom(proof)
+        change(p)
+        return p
+
+    def more(p: api_pb2.BalanceProof) -> None:
+        p.balances[0].available += 1
+
+    def frozen(p: api_pb2.BalanceProof) -> None:
+        p.account = p.account[:-1] + b"\x01"
+
+    def node_bit(p: api_pb2.BalanceProof) -> None:
+        p.nodes[-1] = p.nodes[-1][:-1] + bytes([p.nodes[-1][-1] ^ 1])
+
+    def drop_checkpoint(p: api_pb2.BalanceProof) -> None:
+        del p.checkpoints[-1]
+
+    def checkpoint_signature(p: api_pb2.BalanceProof) -> None:
+        sig = p.checkpoints[0].signature
+        p.checkpoints[0].signature = bytes([sig[0] ^ 1]) + sig[1:]
+
+    tampered = []
+    for what, change in (
+        ("1 minor unit more available", more),
+        ("the account record says frozen", frozen),
+        ("a bit flipped in a tree node", node_bit),
+        ("a checkpoint removed: 2 of the 3 needed", drop_checkpoint),
+        ("a bit flipped in a checkpoint signature", checkpoint_signature),
+    ):
+        bad = copy(change)
+        try:
+            verify_balance_proof(genesis, bad, "alice")
+        except ProofError as exc:
+            tampered.append({"what": what, "proof": bad.SerializeToString().hex(), "reason": exc.reason})
+        else:
+            raise AssertionError(f"tampered balance proof verified: {what}")
+    return {
+        "about": "the state tree after block.json's block as a checkpoint (docs/PROTOCOL.md, section "
+        "11): the recorded results (all of height 1, so in tx_id order) whose range is the leaf "
+        "t/_/results, every leaf (state key, salt, value), every node record by its hex path, the "
+        "root; alice's BalanceProof against 2f+1 checkpoints, what it proves, and tampered copies "
+        "with the reason each must fail with",
+        "genesis": "genesis.json",
+        "sequence": HEIGHT,
+        "state_root": out.state_root.hex(),
+        "empty_root": lt.EMPTY_ROOT.hex(),
+        "results": results,
+        "leaves": leaves,
+        "nodes": nodes,
+        "tree_root": out.tree_root.hex(),
+        "checkpoints": [_signed_entry(c) for c in checkpoints],
+        "balance_proof": proof.SerializeToString().hex(),
+        "expect": {
+            "account_id": verified.account_id,
+            "member_id": verified.member_id,
+            "frozen": verified.frozen,
+            "balances": [[b.asset, b.available, b.held] for b in verified.balances],
+            "signers": list(verified.signers),
+        },
+        "tampered": tampered,
+    }
+
+
 def build() -> dict[str, str]:
     """Each vector file's name and exact text."""
     k = keys()
@@ -442,6 +549,7 @@ def build() -> dict[str, str]:
         "block.json": block_content,
         "receipt.json": receipt_file(genesis, txs[RECEIPT_INDEX][2].tx_id, receipt),
         "readtoken.json": readtoken_file(k, txs[RECEIPT_INDEX][2].tx_id),
+        "statetree.json": statetree_file(genesis, k, envelopes),
     }
     assert tx_id_of(tx_pb2.Envelope.FromString(envelopes[RECEIPT_INDEX]).body) == txs[RECEIPT_INDEX][2].tx_id
     return {name: json.dumps(data, indent=2, ensure_ascii=False) + "\n" for name, data in files.items()}

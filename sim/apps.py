@@ -31,6 +31,7 @@ class EchoOutcome:
     consensus_time_ms: int
     postings: tuple[Any, ...] = ()
     codes: tuple[str, ...] = ()
+    tree_root: bytes = b""  # what a checkpoint at this height signs beside state_root
 
 
 class EchoLedger:
@@ -59,14 +60,16 @@ class EchoLedger:
         h = hashlib.sha256(previous.state_root + height.to_bytes(8, "big"))
         for t in sorted(fresh):
             h.update(t)
+        state_root = h.digest()
         return EchoOutcome(
             tuple(tx_ids),
             tuple(results),
             tuple(recorded),
             merkle.root(results),
-            h.digest(),
+            state_root,
             timestamp_ms,
             codes=tuple("OK" if r else "DUPLICATE" for r in recorded),
+            tree_root=hashlib.sha256(b"echo-tree" + state_root).digest(),
         )
 
 

@@ -143,10 +143,14 @@ def extra(
         out.append((None, wire.encode_peer(_sign(crypto, me, Commit(view, far, digest, me)))))
         if view > 0:
             out.append((None, wire.encode_peer(_sign(crypto, me, Prepare(view - 1, seq, digest, me)))))
-    else:  # a checkpoint with a wrong state root
-        k = replica.cfg.checkpoint_interval
-        ck_seq = (replica.last_executed // k + 1) * k
-        out.append((None, wire.encode_peer(_sign(crypto, me, wire.Checkpoint(ck_seq, digest, me)))))
+    else:  # a checkpoint with a wrong state root, or with the right one and a wrong tree root
+        own = replica._own_checkpoint
+        if own is not None and isinstance(own.msg, wire.Checkpoint) and own.msg.sequence > replica.stable_seq:
+            lie = wire.Checkpoint(own.msg.sequence, own.msg.state_root, me, digest)
+        else:
+            k = replica.cfg.checkpoint_interval
+            lie = wire.Checkpoint((replica.last_executed // k + 1) * k, digest, me)
+        out.append((None, wire.encode_peer(_sign(crypto, me, lie))))
     return out
 
 

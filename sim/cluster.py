@@ -270,7 +270,7 @@ class Simulation:
         self.nodes = [SimNode(self, r, cryptos[r], sc.faulty.get(r, "")) for r in range(sc.n)]
         self.submitted: dict[bytes, bytes] = {}  # tx_id -> envelope
         self.digest_at: dict[int, bytes] = {}
-        self.root_at: dict[int, bytes] = {}
+        self.root_at: dict[int, tuple[bytes, bytes]] = {}
         self.requests = self._make_requests()
         self._crashed_all = False
         self._isolated_since: dict[int, int] = {}
@@ -300,7 +300,7 @@ class Simulation:
         if self.sc.app == "ledger":
             from node.app.ledger import Ledger
 
-            return Ledger(self.genesis)
+            return Ledger(self.genesis, tree_interval=self.sc.checkpoint_interval)
         return EchoLedger()
 
     def _make_requests(self) -> list[bytes]:
@@ -363,6 +363,8 @@ class Simulation:
         if kind == "view_change" and node.honest:
             self.result.view_changes += 1
             self._maybe_crash_all()
+        if kind == "stable_checkpoint" and node.honest:
+            self._check_stable(node)
 
     def on_executed(self, node: SimNode, height: int) -> None:
         out = node.ledger.last
@@ -377,9 +379,10 @@ class Simulation:
             self._violation(
                 f"agreement: r{node.id} executed {digest.hex()[:8]} at {height}, others {known.hex()[:8]}"
             )
-        root = self.root_at.setdefault(height, out.state_root)
-        if root != out.state_root:
-            self._violation(f"ledger agreement: r{node.id} state root differs at {height}")
+        roots = (out.state_root, out.tree_root)  # the tree root: empty off tree heights
+        known_roots = self.root_at.setdefault(height, roots)
+        if known_roots != roots:
+            self._violation(f"ledger agreement: r{node.id} state or tree root differs at {height}")
         for tx_id, recorded in zip(out.tx_ids, out.recorded, strict=True):
             if tx_id not in self.submitted:
                 self._violation(f"validity: r{node.id} executed unsubmitted tx at {height}")
@@ -394,6 +397,20 @@ class Simulation:
     def _violation(self, what: str) -> None:
         self.trace.append(f"{self.now:>6} VIOLATION {what}")
         self.result.safety_violations.append(what)
+
+    def _check_stable(self, node: SimNode) -> None:
+        """A checkpoint certificate (2f+1 signatures) certifies the roots honest replicas
+        computed: a balance proof or a snapshot checked against it is true."""
+        r = node.replica
+        roots = r.verifier.checkpoint_proof(r.stable_seq, r.stable_proof)
+        if roots is None:
+            self._violation(f"checkpoint: r{node.id} holds an invalid stable proof at {r.stable_seq}")
+            return
+        computed = self.root_at.get(r.stable_seq)
+        if computed is not None and computed != roots:
+            self._violation(
+                f"checkpoint: r{node.id} stable at {r.stable_seq} with roots honest ones did not compute"
+            )
 
     def _live_done(self) -> bool:
         honest = [n for n in self.nodes if n.honest]

@@ -511,6 +511,111 @@ class Account(_message.Message):
 Global___Account: _TypeAlias = Account  # noqa: Y015
 
 @_typing.final
+class GetBalanceProofRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBalanceProofRequest: _TypeAlias = GetBalanceProofRequest  # noqa: Y015
+
+@_typing.final
+class BalanceProof(_message.Message):
+    """An account's balances as of a stable checkpoint, provable offline with genesis alone
+    (docs/PROTOCOL.md, section 11): the 2f+1 signed checkpoints name the state tree's root, and
+    the tree's nodes lead from that root to the account's record and to each of its balances.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    SALTS_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    account_id: _builtins.str
+    sequence: _builtins.int
+    """the checkpoint's height"""
+    account: _builtins.bytes
+    """the account record as stored; empty: no such account"""
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[_consensus_pb2.SignedMessage]:
+        """2f+1 Checkpoints at sequence, one root pair"""
+
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvenBalance]:
+        """genesis assets with a non-zero amount, by asset name"""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """state tree node records on the paths of those keys"""
+
+    @_builtins.property
+    def salts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The 16-byte salt of each of those keys the tree holds, in the proof's key order (the
+        account record, then per genesis asset by name: available, held).
+        """
+
+    def __init__(
+        self,
+        *,
+        chain_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        checkpoints: _abc.Iterable[_consensus_pb2.SignedMessage] | None = ...,
+        account: _builtins.bytes = ...,
+        balances: _abc.Iterable[Global___ProvenBalance] | None = ...,
+        nodes: _abc.Iterable[_builtins.bytes] | None = ...,
+        salts: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "account_id", b"account_id", "balances", b"balances", "chain_id", b"chain_id", "checkpoints", b"checkpoints", "nodes", b"nodes", "salts", b"salts", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceProof: _TypeAlias = BalanceProof  # noqa: Y015
+
+@_typing.final
+class ProvenBalance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    asset: _builtins.str
+    available: _builtins.int
+    held: _builtins.int
+    def __init__(
+        self,
+        *,
+        asset: _builtins.str = ...,
+        available: _builtins.int = ...,
+        held: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "available", b"available", "held", b"held"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvenBalance: _TypeAlias = ProvenBalance  # noqa: Y015
+
+@_typing.final
 class GetBlockRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -74,6 +74,11 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_api__pb2.Account.FromString,
                 _registered_method=True)
+        self.GetBalanceProof = channel.unary_unary(
+                '/ledger.v1.LedgerService/GetBalanceProof',
+                request_serializer=ledger_dot_v1_dot_api__pb2.GetBalanceProofRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_api__pb2.BalanceProof.FromString,
+                _registered_method=True)
         self.GetBlock = channel.unary_unary(
                 '/ledger.v1.LedgerService/GetBlock',
                 request_serializer=ledger_dot_v1_dot_api__pb2.GetBlockRequest.SerializeToString,
@@ -180,6 +185,15 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBalanceProof(self, request, context):
+        """The account's balances with a proof against the latest stable checkpoint (read like
+        GetAccount: the owner key or its bank's operator key). UNAVAILABLE while the checkpoint
+        this node's state tree is at is not yet stable here (ask again, or another node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBlock(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -273,6 +287,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=ledger_dot_v1_dot_api__pb2.GetAccountRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_api__pb2.Account.SerializeToString,
+            ),
+            'GetBalanceProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalanceProof,
+                    request_deserializer=ledger_dot_v1_dot_api__pb2.GetBalanceProofRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_api__pb2.BalanceProof.SerializeToString,
             ),
             'GetBlock': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBlock,
@@ -531,6 +550,33 @@ class LedgerService:
             '/ledger.v1.LedgerService/GetAccount',
             ledger_dot_v1_dot_api__pb2.GetAccountRequest.SerializeToString,
             ledger_dot_v1_dot_api__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalanceProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/GetBalanceProof',
+            ledger_dot_v1_dot_api__pb2.GetBalanceProofRequest.SerializeToString,
+            ledger_dot_v1_dot_api__pb2.BalanceProof.FromString,
             options,
             channel_credentials,
             insecure,

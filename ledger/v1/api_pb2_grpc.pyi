@@ -55,6 +55,11 @@ class LedgerServiceStub:
     """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]
     """The account as of `height`; min_height asks for a reading no older than that."""
+    GetBalanceProof: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBalanceProofRequest, _api_pb2.BalanceProof]
+    """The account's balances with a proof against the latest stable checkpoint (read like
+    GetAccount: the owner key or its bank's operator key). UNAVAILABLE while the checkpoint
+    this node's state tree is at is not yet stable here (ask again, or another node).
+    """
     GetBlock: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]
     GetBlocks: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBlocksRequest, _api_pb2.GetBlocksResponse]
     """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
@@ -94,6 +99,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     GetAccount: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccountRequest, _api_pb2.Account]  # type: ignore[assignment]
     """The account as of `height`; min_height asks for a reading no older than that."""
+    GetBalanceProof: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBalanceProofRequest, _api_pb2.BalanceProof]  # type: ignore[assignment]
+    """The account's balances with a proof against the latest stable checkpoint (read like
+    GetAccount: the owner key or its bank's operator key). UNAVAILABLE while the checkpoint
+    this node's state tree is at is not yet stable here (ask again, or another node).
+    """
     GetBlock: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlockRequest, _api_pb2.GetBlockResponse]  # type: ignore[assignment]
     GetBlocks: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBlocksRequest, _api_pb2.GetBlocksResponse]  # type: ignore[assignment]
     """Consecutive blocks from from_height, each as GetBlock gives it; empty past the head."""
@@ -178,6 +188,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.Account, _abc.Awaitable[_api_pb2.Account]]:
         """The account as of `height`; min_height asks for a reading no older than that."""
+
+    @_abc_1.abstractmethod
+    def GetBalanceProof(
+        self,
+        request: _api_pb2.GetBalanceProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.BalanceProof, _abc.Awaitable[_api_pb2.BalanceProof]]:
+        """The account's balances with a proof against the latest stable checkpoint (read like
+        GetAccount: the owner key or its bank's operator key). UNAVAILABLE while the checkpoint
+        this node's state tree is at is not yet stable here (ask again, or another node).
+        """
 
     @_abc_1.abstractmethod
     def GetBlock(

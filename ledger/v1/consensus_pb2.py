@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ledger.v1 import tx_pb2 as ledger_dot_v1_dot_tx__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ledger/v1/consensus.proto\x12\tledger.v1\x1a\x12ledger/v1/tx.proto\"@\n\rSignedMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06signer\x18\x02 \x01(\r\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xc6\x02\n\x10\x43onsensusMessage\x12,\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x15.ledger.v1.PrePrepareH\x00\x12%\n\x07prepare\x18\x02 \x01(\x0b\x32\x12.ledger.v1.PrepareH\x00\x12#\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x11.ledger.v1.CommitH\x00\x12+\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x15.ledger.v1.CheckpointH\x00\x12,\n\x0bview_change\x18\x05 \x01(\x0b\x32\x15.ledger.v1.ViewChangeH\x00\x12&\n\x08new_view\x18\x06 \x01(\x0b\x32\x12.ledger.v1.NewViewH\x00\x12-\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x16.ledger.v1.AttestationH\x00\x42\x06\n\x04kind\"L\n\nPrePrepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0e\n\x06header\x18\x04 \x01(\x0c\"J\n\x07Prepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0f\n\x07replica\x18\x04 \x01(\r\"I\n\x06\x43ommit\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0f\n\x07replica\x18\x04 \x01(\r\"C\n\nCheckpoint\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nstate_root\x18\x02 \x01(\x0c\x12\x0f\n\x07replica\x18\x03 \x01(\r\"\x1a\n\x05\x42\x61tch\x12\x11\n\tenvelopes\x18\x01 \x03(\x0c\"\x91\x01\n\x13PreparedCertificate\x12-\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x18.ledger.v1.SignedMessage\x12*\n\x08prepares\x18\x02 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x1f\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x10.ledger.v1.Batch\"\xae\x01\n\nViewChange\x12\x10\n\x08new_view\x18\x01 \x01(\x04\x12\x17\n\x0fstable_sequence\x18\x02 \x01(\x04\x12\x32\n\x10\x63heckpoint_proof\x18\x03 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x30\n\x08prepared\x18\x04 \x03(\x0b\x32\x1e.ledger.v1.PreparedCertificate\x12\x0f\n\x07replica\x18\x05 \x01(\r\"\x9a\x01\n\x07NewView\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12.\n\x0cview_changes\x18\x02 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12.\n\x0cpre_prepares\x18\x03 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12!\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32\x10.ledger.v1.Batch\"j\n\x0b\x41ttestation\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x14\n\x0cresults_root\x18\x03 \x01(\x0c\x12\x12\n\nstate_root\x18\x04 \x01(\x0c\x12\x0f\n\x07replica\x18\x05 \x01(\r\">\n\x11\x43ommitCertificate\x12)\n\x07\x63ommits\x18\x01 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\"t\n\x0e\x43\x65rtifiedBlock\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x1f\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x10.ledger.v1.Batch\x12\x31\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x1c.ledger.v1.CommitCertificate\"Y\n\x0bPeerMessage\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x1f\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x10.ledger.v1.Batch\"\x1d\n\tPeerFrame\x12\x10\n\x08messages\x18\x01 \x03(\x0c\"1\n\x07\x46orward\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.ledger.v1.Envelope\"\t\n\x07PeerAck\"=\n\x12\x46\x65tchBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x12\n\nmax_blocks\x18\x02 \x01(\r\"U\n\x13\x46\x65tchBlocksResponse\x12)\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x19.ledger.v1.CertifiedBlock\x12\x13\n\x0blast_height\x18\x02 \x01(\x04\x32\xd3\x01\n\x0eReplicaService\x12\x34\n\x06Stream\x12\x14.ledger.v1.PeerFrame\x1a\x12.ledger.v1.PeerAck(\x01\x12=\n\x13\x46orwardTransactions\x12\x12.ledger.v1.Forward\x1a\x12.ledger.v1.PeerAck\x12L\n\x0b\x46\x65tchBlocks\x12\x1d.ledger.v1.FetchBlocksRequest\x1a\x1e.ledger.v1.FetchBlocksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ledger/v1/consensus.proto\x12\tledger.v1\x1a\x12ledger/v1/tx.proto\"@\n\rSignedMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0e\n\x06signer\x18\x02 \x01(\r\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\xc6\x02\n\x10\x43onsensusMessage\x12,\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x15.ledger.v1.PrePrepareH\x00\x12%\n\x07prepare\x18\x02 \x01(\x0b\x32\x12.ledger.v1.PrepareH\x00\x12#\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x11.ledger.v1.CommitH\x00\x12+\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x15.ledger.v1.CheckpointH\x00\x12,\n\x0bview_change\x18\x05 \x01(\x0b\x32\x15.ledger.v1.ViewChangeH\x00\x12&\n\x08new_view\x18\x06 \x01(\x0b\x32\x12.ledger.v1.NewViewH\x00\x12-\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x16.ledger.v1.AttestationH\x00\x42\x06\n\x04kind\"L\n\nPrePrepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0e\n\x06header\x18\x04 \x01(\x0c\"J\n\x07Prepare\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0f\n\x07replica\x18\x04 \x01(\r\"I\n\x06\x43ommit\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0f\n\x07replica\x18\x04 \x01(\r\"V\n\nCheckpoint\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nstate_root\x18\x02 \x01(\x0c\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x11\n\ttree_root\x18\x04 \x01(\x0c\"\x1a\n\x05\x42\x61tch\x12\x11\n\tenvelopes\x18\x01 \x03(\x0c\"\x91\x01\n\x13PreparedCertificate\x12-\n\x0bpre_prepare\x18\x01 \x01(\x0b\x32\x18.ledger.v1.SignedMessage\x12*\n\x08prepares\x18\x02 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x1f\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x10.ledger.v1.Batch\"\xae\x01\n\nViewChange\x12\x10\n\x08new_view\x18\x01 \x01(\x04\x12\x17\n\x0fstable_sequence\x18\x02 \x01(\x04\x12\x32\n\x10\x63heckpoint_proof\x18\x03 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x30\n\x08prepared\x18\x04 \x03(\x0b\x32\x1e.ledger.v1.PreparedCertificate\x12\x0f\n\x07replica\x18\x05 \x01(\r\"\x9a\x01\n\x07NewView\x12\x0c\n\x04view\x18\x01 \x01(\x04\x12.\n\x0cview_changes\x18\x02 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12.\n\x0cpre_prepares\x18\x03 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\x12!\n\x07\x62\x61tches\x18\x04 \x03(\x0b\x32\x10.ledger.v1.Batch\"j\n\x0b\x41ttestation\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x14\n\x0cresults_root\x18\x03 \x01(\x0c\x12\x12\n\nstate_root\x18\x04 \x01(\x0c\x12\x0f\n\x07replica\x18\x05 \x01(\r\">\n\x11\x43ommitCertificate\x12)\n\x07\x63ommits\x18\x01 \x03(\x0b\x32\x18.ledger.v1.SignedMessage\"t\n\x0e\x43\x65rtifiedBlock\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x1f\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x10.ledger.v1.Batch\x12\x31\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x1c.ledger.v1.CommitCertificate\"Y\n\x0bPeerMessage\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.ledger.v1.SignedMessage\x12\x1f\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x10.ledger.v1.Batch\"\x1d\n\tPeerFrame\x12\x10\n\x08messages\x18\x01 \x03(\x0c\"1\n\x07\x46orward\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.ledger.v1.Envelope\"\t\n\x07PeerAck\"=\n\x12\x46\x65tchBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x12\n\nmax_blocks\x18\x02 \x01(\r\"U\n\x13\x46\x65tchBlocksResponse\x12)\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x19.ledger.v1.CertifiedBlock\x12\x13\n\x0blast_height\x18\x02 \x01(\x04\x32\xd3\x01\n\x0eReplicaService\x12\x34\n\x06Stream\x12\x14.ledger.v1.PeerFrame\x1a\x12.ledger.v1.PeerAck(\x01\x12=\n\x13\x46orwardTransactions\x12\x12.ledger.v1.Forward\x1a\x12.ledger.v1.PeerAck\x12L\n\x0b\x46\x65tchBlocks\x12\x1d.ledger.v1.FetchBlocksRequest\x1a\x1e.ledger.v1.FetchBlocksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMIT']._serialized_start=609
   _globals['_COMMIT']._serialized_end=682
   _globals['_CHECKPOINT']._serialized_start=684
-  _globals['_CHECKPOINT']._serialized_end=751
-  _globals['_BATCH']._serialized_start=753
-  _globals['_BATCH']._serialized_end=779
-  _globals['_PREPAREDCERTIFICATE']._serialized_start=782
-  _globals['_PREPAREDCERTIFICATE']._serialized_end=927
-  _globals['_VIEWCHANGE']._serialized_start=930
-  _globals['_VIEWCHANGE']._serialized_end=1104
-  _globals['_NEWVIEW']._serialized_start=1107
-  _globals['_NEWVIEW']._serialized_end=1261
-  _globals['_ATTESTATION']._serialized_start=1263
-  _globals['_ATTESTATION']._serialized_end=1369
-  _globals['_COMMITCERTIFICATE']._serialized_start=1371
-  _globals['_COMMITCERTIFICATE']._serialized_end=1433
-  _globals['_CERTIFIEDBLOCK']._serialized_start=1435
-  _globals['_CERTIFIEDBLOCK']._serialized_end=1551
-  _globals['_PEERMESSAGE']._serialized_start=1553
-  _globals['_PEERMESSAGE']._serialized_end=1642
-  _globals['_PEERFRAME']._serialized_start=1644
-  _globals['_PEERFRAME']._serialized_end=1673
-  _globals['_FORWARD']._serialized_start=1675
-  _globals['_FORWARD']._serialized_end=1724
-  _globals['_PEERACK']._serialized_start=1726
-  _globals['_PEERACK']._serialized_end=1735
-  _globals['_FETCHBLOCKSREQUEST']._serialized_start=1737
-  _globals['_FETCHBLOCKSREQUEST']._serialized_end=1798
-  _globals['_FETCHBLOCKSRESPONSE']._serialized_start=1800
-  _globals['_FETCHBLOCKSRESPONSE']._serialized_end=1885
-  _globals['_REPLICASERVICE']._serialized_start=1888
-  _globals['_REPLICASERVICE']._serialized_end=2099
+  _globals['_CHECKPOINT']._serialized_end=770
+  _globals['_BATCH']._serialized_start=772
+  _globals['_BATCH']._serialized_end=798
+  _globals['_PREPAREDCERTIFICATE']._serialized_start=801
+  _globals['_PREPAREDCERTIFICATE']._serialized_end=946
+  _globals['_VIEWCHANGE']._serialized_start=949
+  _globals['_VIEWCHANGE']._serialized_end=1123
+  _globals['_NEWVIEW']._serialized_start=1126
+  _globals['_NEWVIEW']._serialized_end=1280
+  _globals['_ATTESTATION']._serialized_start=1282
+  _globals['_ATTESTATION']._serialized_end=1388
+  _globals['_COMMITCERTIFICATE']._serialized_start=1390
+  _globals['_COMMITCERTIFICATE']._serialized_end=1452
+  _globals['_CERTIFIEDBLOCK']._serialized_start=1454
+  _globals['_CERTIFIEDBLOCK']._serialized_end=1570
+  _globals['_PEERMESSAGE']._serialized_start=1572
+  _globals['_PEERMESSAGE']._serialized_end=1661
+  _globals['_PEERFRAME']._serialized_start=1663
+  _globals['_PEERFRAME']._serialized_end=1692
+  _globals['_FORWARD']._serialized_start=1694
+  _globals['_FORWARD']._serialized_end=1743
+  _globals['_PEERACK']._serialized_start=1745
+  _globals['_PEERACK']._serialized_end=1754
+  _globals['_FETCHBLOCKSREQUEST']._serialized_start=1756
+  _globals['_FETCHBLOCKSREQUEST']._serialized_end=1817
+  _globals['_FETCHBLOCKSRESPONSE']._serialized_start=1819
+  _globals['_FETCHBLOCKSRESPONSE']._serialized_end=1904
+  _globals['_REPLICASERVICE']._serialized_start=1907
+  _globals['_REPLICASERVICE']._serialized_end=2118
 # @@protoc_insertion_point(module_scope)

@@ -188,24 +188,32 @@ Global___Commit: _TypeAlias = Commit  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):
+    """state_root: the block's state root at sequence (the write-set chain); tree_root: the root of
+    the state tree over the whole state at sequence (docs/PROTOCOL.md, section 11). 2f+1 matching
+    checkpoints certify both.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     STATE_ROOT_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
+    TREE_ROOT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     state_root: _builtins.bytes
     replica: _builtins.int
+    tree_root: _builtins.bytes
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         state_root: _builtins.bytes = ...,
         replica: _builtins.int = ...,
+        tree_root: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replica", b"replica", "sequence", b"sequence", "state_root", b"state_root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replica", b"replica", "sequence", b"sequence", "state_root", b"state_root", "tree_root", b"tree_root"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -56,6 +56,10 @@ class NodePort(Protocol):
         """True once the block at ``height`` has its attestations here (the feed)."""
         ...
 
+    async def wait_stable(self, sequence: int, timeout_s: float) -> bool:
+        """True once a checkpoint at ``sequence`` or later is stable here (balance proofs)."""
+        ...
+
     def peer_up(self, replica: int) -> bool: ...
 
     def retention(self) -> Retention:

@@ -16,6 +16,7 @@ from node.api.authority import ReadAuthority, token_of
 from node.api.common import SERVICE, Abort
 from node.api.history import History
 from node.api.port import NodePort
+from node.api.proofs import BalanceProofs
 from node.api.queries import Queries
 from node.api.streams import Receipts
 from node.app.ledger import Ledger
@@ -59,6 +60,7 @@ class LedgerApi:
             self.authority,
         )
         self.history = History(genesis, node, backfill, self.authority)
+        self.proofs = BalanceProofs(genesis, node, self.authority)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         def unary(fn: Callable[[bytes], Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -144,6 +146,7 @@ class LedgerApi:
                 "SubmitStream": stream_stream(self.streams.submit_stream),
                 "GetTransaction": read(self.queries.get_transaction),
                 "GetAccount": read(self.queries.get_account),
+                "GetBalanceProof": read(self.proofs.get_balance_proof),
                 "GetBlock": read(self.queries.get_block),
                 "GetBlocks": read(self.queries.get_blocks),
                 "GetSupply": read(self.queries.get_supply),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ledger import merkle
 from ledger.crypto import verify as ed25519_verify
 from ledger.genesis import Genesis
-from node.app import postings, queries, rules
+from node.app import postings, queries, rules, statetree
 from node.app import state as st
 from node.app.codec import encode_result_fields, envelope_tx_id
 from node.app.tx import Code, EscrowPost, EscrowVoid, InvalidTransaction
@@ -48,6 +48,9 @@ class BatchOutcome:
     # What each successful transaction (and each expiry) did to balances, in execution order,
     # for the node-local history index: not part of the state root (node/app/postings.py).
     postings: tuple[postings.Posting, ...] = ()
+    # The state tree's root after this block at tree heights (multiples of tree_interval), else
+    # empty: what the block's checkpoint signs beside state_root (node/app/statetree.py).
+    tree_root: bytes = b""
 
 
 class _Overlay:
@@ -152,8 +155,12 @@ class Ledger:
         verify: Verifier = ed25519_verify,
         checks: CheckCache | None = None,
         history: bool = True,
+        tree_interval: int = 0,
     ) -> None:
+        """``tree_interval``: build the state tree every that many heights (the checkpoint
+        interval; 0: no tree, for tools that only replay)."""
         self.genesis = genesis
+        self.tree_interval = tree_interval
         self.history = history  # build postings (BatchOutcome.postings); off only to measure their cost
         self.checks = checks if checks is not None else CheckCache(genesis, verify)
 
@@ -183,7 +190,13 @@ class Ledger:
             results.append(result)
             recorded.append(final)
             codes.append(code)
-        state_root = write_set_root(prev_root, height, block.writes, block.flush())
+        written = block.flush()
+        state_root = write_set_root(prev_root, height, block.writes, written)
+        tree_root = b""
+        if self.tree_interval:
+            statetree.record_writes(w, height, written)
+            if height % self.tree_interval == 0:
+                tree_root = statetree.update(w, height)
         w.put(st.META_HEIGHT, st.u64(height))
         w.put(st.META_ROOT, state_root)
         return BatchOutcome(
@@ -197,6 +210,7 @@ class Ledger:
             recorded=tuple(recorded),
             codes=tuple(codes),
             postings=tuple(posted or ()),
+            tree_root=tree_root,
         )
 
     def _expire_escrows(

@@ -343,9 +343,9 @@ class ReplicaCore:
             for _, c in sorted(self._checkpoints.items())
             if m.sequence in c and isinstance(c[m.sequence].msg, Checkpoint)
         ]
-        same = [c for c in matching if getattr(c.msg, "state_root", None) == m.state_root]
+        same = [c for c in matching if isinstance(c.msg, Checkpoint) and c.msg.roots == m.roots]
         if len(same) >= self.cfg.quorum:
-            self._make_stable(m.sequence, tuple(c.raw for c in same[: self.cfg.quorum]), m.state_root)
+            self._make_stable(m.sequence, tuple(c.raw for c in same[: self.cfg.quorum]), m.roots)
             self._maybe_propose()  # the window moved
         elif self.next_execute <= m.sequence and len(same) >= self.cfg.f + 1:
             # f+1 say they executed this far (one of them is correct) but a liar may keep the
@@ -353,7 +353,8 @@ class ReplicaCore:
             # (regression: seed 1164).
             self._fetch(tuple(c.signer for c in same))
 
-    def _make_stable(self, seq: int, proof: tuple[bytes, ...], state_root: bytes) -> None:
+    def _make_stable(self, seq: int, proof: tuple[bytes, ...], roots: tuple[bytes, bytes]) -> None:
+        """``roots``: the (state root, tree root) the proof's 2f+1 checkpoints signed."""
         if seq <= self.stable_seq:
             return
         own = self._own_checkpoint
@@ -361,7 +362,7 @@ class ReplicaCore:
             own is not None
             and isinstance(own.msg, Checkpoint)
             and own.msg.sequence == seq
-            and own.msg.state_root != state_root
+            and own.msg.roots != roots
         ):
             self.counters["state_diverged"] += 1
             self._out.append(Note("state_diverged", {"sequence": seq}))

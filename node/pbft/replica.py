@@ -178,7 +178,10 @@ class Replica(ViewChanging):
             self._bring_up_to_date(peer)
         return self._out
 
-    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[Action]:
+    def on_executed(
+        self, sequence: int, state_root: bytes, results_root: bytes, tree_root: bytes = b""
+    ) -> list[Action]:
+        """``tree_root``: the state tree's root after ``sequence``, at checkpoint sequences."""
         self._out = []
         assert sequence == self.last_executed + 1, "executed out of order"
         digest = self._executing.pop(sequence)
@@ -188,7 +191,7 @@ class Replica(ViewChanging):
         self._out.append(Broadcast(wire.encode_peer(att.raw)))
         self._on_attestation(att)
         if sequence % self.cfg.checkpoint_interval == 0:
-            ck = self._sign(Checkpoint(sequence, state_root, self.id))
+            ck = self._sign(Checkpoint(sequence, state_root, self.id, tree_root))
             self._persist(jr.seq_key(jr.CHECKPOINT, sequence), ck.raw)
             self._own_checkpoint = ck
             self._out.append(Broadcast(wire.encode_peer(ck.raw)))

@@ -68,25 +68,25 @@ class Verifier:
         self._cache[raw] = s
         return s
 
-    def checkpoint_proof(self, sequence: int, proof: Sequence[bytes]) -> bytes | None:
-        """The state root that 2f+1 distinct replicas signed at `sequence`, else None.
-        Sequence 0 (genesis) needs no proof and has no root here."""
+    def checkpoint_proof(self, sequence: int, proof: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+        """The (state root, tree root) that 2f+1 distinct replicas signed at `sequence`, else
+        None. Sequence 0 (genesis) needs no proof and has no roots here."""
         if sequence == 0:
-            return b"" if not proof else None
+            return (b"", b"") if not proof else None
         if len(proof) < self.cfg.quorum or len(proof) > self.cfg.n:
             return None
-        root: bytes | None = None
+        roots: tuple[bytes, bytes] | None = None
         signers: set[int] = set()
         for raw in proof:
             s = self.signed(raw)
             if s is None or not isinstance(s.msg, Checkpoint) or s.msg.sequence != sequence:
                 return None
-            if root is None:
-                root = s.msg.state_root
-            if s.msg.state_root != root or s.signer in signers:
+            if roots is None:
+                roots = s.msg.roots
+            if s.msg.roots != roots or s.signer in signers:
                 return None
             signers.add(s.signer)
-        return root
+        return roots
 
     def prepared_cert(self, cert: PreparedCert, view_below: int) -> CheckedCert | None:
         """A pre-prepare (view < view_below) by its view's primary, 2f matching prepares from

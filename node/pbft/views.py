@@ -251,9 +251,9 @@ class ViewChanging(ReplicaCore):
         self._ahead.clear()  # how long a replica has been alone ahead counts from our new view
         self._persist(jr.VIEW, jr.encode_view(view, False))
         if plan.stable_sequence > self.stable_seq:
-            root = self.verifier.checkpoint_proof(plan.stable_sequence, plan.stable_proof)
-            assert root is not None, "plan carries a checked proof"
-            self._make_stable(plan.stable_sequence, plan.stable_proof, root)
+            roots = self.verifier.checkpoint_proof(plan.stable_sequence, plan.stable_proof)
+            assert roots is not None, "plan carries a checked proof"
+            self._make_stable(plan.stable_sequence, plan.stable_proof, roots)
         for pp, envelopes in pps:
             if self._in_window(getattr(pp.msg, "sequence", 0)):
                 self._accept_pre_prepare(pp, envelopes)

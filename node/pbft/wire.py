@@ -57,6 +57,14 @@ class Checkpoint:
     sequence: int
     state_root: bytes
     replica: int
+    # The state tree's root at this sequence (ledger/statetree.py): empty from a state machine
+    # without one (the simulator's echo app); the node always sends one.
+    tree_root: bytes = b""
+
+    @property
+    def roots(self) -> tuple[bytes, bytes]:
+        """What 2f+1 checkpoints must agree on to be stable."""
+        return self.state_root, self.tree_root
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,8 @@ def decode_body(body: bytes) -> Body:
         return Commit(c.view, c.sequence, _hash(c.digest, "digest"), c.replica)
     if kind == "checkpoint":
         k = cm.checkpoint
-        return Checkpoint(k.sequence, _hash(k.state_root, "state_root"), k.replica)
+        tree_root = _hash(k.tree_root, "tree_root") if k.tree_root else b""
+        return Checkpoint(k.sequence, _hash(k.state_root, "state_root"), k.replica, tree_root)
     if kind == "view_change":
         v = cm.view_change
         return ViewChange(
@@ -286,7 +295,9 @@ def encode_body(msg: Body) -> bytes:
         )
     elif isinstance(msg, Checkpoint):
         cm.checkpoint.CopyFrom(
-            cpb.Checkpoint(sequence=msg.sequence, state_root=msg.state_root, replica=msg.replica)
+            cpb.Checkpoint(
+                sequence=msg.sequence, state_root=msg.state_root, replica=msg.replica, tree_root=msg.tree_root
+            )
         )
     elif isinstance(msg, ViewChange):
         vc = cm.view_change

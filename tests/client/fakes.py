@@ -595,6 +595,11 @@ class FakeNode(api_pb2_grpc.LedgerServiceServicer):
     def GetEscrow(self, request: api_pb2.GetEscrowRequest, context: grpc.ServicerContext) -> api_pb2.Escrow:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
 
+    def GetBalanceProof(
+        self, request: api_pb2.GetBalanceProofRequest, context: grpc.ServicerContext
+    ) -> api_pb2.BalanceProof:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake (tests/node/test_balance_proof.py)")
+
     def ListEscrows(
         self, request: api_pb2.ListEscrowsRequest, context: grpc.ServicerContext
     ) -> api_pb2.ListEscrowsResponse:

@@ -52,7 +52,7 @@ def _kill_leftovers(c: Consortium) -> None:
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
     c = Consortium(tmp_path_factory.mktemp("live") / "c")
     try:
-        c.up(4)
+        c.up(4, limits={"checkpoint_interval": 5})  # checkpoints (and balance proofs) come often
         yield c
     finally:
         _kill_leftovers(c)
@@ -305,6 +305,7 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
         self.stub = api_pb2_grpc.LedgerServiceStub(self.channel)
         self.feed_lies = 0
         self.receipts_served = 0
+        self.proofs_lied = 0
 
     def Submit(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.Submit(request, timeout=5)
@@ -343,6 +344,16 @@ class LyingProxy(api_pb2_grpc.LedgerServiceServicer):
 
     def GetBlock(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetBlock(request, timeout=5, metadata=context.invocation_metadata())
+
+    def GetBalanceProof(self, request, context):  # type: ignore[no-untyped-def]
+        # A million more of the first asset than the certified state holds.
+        proof = self.stub.GetBalanceProof(request, timeout=5, metadata=context.invocation_metadata())
+        if proof.balances:
+            proof.balances[0].available += 1_000_000
+        else:
+            proof.balances.add(asset="USD.BANK-A", available=1_000_000)
+        self.proofs_lied += 1
+        return proof
 
     def GetBlocks(self, request, context):  # type: ignore[no-untyped-def]
         return self.stub.GetBlocks(request, timeout=5, metadata=context.invocation_metadata())
@@ -411,9 +422,16 @@ def test_a_lying_node_in_front_of_a_real_one_is_caught(consortium: Consortium) -
             steps.close()
             assert proxy.feed_lies >= 1
             assert [(t.tx_id, t.ok) for t in step.transactions] == [(tx.tx_id, True)]
+            # A balance proof: the liar's inflated balance does not verify; the honest node's does.
+            c._first = 0
+            proven, _ = c.balance_proof("sdk-liar-test")
+            assert proxy.proofs_lied == 1 and not any(b.available for b in proven.balances)
         only_liar = LedgerClient(genesis, endpoints[:1], timeout_s=15.0, reader=_op(consortium, "BANK-A"))
         with only_liar, pytest.raises(Unverified):
             next(s for s in only_liar.feed(1, accounts=["sdk-liar-test"]) if s.block is not None)
+        with only_liar, pytest.raises(Unverified) as refused:
+            only_liar.balance_proof("sdk-liar-test")
+        assert "balance_mismatch" in str(refused.value)
     finally:
         server.stop(grace=None).wait()
         proxy.channel.close()
@@ -469,6 +487,11 @@ def test_ledgerctl_commands_and_error_paths(
         "EUR.BANK-B": "45.00",
     }
     assert "USD.BANK-A" in ok("supply")
+    # Balances as of the latest stable checkpoint, proven; the saved proof verifies offline alike.
+    saved = tmp_path / "carol.proof"
+    proven = json.loads(ok("--json", "balance", "cli-carol", "--proof", "--out", str(saved)))
+    assert proven["verified"] and proven["checkpoint"] >= 5 and len(proven["signers"]) == 3
+    assert json.loads(ok("--json", "verify", str(saved))) == proven
     ok("tx", doc["tx_id"])
     assert "verified" in ok("block", str(doc["height"]))
     assert len(json.loads(ok("--json", "status"))) == 4

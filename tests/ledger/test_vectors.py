@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from nacl.signing import VerifyKey
 
+from client.proofs import verify_balance_proof
 from client.verify import ReceiptError, verify_attestations, verify_block, verify_certificate, verify_receipt
-from ledger import block, merkle, readtoken
+from ledger import block, merkle, readtoken, statetree
 from ledger.crypto import (
     DOMAIN_CONSENSUS,
     DOMAIN_READ,
@@ -311,6 +312,51 @@ def test_receipt_verifies_and_each_tampered_copy_fails_for_its_reason() -> None:
     for bad in vec["tampered"]:
         with pytest.raises(ReceiptError) as err:
             verify_receipt(g, api_pb2.Receipt.FromString(h(bad["receipt"])), tx_id)
+        assert err.value.reason == bad["reason"], bad["what"]
+
+
+def test_state_tree_root_nodes_and_balance_proof() -> None:
+    """statetree.json: the root recomputed by the definition (section 11) from the leaves alone,
+    every node record under its path, the proof verified and each tampered copy refused."""
+    vec, g = load("statetree.json"), genesis()
+    leaves = {
+        statetree.key_hash(h(x["key"])).hex(): statetree.value_hash(h(x["salt"]), h(x["value"]))
+        for x in vec["leaves"]
+    }
+    records: dict[str, bytes] = {}
+
+    def subtree(path: str) -> bytes | None:
+        under = [k for k in leaves if k.startswith(path)]
+        if path and len(under) <= 1:
+            return bytes.fromhex(under[0]) + leaves[under[0]] if under else None
+        slots = [subtree(path + "0123456789abcdef"[s]) for s in range(16)]
+        records[path] = statetree.encode_node(slots)
+        return statetree.node_hash(records[path])
+
+    assert subtree("") == h(vec["tree_root"])
+    # The results' range (all of height 1 here: tx_id order), bagged; its leaf is count || root.
+    peaks: list[bytes] = []
+    for i, x in enumerate(vec["results"]):
+        peaks.append(hashlib.sha256(b"\x00" + h(x["tx_id"]) + h(x["result"])).digest())
+        while len(peaks) > bin(i + 1).count("1"):
+            right, left = peaks.pop(), peaks.pop()
+            peaks.append(hashlib.sha256(b"\x01" + left + right).digest())
+    root = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        root = hashlib.sha256(b"\x01" + peak + root).digest()
+    (mmr,) = [h(x["value"]) for x in vec["leaves"] if h(x["key"]) == b"t/_/results"]
+    assert mmr == len(vec["results"]).to_bytes(8, "big") + root
+    assert {n["path"]: h(n["record"]) for n in vec["nodes"]} == records
+    assert statetree.node_hash(bytes(4)) == h(vec["empty_root"])
+    proof = api_pb2.BalanceProof.FromString(h(vec["balance_proof"]))
+    verified = verify_balance_proof(g, proof, vec["expect"]["account_id"])
+    assert verified.tree_root == h(vec["tree_root"]) and verified.state_root == h(vec["state_root"])
+    assert [[b.asset, b.available, b.held] for b in verified.balances] == vec["expect"]["balances"]
+    assert list(verified.signers) == vec["expect"]["signers"]
+    assert len(vec["tampered"]) == 5
+    for bad in vec["tampered"]:
+        with pytest.raises(statetree.ProofError) as err:
+            verify_balance_proof(g, h(bad["proof"]), "alice")
         assert err.value.reason == bad["reason"], bad["what"]
 
 

@@ -121,6 +121,7 @@ class ScriptedReplica:
         self.after_executed: list[act.Action] = []
         self.primary = 0  # the driver under test is replica 1
         self.rejected = 0
+        self.tree_roots: dict[int, bytes] = {}  # sequence -> the tree root on_executed was given
         self.stable_seq = 0
 
     def on_request(self, tx_id: bytes, envelope: bytes) -> list[act.Action]:
@@ -133,8 +134,11 @@ class ScriptedReplica:
     def on_tick(self, now_ms: int) -> list[act.Action]:
         return []
 
-    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[act.Action]:
+    def on_executed(
+        self, sequence: int, state_root: bytes, results_root: bytes, tree_root: bytes = b""
+    ) -> list[act.Action]:
         self.trace.append(("on_executed", sequence))
+        self.tree_roots[sequence] = tree_root
         return self.after_executed
 
     def on_blocks(self, blocks: Sequence[bytes]) -> list[act.Action]:

@@ -71,8 +71,10 @@ class RecordingReplica(Replica):
     def on_tick(self, now_ms: int) -> list[Action]:
         return self._record(super().on_tick(now_ms))
 
-    def on_executed(self, sequence: int, state_root: bytes, results_root: bytes) -> list[Action]:
-        return self._record(super().on_executed(sequence, state_root, results_root))
+    def on_executed(
+        self, sequence: int, state_root: bytes, results_root: bytes, tree_root: bytes = b""
+    ) -> list[Action]:
+        return self._record(super().on_executed(sequence, state_root, results_root, tree_root))
 
     def on_blocks(self, blocks: Sequence[bytes]) -> list[Action]:
         return self._record(super().on_blocks(blocks))
