@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -34,7 +34,7 @@ from ledger import tls as ledger_tls
 from ledger.crypto import KeyFileError, SigningKey, load_key
 from ledger.genesis import Genesis, GenesisError, Member, load_genesis
 from ledger.tls import bind
-from ledger.v1 import api_pb2
+from ledger.v1 import api_pb2, consensus_pb2
 from node.api import LedgerApi
 from node.app import queries
 from node.app.ledger import Ledger
@@ -46,18 +46,24 @@ from node.metrics import MetricsTls, NodeMetrics, NodeSources
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.journal import restore as restore_journal
 from node.pbft.replica import Replica
+from node.pbft.verify import Verifier
 from node.peerauth import HandshakeRefusals
 from node.ports import port_holders
 from node.receipts import AttestationBackfill
 from node.reflection import enable_reflection
 from node.security import NodeSecurity, SecurityError, load_security
+from node.snapshot import SnapshotSource
+from node.statesync import GrpcSnapshotPeers, StateSync, swap_in
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
 from node.storage.prune import Pruner
-from node.transport import PeerLinks, ReplicaServer, server_options
+from node.transport import PeerLinks, ReplicaServer, grpc_options, server_options
 from node.votes import VoteGuard, VoteRecord, VoteRecordError, start_floor
 
 DISK_WATCH_S = 1.0  # how often health follows the disk budget
+RESYNC = -1  # serve()'s code for "stop and start over": state sync is needed
+RESYNC_CHECK_S = 2.0
+RESYNC_CHECKS = 3  # periods in a row in which peers refused pruned blocks
 # Open files kept out of the connection caps: LMDB, the logs, outgoing peer channels, gRPC's
 # own descriptors (its pollers, wakeup fds, threads). A node needs a few dozen of these.
 FD_RESERVE = 512
@@ -99,9 +105,10 @@ def load(config_path: Path) -> tuple[Loaded, SigningKey]:
 class _Inbound:
     """Transport callbacks -> driver / API."""
 
-    def __init__(self, driver: Driver, api: LedgerApi) -> None:
+    def __init__(self, driver: Driver, api: LedgerApi, snapshots: SnapshotSource) -> None:
         self._driver = driver
         self._api = api
+        self._snapshots = snapshots
 
     async def on_peer_messages(self, source: Hashable, messages: Sequence[bytes]) -> bool:
         return await self._driver.on_peer_messages(source, messages)
@@ -115,9 +122,14 @@ class _Inbound:
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
         return self._driver.fetch_blocks(from_height, max_blocks)
 
+    async def fetch_snapshot(self, request: consensus_pb2.SnapshotRequest) -> consensus_pb2.SnapshotChunk:
+        return await self._snapshots.fetch(request)
+
 
 async def run(loaded: Loaded, key: SigningKey) -> int:
-    """The composition root: assemble the node, serve it, run until a signal or a failure."""
+    """The composition root: assemble the node, serve it, run until a signal or a failure. A
+    node that finds every peer pruned the blocks it needs stops and starts over in this process,
+    which syncs it by snapshot (``follow_catch_up``)."""
     config, genesis, member = loaded.config, loaded.genesis, loaded.member
     # First: LMDB, the log and every socket count against the open-file limit.
     open_files = raise_open_files_limit()
@@ -128,6 +140,26 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         security: NodeSecurity = load_security(config, genesis, member, log)
     except SecurityError as exc:
         raise StartupError(str(exc), 2) from exc
+    while True:
+        await sync_state(loaded, key, security, log)
+        exit_code = await serve(loaded, key, security, log, open_files, connections_max)
+        if exit_code != RESYNC:
+            break
+        log.event("node_restarting", reason="every peer pruned the blocks this node needs: state sync")
+    log.close()
+    return exit_code
+
+
+async def serve(
+    loaded: Loaded,
+    key: SigningKey,
+    security: NodeSecurity,
+    log: EventLog,
+    open_files: int,
+    connections_max: int,
+) -> int:
+    """Assemble, serve and run the node until a signal (0), a failure (1) or RESYNC."""
+    config, genesis, member = loaded.config, loaded.genesis, loaded.member
     node = assemble(loaded, key, security, log)
     metrics = start_metrics(config, genesis, node.driver, node.replica, node.links, node.lmdb_store, log)
     servers = bind_servers(loaded, node, security, connections_max, log)
@@ -138,6 +170,10 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
     node.start()
     tune_gc()
     serving = asyncio.ensure_future(follow_health(servers.health, node, config.limits, log))
+    resync = asyncio.Event()
+    catching_up = asyncio.ensure_future(
+        follow_catch_up(resync, log) if config.state_sync else asyncio.sleep(0)
+    )
     # Handshakes gRPC refused, counted from the lines it writes on stderr (node/peerauth.py).
     refusals = HandshakeRefusals.of_stderr(log) if config.tls else None
     watch_refusals = asyncio.ensure_future(refusals.run() if refusals else asyncio.sleep(0))
@@ -156,17 +192,60 @@ async def run(loaded: Loaded, key: SigningKey) -> int:
         open_files=open_files,
         connections_max=connections_max,
     )
-    exit_code = await until_stopped(stop, node.driver, log)
-    serving.cancel()
-    watch_refusals.cancel()
+    exit_code = await until_stopped(stop, resync, node.driver, log)
+    for task in (serving, catching_up, watch_refusals):
+        task.cancel()
     await servers.stop()
     await node.stop()
     if metrics is not None:
         metrics.close()
     node.store.close()
     log.event("node_stopped", exit_code=exit_code, last_executed=node.driver.head.last_executed)
-    log.close()
     return exit_code
+
+
+async def sync_state(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: EventLog) -> None:
+    """Before the node is assembled: finish (or clean up) a sync a crash interrupted, then sync by
+    snapshot if this node is new or far behind (node/statesync.py), unless the config says no."""
+    config, genesis, member = loaded.config, loaded.genesis, loaded.member
+    limits = config.limits
+    if swap_in(config.data_dir):
+        log.event("state_sync_swapped_in", data_dir=str(config.data_dir))
+    if not config.state_sync:
+        return
+    with (
+        LmdbStore(
+            config.data_dir, map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes)
+        ) as s,
+        s.read() as r,
+    ):
+        head = blocks.read_head(r, b"").last_executed
+    verifier = Verifier(
+        limits.replica_config(genesis.n, genesis.f, member.replica, genesis.chain_id),
+        Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id),
+    )
+    options = grpc_options(limits, limits.peer_message_bytes_max, limits.message_bytes_max)
+    peers = GrpcSnapshotPeers(
+        {
+            m.replica: security.dial(m.replica_address, options)
+            for m in genesis.members
+            if m.replica != member.replica
+        }
+    )
+    try:
+        await StateSync(
+            genesis,
+            config.data_dir,
+            peers,
+            verifier.checkpoint_proof,
+            log,
+            lag_min=limits.state_sync_lag_min,
+            timeout_s=limits.state_sync_timeout_ms / 1000,
+            map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes),
+            budget_bytes=limits.disk_budget_bytes,
+        ).run(head)
+    finally:
+        await peers.close()
 
 
 @dataclass
@@ -183,14 +262,20 @@ class Node:
     quorum_links: asyncio.Event  # set once 2f peers (a quorum with this node) are linked
     journal_records: int
     vote_floor: tuple[int, int] | None  # restored or wiped: (view, sequence) it abstains below
+    snapshots: SnapshotSource  # serves state sync to peers (FetchSnapshot)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self.snapshots.run()))
         self.links.start()
         self.driver.start()
         # Blocks replayed by catch-up get their f+1 attestations from the peers, in the background.
         self.backfill.start(lambda: self.driver.head.last_executed, self.driver.unlikely_to_be_attested)
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.snapshots.close()
         await self.driver.stop()
         await self.links.close()
         await self.backfill.close()
@@ -290,7 +375,17 @@ def assemble(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: Event
         space_left=functools.partial(lmdb_store.space_left, limits.disk_reserve_bytes),
         space=lmdb_store.space,
     )
-    return Node(lmdb_store, store, replica, links, driver, backfill, api, quorum_links, len(journal), floor)
+    snapshots = SnapshotSource(
+        lmdb_store,
+        driver.wait_stable,
+        log,
+        chunk_bytes_max=limits.snapshot_chunk_bytes_max,
+        session_idle_s=limits.snapshot_session_idle_ms / 1000,
+        session_s_max=limits.snapshot_session_ms_max / 1000,
+    )
+    return Node(
+        lmdb_store, store, replica, links, driver, backfill, api, quorum_links, len(journal), floor, snapshots
+    )
 
 
 @dataclass
@@ -324,7 +419,7 @@ def bind_servers(
             limits, peer_bytes, peer_bytes, connections_max, limits.peer_streams_per_connection_max
         )
     )
-    inbound = _Inbound(node.driver, node.api)
+    inbound = _Inbound(node.driver, node.api, node.snapshots)
     replica_server.add_generic_rpc_handlers(
         (ReplicaServer(genesis, limits, inbound, log, security.peer_auth(log)).handler(),)
     )
@@ -385,16 +480,34 @@ async def follow_health(health: HealthServicer, node: Node, limits: NodeLimits, 
         await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
 
-async def until_stopped(stop: asyncio.Event, driver: Driver, log: EventLog) -> int:
-    """Wait for a stop signal (exit 0) or the driver's loop failing (a bug: exit 1)."""
+async def follow_catch_up(resync: asyncio.Event, log: EventLog) -> None:
+    """Set ``resync`` when catch-up has been refused as pruned (FetchBlocks FAILED_PRECONDITION,
+    the ``fetch_pruned`` counter) in each of RESYNC_CHECKS periods in a row: the blocks this node
+    needs are gone from its peers, and only a snapshot brings it back."""
+    seen = log.counters["fetch_pruned"]
+    refused_periods = 0
+    while refused_periods < RESYNC_CHECKS:
+        await asyncio.sleep(RESYNC_CHECK_S)  # a poll of one counter, not a wait for an event
+        now = log.counters["fetch_pruned"]
+        refused_periods = refused_periods + 1 if now > seen else 0
+        seen = now
+    resync.set()
+
+
+async def until_stopped(stop: asyncio.Event, resync: asyncio.Event, driver: Driver, log: EventLog) -> int:
+    """Wait for a stop signal (exit 0), the driver's loop failing (a bug: exit 1) or the need
+    to sync by snapshot (RESYNC)."""
     stopper = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(driver.wait_failed())
-    done, _ = await asyncio.wait([stopper, failed], return_when=asyncio.FIRST_COMPLETED)
+    resyncer = asyncio.ensure_future(resync.wait())
+    done, _ = await asyncio.wait([stopper, failed, resyncer], return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     if failed in done:
         log.event("node_failed", error=repr(failed.exception()))
         exit_code = 1
-    for task in (stopper, failed):
+    elif resyncer in done and stopper not in done:
+        exit_code = RESYNC
+    for task in (stopper, failed, resyncer):
         task.cancel()
     return exit_code
 

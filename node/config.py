@@ -80,6 +80,15 @@ class NodeLimits:
     recent_executed_max: int = 10_000  # tx_ids remembered to drop late duplicates
     proposals_in_flight_max: int = 2  # blocks the primary proposed and has not executed yet
     timestamp_skew_ms_max: int = 30_000  # a backup will not prepare a block stamped further ahead
+    # State sync (node/statesync.py, node/snapshot.py). At start a node syncs by snapshot when
+    # the newest certified checkpoint is this many blocks past its head (or no peer keeps the
+    # blocks after its head); a smaller gap is replayed block by block.
+    state_sync_lag_min: int = 1_000
+    state_sync_timeout_ms: int = 3_600_000  # past this the node starts without it (and catches up)
+    snapshot_chunk_bytes_max: int = 1 << 20  # one FetchSnapshot answer, about
+    # A snapshot being served holds a read transaction: LMDB cannot reuse pages freed meanwhile.
+    snapshot_session_idle_ms: int = 30_000
+    snapshot_session_ms_max: int = 900_000
 
     def __post_init__(self) -> None:
         """The one validation of the limits (ValueError; the config loader names the file)."""
@@ -93,6 +102,8 @@ class NodeLimits:
             raise ValueError("disk_reserve_bytes must be less than disk_budget_bytes")
         if self.checkpoint_interval * 2 > self.log_window or self.log_window % self.checkpoint_interval:
             raise ValueError("log_window must be a multiple of checkpoint_interval, at least 2x")
+        if self.snapshot_chunk_bytes_max * 2 > self.peer_message_bytes_max:
+            raise ValueError("snapshot_chunk_bytes_max must be at most half of peer_message_bytes_max")
 
     def replica_config(self, n: int, f: int, replica_id: int, chain_id: str) -> ReplicaConfig:
         """The PBFT replica's config: the cluster's shape (from genesis) and these limits."""
@@ -159,6 +170,8 @@ class NodeConfig:
     # in, kept outside data_dir so that a restore or a wipe of data_dir does not take it back.
     # None: beside data_dir, as <data_dir>.votes.json.
     vote_record_path: Path | None = None
+    # Sync by snapshot at start when far behind (node/statesync.py); false: always replay blocks.
+    state_sync: bool = True
 
     @property
     def votes_path(self) -> Path:
@@ -185,6 +198,8 @@ class NodeConfig:
             }
         if self.vote_record_path is not None:
             doc["vote_record_path"] = str(self.vote_record_path)
+        if not self.state_sync:
+            doc["state_sync"] = False
         for key, value in (("tls_cert_path", self.tls_cert_path), ("tls_key_path", self.tls_key_path)):
             if value is not None:
                 doc[key] = str(value)
@@ -215,6 +230,7 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         "tls_key_path",
         "retention",
         "vote_record_path",
+        "state_sync",
     }
     unknown = set(data) - known
     if unknown:
@@ -258,6 +274,9 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         _listen(metrics_listen, f"{where}.metrics_listen")
 
     retention = _retention(data.get("retention", {}), f"{where}.retention")
+    state_sync = data.get("state_sync", True)
+    if not isinstance(state_sync, bool):
+        raise ConfigError(f"{where}.state_sync: true or false, got {state_sync!r}")
     raw_votes = data.get("vote_record_path")
     if raw_votes is not None and (not isinstance(raw_votes, str) or not raw_votes):
         raise ConfigError(f"{where}.vote_record_path: a non-empty string or null")
@@ -288,6 +307,7 @@ def parse_node_config(data: Any, base_dir: Path, where: str = "config") -> NodeC
         metrics_listen=metrics_listen,
         retention=retention,
         vote_record_path=None if raw_votes is None else path(raw_votes),
+        state_sync=state_sync,
     )
 
 

@@ -29,6 +29,7 @@ from node.config import NodeLimits
 from node.log import EventLog
 from node.peerauth import PeerAuth
 from node.security import Dial
+from node.snapshot import SnapshotBadRequest, SnapshotUnavailable
 from node.storage.prune import BlocksPruned
 
 SERVICE = "ledger.v1.ReplicaService"
@@ -122,6 +123,11 @@ class ReplicaInbound(Protocol):
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
         """Certified blocks from from_height on (at most max_blocks), and our last height."""
+        ...
+
+    async def fetch_snapshot(self, request: consensus_pb2.SnapshotRequest) -> consensus_pb2.SnapshotChunk:
+        """A chunk of the state at a stable checkpoint (node/snapshot.py); SnapshotUnavailable
+        or SnapshotBadRequest."""
         ...
 
 
@@ -264,6 +270,26 @@ class ReplicaServer:
             used += len(block) + 8
         return out.SerializeToString()
 
+    async def snapshot(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """FetchSnapshot: members only (the replica port's mutual TLS, then PeerAuth)."""
+        if self._auth is not None:
+            await self._auth.require_member(context)
+        try:
+            req = consensus_pb2.SnapshotRequest.FromString(raw)
+        except Exception:
+            self._log.count("peer_garbage")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a SnapshotRequest")
+            raise AssertionError("unreachable") from None  # abort raises
+        try:
+            chunk = await self._inbound.fetch_snapshot(req)
+        except SnapshotBadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from None
+        except SnapshotUnavailable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable") from None
+        return chunk.SerializeToString()
+
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -276,6 +302,9 @@ class ReplicaServer:
                 ),
                 "FetchBlocks": grpc.unary_unary_rpc_method_handler(
                     self.fetch, request_deserializer=_identity, response_serializer=_identity
+                ),
+                "FetchSnapshot": grpc.unary_unary_rpc_method_handler(
+                    self.snapshot, request_deserializer=_identity, response_serializer=_identity
                 ),
             },
         )

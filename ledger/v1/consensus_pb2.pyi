@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ledger.v1 import tx_pb2 as _tx_pb2
 import builtins as _builtins
 import sys
@@ -577,3 +578,144 @@ class FetchBlocksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FetchBlocksResponse: _TypeAlias = FetchBlocksResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotRequest(_message.Message):
+    """State sync (docs/ARCHITECTURE.md, "Snapshots and state sync"): the ledger state as of a
+    stable checkpoint, served in bounded chunks that the fetching member checks, one by one,
+    against the state tree root the checkpoint's 2f+1 signatures certify.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Part:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PartEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SnapshotRequest._Part.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        DESCRIBE: SnapshotRequest._Part.ValueType  # 0
+        """the checkpoint served: its sequence and 2f+1 signed checkpoints"""
+        NODES: SnapshotRequest._Part.ValueType  # 1
+        """the tree's node records, in path order (a node before its children)"""
+        LEAVES: SnapshotRequest._Part.ValueType  # 2
+        """each leaf's state key, salt and value, in key-hash order"""
+        RESULTS: SnapshotRequest._Part.ValueType  # 3
+        """the recorded results (s/t/), in tx_id order"""
+
+    class Part(_Part, metaclass=_PartEnumTypeWrapper): ...
+    DESCRIBE: SnapshotRequest.Part.ValueType  # 0
+    """the checkpoint served: its sequence and 2f+1 signed checkpoints"""
+    NODES: SnapshotRequest.Part.ValueType  # 1
+    """the tree's node records, in path order (a node before its children)"""
+    LEAVES: SnapshotRequest.Part.ValueType  # 2
+    """each leaf's state key, salt and value, in key-hash order"""
+    RESULTS: SnapshotRequest.Part.ValueType  # 3
+    """the recorded results (s/t/), in tx_id order"""
+
+    PART_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    part: Global___SnapshotRequest.Part.ValueType
+    sequence: _builtins.int
+    """the checkpoint being fetched (ignored by DESCRIBE)"""
+    after: _builtins.bytes
+    """resume strictly after this: a path (ASCII hex), a key hash or a tx_id"""
+    def __init__(
+        self,
+        *,
+        part: Global___SnapshotRequest.Part.ValueType = ...,
+        sequence: _builtins.int = ...,
+        after: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "part", b"part", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotRequest: _TypeAlias = SnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotLeaf(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SALT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    """the state key (SHA-256 of it is the leaf's key hash)"""
+    salt: _builtins.bytes
+    """16 bytes"""
+    value: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        salt: _builtins.bytes = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "salt", b"salt", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotLeaf: _TypeAlias = SnapshotLeaf  # noqa: Y015
+
+@_typing.final
+class SnapshotChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    FIRST_BLOCK_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    LEAVES_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    first_block: _builtins.int
+    """DESCRIBE: the lowest block height the server keeps"""
+    done: _builtins.bool
+    """nothing of this part after the last item"""
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedMessage]:
+        """DESCRIBE: 2f+1 signed Checkpoints at sequence"""
+
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """NODES: each record's path (ASCII hex nibbles)"""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """NODES: the records, same order"""
+
+    @_builtins.property
+    def leaves(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotLeaf]:
+        """LEAVES"""
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RESULTS: tx_id (32 bytes) || serialized TxResult"""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        checkpoints: _abc.Iterable[Global___SignedMessage] | None = ...,
+        first_block: _builtins.int = ...,
+        paths: _abc.Iterable[_builtins.bytes] | None = ...,
+        nodes: _abc.Iterable[_builtins.bytes] | None = ...,
+        leaves: _abc.Iterable[Global___SnapshotLeaf] | None = ...,
+        results: _abc.Iterable[_builtins.bytes] | None = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "done", b"done", "first_block", b"first_block", "leaves", b"leaves", "nodes", b"nodes", "paths", b"paths", "results", b"results", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015

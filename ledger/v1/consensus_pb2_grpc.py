@@ -49,6 +49,11 @@ class ReplicaServiceStub:
                 request_serializer=ledger_dot_v1_dot_consensus__pb2.FetchBlocksRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_consensus__pb2.FetchBlocksResponse.FromString,
                 _registered_method=True)
+        self.FetchSnapshot = channel.unary_unary(
+                '/ledger.v1.ReplicaService/FetchSnapshot',
+                request_serializer=ledger_dot_v1_dot_consensus__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_consensus__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class ReplicaServiceServicer:
@@ -75,6 +80,13 @@ class ReplicaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchSnapshot(self, request, context):
+        """State sync: one chunk of the snapshot at a stable checkpoint; the caller verifies it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.FetchBlocks,
                     request_deserializer=ledger_dot_v1_dot_consensus__pb2.FetchBlocksRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_consensus__pb2.FetchBlocksResponse.SerializeToString,
+            ),
+            'FetchSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchSnapshot,
+                    request_deserializer=ledger_dot_v1_dot_consensus__pb2.SnapshotRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_consensus__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class ReplicaService:
             '/ledger.v1.ReplicaService/FetchBlocks',
             ledger_dot_v1_dot_consensus__pb2.FetchBlocksRequest.SerializeToString,
             ledger_dot_v1_dot_consensus__pb2.FetchBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReplicaService/FetchSnapshot',
+            ledger_dot_v1_dot_consensus__pb2.SnapshotRequest.SerializeToString,
+            ledger_dot_v1_dot_consensus__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class ReplicaServiceStub:
     """Client transactions relayed to the primary (or any replica that keeps them)."""
     FetchBlocks: _grpc.UnaryUnaryMultiCallable[_consensus_pb2.FetchBlocksRequest, _consensus_pb2.FetchBlocksResponse]
     """Certified blocks for catch-up; the caller verifies every certificate."""
+    FetchSnapshot: _grpc.UnaryUnaryMultiCallable[_consensus_pb2.SnapshotRequest, _consensus_pb2.SnapshotChunk]
+    """State sync: one chunk of the snapshot at a stable checkpoint; the caller verifies it."""
 
 @_typing.type_check_only
 class ReplicaServiceAsyncStub(ReplicaServiceStub):
@@ -52,6 +54,8 @@ class ReplicaServiceAsyncStub(ReplicaServiceStub):
     """Client transactions relayed to the primary (or any replica that keeps them)."""
     FetchBlocks: _aio.UnaryUnaryMultiCallable[_consensus_pb2.FetchBlocksRequest, _consensus_pb2.FetchBlocksResponse]  # type: ignore[assignment]
     """Certified blocks for catch-up; the caller verifies every certificate."""
+    FetchSnapshot: _aio.UnaryUnaryMultiCallable[_consensus_pb2.SnapshotRequest, _consensus_pb2.SnapshotChunk]  # type: ignore[assignment]
+    """State sync: one chunk of the snapshot at a stable checkpoint; the caller verifies it."""
 
 class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -77,5 +81,13 @@ class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consensus_pb2.FetchBlocksResponse, _abc.Awaitable[_consensus_pb2.FetchBlocksResponse]]:
         """Certified blocks for catch-up; the caller verifies every certificate."""
+
+    @_abc_1.abstractmethod
+    def FetchSnapshot(
+        self,
+        request: _consensus_pb2.SnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consensus_pb2.SnapshotChunk, _abc.Awaitable[_consensus_pb2.SnapshotChunk]]:
+        """State sync: one chunk of the snapshot at a stable checkpoint; the caller verifies it."""
 
 def add_ReplicaServiceServicer_to_server(servicer: ReplicaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

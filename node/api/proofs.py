@@ -33,7 +33,7 @@ def proof_keys(genesis: Genesis, account_id: str) -> list[bytes]:
     return keys
 
 
-def _stable(r: KVReader) -> tuple[int, bytes, tuple[bytes, ...]]:
+def stable_checkpoint(r: KVReader) -> tuple[int, bytes, tuple[bytes, ...]]:
     """(sequence, tree root, the 2f+1 signed checkpoints) of the stable checkpoint here."""
     raw = r.get(STABLE_KEY)
     if raw is None:
@@ -48,7 +48,7 @@ def build_balance_proof(genesis: Genesis, r: KVReader, account_id: str) -> api_p
     """The proof as of the tree in ``r``, or None when the stable checkpoint is not the tree's
     height (not stable yet, or this node is behind it)."""
     height, root = tree.tree_root(r)
-    sequence, certified, certificate = _stable(r)
+    sequence, certified, certificate = stable_checkpoint(r)
     if height == 0 or sequence != height:
         return None
     if certified != root:  # our state diverged from the quorum's (state_diverged): a bug

@@ -7,6 +7,8 @@ Keys (owned here, prefix b"t/"):
                      until the next tree update folds them in
   t/v/<state key>    salt(16) || value: the key's value as of the tree (the state itself moves
                      on with every block; proofs and snapshots need the checkpoint's values)
+  t/k/<key hash:32>  the state key of each leaf: a snapshot serves leaves in key-hash order
+                     (node/snapshot.py), the order a syncing node checks them in
   t/_/root           u64be(height) || root: the tree as of that height
   t/_/secret         the salts' secret (see _secret)
   t/_/results        u64be(count) || peaks: the recorded results' Merkle mountain range
@@ -48,7 +50,9 @@ PREFIX = b"t/"
 NODE = b"t/n/"
 WRITTEN = b"t/w/"
 VALUES = b"t/v/"
+KEYS = b"t/k/"
 META = b"t/_/root"
+KEYS_BUILT = b"t/_/keys"  # present once t/k/ covers every leaf (a tree built before it lacks it)
 SECRET = b"t/_/secret"
 RESULTS_KEY = b"t/_/results"  # also the tree leaf that commits to the results (value: count || root)
 SECRET_TAG = b"consortium-ledger/state-salt/v1\x00"
@@ -107,14 +111,17 @@ def update(w: KVWriter, height: int) -> bytes:
     heights = [_U64.unpack(k[len(WRITTEN) :])[0] for k, _ in recorded]
     keys: set[bytes] = set()
     results: list[tuple[int, bytes]] = []  # (height, key) of recorded results, appended in order
-    if heights != list(range(built + 1, height + 1)):
+    # A tree built before the key index (t/k/) existed is rebuilt once, to index every leaf.
+    keys_built = built == 0 or w.get(KEYS_BUILT) is not None
+    if heights != list(range(built + 1, height + 1)) or not keys_built:
         for key, stored in w.scan(st.PREFIX):
             if key.startswith(st.RESULT):
                 results.append((decode_result(stored).height, key))
             else:
                 keys.add(key)
-        for k in [k for k, _ in w.scan(NODE)] + [k for k, _ in w.scan(VALUES)]:
-            w.delete(k)
+        for prefix in (NODE, VALUES, KEYS):
+            for k in [k for k, _ in w.scan(prefix)]:
+                w.delete(k)
         w.delete(RESULTS_KEY)
     else:
         for (_, raw), at in zip(recorded, heights, strict=True):
@@ -129,6 +136,8 @@ def update(w: KVWriter, height: int) -> bytes:
                 pos += 2 + n
     for k, _ in recorded:
         w.delete(k)
+    if built == 0 or not keys_built:
+        w.put(KEYS_BUILT, b"\x01")
     keys.discard(st.META_HEIGHT)
     keys.discard(st.META_ROOT)
     secret = _secret(w)
@@ -141,10 +150,14 @@ def update(w: KVWriter, height: int) -> bytes:
         kh = key_hash(key)
         value = _mmr_leaf_value(w) if key == RESULTS_KEY else w.get(key)
         if value is None:
-            w.delete(VALUES + key)
+            if w.get(VALUES + key) is not None:
+                w.delete(VALUES + key)
+                w.delete(KEYS + kh)
             changes.append((kh.hex(), kh, None))
         else:
             salt = hashlib.sha256(secret + key).digest()[:SALT_BYTES]
+            if w.get(VALUES + key) is None:
+                w.put(KEYS + kh, key)
             w.put(VALUES + key, salt + value)
             changes.append((kh.hex(), kh, value_hash(salt, value)))
     changes.sort()

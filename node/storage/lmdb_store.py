@@ -19,7 +19,7 @@ import lmdb
 
 from node.storage.kv import KEY_BYTES_MAX, ScanInvalidatedError, check_key
 
-__all__ = ["KEY_BYTES_MAX", "LmdbStore", "StoreError", "StoreFullError"]
+__all__ = ["KEY_BYTES_MAX", "LmdbStore", "Pinned", "StoreError", "StoreFullError"]
 
 DB_NAME = b"main"
 
@@ -67,6 +67,28 @@ class _Reader:
             if mutations() != before:
                 raise ScanInvalidatedError("the write transaction changed while a scan of it was iterated")
             found = cursor.next()
+
+
+class Pinned:
+    """A read transaction kept open across calls: one consistent view of the store for as long
+    as a peer fetches a snapshot from it (node/snapshot.py). While it is open LMDB cannot reuse
+    the pages later writes free, and the map cannot grow, so the store ends it (``released``
+    becomes True) before it grows the map; its holder then stops serving from it."""
+
+    def __init__(self, txn: Any, forget: Callable[[Pinned], None]) -> None:
+        self._txn: Any = txn
+        self._forget = forget
+        self.reader = _Reader(txn)
+
+    @property
+    def released(self) -> bool:
+        return self._txn is None
+
+    def release(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+            self._forget(self)
 
 
 class _Writer(_Reader):
@@ -134,6 +156,7 @@ class LmdbStore:
         self._local = threading.local()
         self._closed = False
         self._readers = 0  # read transactions open now (the map can only be resized without)
+        self._pins: set[Pinned] = set()  # long reads, released before the map grows
         self.on_commit_s: Callable[[float], None] | None = None  # told each write commit's seconds
         self._full_message = (
             f"{self.path}: LMDB map is full and at its budget of {self.budget_bytes} bytes "
@@ -163,6 +186,8 @@ class LmdbStore:
             max(2 * self.map_size_bytes, self.used_bytes + 2 * self.headroom_bytes), self.budget_bytes
         )
         if target > self.map_size_bytes:
+            for pinned in list(self._pins):
+                pinned.release()
             self._env.set_mapsize(target)
             self.map_size_bytes = target
 
@@ -180,6 +205,14 @@ class LmdbStore:
         finally:
             self._readers -= 1
             txn.abort()
+
+    def pin(self) -> Pinned:
+        """A read transaction that stays open until released (or the map grows, or the store
+        closes). Use it from the thread that writes, which is the one that may release it."""
+        self._check_open()
+        pinned = Pinned(self._env.begin(db=self._db, write=False, buffers=False), self._pins.discard)
+        self._pins.add(pinned)
+        return pinned
 
     @contextmanager
     def write(self) -> Iterator[_Writer]:
@@ -230,8 +263,15 @@ class LmdbStore:
             return f"the disk has {self.disk_free_bytes} bytes free"
         return None
 
+    def flush(self) -> None:
+        """Write what the commits of a ``sync=False`` store left to the OS down to the disk."""
+        self._check_open()
+        self._env.sync(True)
+
     def close(self) -> None:
         if not self._closed:
+            for pinned in list(self._pins):
+                pinned.release()
             self._closed = True
             self._env.close()
 

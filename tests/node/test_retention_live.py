@@ -1,11 +1,10 @@
 """Over real processes (issue 18 items 5 and 6): blocks pruned under a retention policy, reads of
-pruned blocks refused with FAILED_PRECONDITION naming the first kept height and the retention, a
-wiped node that cannot replay pruned blocks saying so; an online backup restored into a running
+pruned blocks refused with FAILED_PRECONDITION naming the first kept height and the retention
+(a wiped node among pruned peers: tests/node/test_state_sync_live.py); an online backup restored into a running
 consortium, the restored node abstaining until caught up past its vote record, then voting."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,32 +105,6 @@ def test_old_blocks_are_pruned_and_their_reads_say_so(pruned: Consortium) -> Non
     # What is kept is served as before.
     reply = s.GetBlock(api_pb2.GetBlockRequest(height=head), timeout=5, metadata=read_md(c, "GetBlock"))
     assert reply.block.header
-
-
-def test_a_wiped_node_cannot_replay_pruned_blocks_and_says_it_needs_state_sync(pruned: Consortium) -> None:
-    c = pruned
-    wait_for("pruning", lambda: min(s.counters["first_block"] for s in statuses(c, BANKS).values()) > 1)
-    wiped = next(b for b in reversed(BANKS) if b != primary_of(c, BANKS))
-    c.wipe(wiped)
-    data = c.node_config(wiped).data_dir
-    assert data.is_dir() and not any(data.iterdir())
-    assert c.node_config(wiped).votes_path.exists()  # the vote record stays
-    c.start(wiped)
-    c.wait_healthy([wiped])
-    fx = factory_for(c)
-    live = [b for b in BANKS if b != wiped]
-    submit_one(c, live[0], fx.open_account("BANK-A", "later", fx.client("later")))
-
-    def refused() -> dict[str, object] | None:
-        record = next(r for r in c.status_records() if r["bank"] == wiped)
-        fetch_pruned = record["fetch_pruned"]
-        return record if isinstance(fetch_pruned, int) and fetch_pruned > 0 else None
-
-    record = wait_for(f"{wiped} to be refused pruned blocks", refused)
-    assert record["height"] == 0 and record["abstaining"] is True, record
-    events = [json.loads(line) for line in (c.node_dir(wiped) / "events.log").read_text().splitlines()]
-    refusal = next(e for e in events if e["event"] == "catch_up_pruned")
-    assert "was pruned" in refusal["reason"] and "ask an archive node" in refusal["reason"]
 
 
 @pytest.fixture(scope="module")
