@@ -86,7 +86,8 @@ class SnapshotSource:
         self.expire()
         if request.part == Part.DESCRIBE:
             return await self._describe()
-        return self._chunk(request.part, request.sequence, bytes(request.after))
+        after = bytes(request.after) if request.HasField("after") else None
+        return self._chunk(request.part, request.sequence, after)
 
     def expire(self) -> None:
         """End the session if it is idle, too old, or its transaction was released."""
@@ -156,7 +157,7 @@ class SnapshotSource:
         )
 
     def _chunk(
-        self, part: consensus_pb2.SnapshotRequest.Part.ValueType, sequence: int, after: bytes
+        self, part: consensus_pb2.SnapshotRequest.Part.ValueType, sequence: int, after: bytes | None
     ) -> consensus_pb2.SnapshotChunk:
         s = self._session
         if s is None or s.sequence != sequence:
@@ -169,7 +170,7 @@ class SnapshotSource:
         r = s.pinned.reader
         used = 0
         if part == Part.NODES:
-            if len(after) > PATH_CHARS_MAX or not set(after) <= _HEX:
+            if after is not None and (len(after) > PATH_CHARS_MAX or not set(after) <= _HEX):
                 raise SnapshotBadRequest("after: a tree path of at most 64 lowercase hex nibbles")
             for key, record in _after(r, tree.NODE, after):
                 if used and used + len(record) > self.chunk_bytes_max:
@@ -203,15 +204,15 @@ class SnapshotSource:
         return out
 
 
-def _check_id(after: bytes, what: str) -> None:
-    if after and len(after) != HASH_BYTES:
-        raise SnapshotBadRequest(f"after: {what} of {HASH_BYTES} bytes, or empty")
+def _check_id(after: bytes | None, what: str) -> None:
+    if after is not None and len(after) != HASH_BYTES:
+        raise SnapshotBadRequest(f"after: {what} of {HASH_BYTES} bytes, or absent")
 
 
-def _after(r: KVReader, prefix: bytes, after: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """The pairs under ``prefix`` whose key follows prefix + after (all of them for b"")."""
-    start = prefix + after
+def _after(r: KVReader, prefix: bytes, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    """The pairs under ``prefix`` whose key follows prefix + after (all of them for None)."""
+    start = prefix + (after or b"")
     for key, value in r.scan(prefix, start):
-        if after and key == start:
+        if after is not None and key == start:
             continue
         yield key, value

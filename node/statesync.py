@@ -117,15 +117,19 @@ class SnapshotCheck:
         self._next_leaf = 0
         self.results_leaf: bytes | None = None  # the tree's leaf value for the recorded results
         self.node_count = 0
+        # Where each part goes on: the last path, key hash and tx_id taken (None: from the start).
+        self.node_cursor: str | None = None
+        self.leaf_cursor: bytes | None = None
+        self.result_cursor: bytes | None = None
 
-    def nodes(self, after: str, chunk: consensus_pb2.SnapshotChunk) -> str:
-        """Check a NODES chunk that follows ``after``; the new cursor. A rejected chunk changes
+    def nodes(self, chunk: consensus_pb2.SnapshotChunk) -> None:
+        """Check a NODES chunk (the records after ``node_cursor``). A rejected chunk changes
         nothing: the same nodes are then asked of another peer."""
         taken: list[tuple[str, bytes]] = []
         added: list[str | bytes] = []
         count = self.node_count
         try:
-            return self._nodes(after, chunk, taken, added)
+            self.node_cursor = self._nodes(chunk, taken, added)
         except SyncRejected:
             for item in added:
                 if isinstance(item, str):
@@ -137,19 +141,15 @@ class SnapshotCheck:
             raise
 
     def _nodes(
-        self,
-        after: str,
-        chunk: consensus_pb2.SnapshotChunk,
-        taken: list[tuple[str, bytes]],
-        added: list[str | bytes],
-    ) -> str:
+        self, chunk: consensus_pb2.SnapshotChunk, taken: list[tuple[str, bytes]], added: list[str | bytes]
+    ) -> str | None:
         if len(chunk.paths) != len(chunk.nodes):
             raise SyncRejected("malformed_chunk", "paths and nodes differ in number")
         _not_empty(chunk, len(chunk.nodes))
-        prev = after
+        prev = self.node_cursor
         for raw_path, record in zip(chunk.paths, chunk.nodes, strict=True):
             path = _path(raw_path)
-            if path <= prev and (prev or after or self.node_count):
+            if prev is not None and path <= prev:
                 raise SyncRejected("out_of_order", f"node {path!r} after {prev!r}")
             expected = self._expected_nodes.pop(path, None)
             if expected is None:
@@ -182,7 +182,7 @@ class SnapshotCheck:
             if self._expected_nodes:
                 raise SyncRejected("missing_node", f"{len(self._expected_nodes)} nodes never sent")
             self._leaf_order = sorted(self._leaf_hashes)
-        elif any(p <= prev for p in self._expected_nodes):
+        elif prev is not None and any(p <= prev for p in self._expected_nodes):
             raise SyncRejected("missing_node", f"a node before {prev!r} was skipped")
         return prev
 
@@ -217,19 +217,23 @@ class SnapshotCheck:
         if chunk.done and n != len(self._leaf_order):
             raise SyncRejected("missing_leaf", f"{len(self._leaf_order) - n} leaves never sent")
         self._next_leaf, self.results_leaf = n, results_leaf
+        if chunk.leaves:
+            self.leaf_cursor = self._leaf_order[n - 1]
         return out
 
-    def results(
-        self, after: bytes, chunk: consensus_pb2.SnapshotChunk
-    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """Check a RESULTS chunk's form; (the results at or below the checkpoint, the cursor).
-        Their content is checked as a whole (the tree rebuilt at install)."""
+    def results(self, chunk: consensus_pb2.SnapshotChunk) -> list[tuple[bytes, bytes]]:
+        """Check a RESULTS chunk's form (the results after ``result_cursor``); those at or below
+        the checkpoint. Their content is checked as a whole (the tree rebuilt at install)."""
         _not_empty(chunk, len(chunk.results))
         out: list[tuple[bytes, bytes]] = []
-        prev = after
+        prev = self.result_cursor
         for item in chunk.results:
             tx_id, raw = bytes(item[: lt.HASH_BYTES]), bytes(item[lt.HASH_BYTES :])
-            if len(item) <= lt.HASH_BYTES or len(raw) > RESULT_BYTES_MAX or tx_id <= prev:
+            if (
+                len(item) <= lt.HASH_BYTES
+                or len(raw) > RESULT_BYTES_MAX
+                or (prev is not None and tx_id <= prev)
+            ):
                 raise SyncRejected("malformed_chunk", "a result out of order or of a bad size")
             try:
                 result = tx_pb2.TxResult.FromString(raw)
@@ -240,7 +244,8 @@ class SnapshotCheck:
             if result.height <= self.sequence:  # the others were recorded after the checkpoint
                 out.append((tx_id, raw))
             prev = tx_id
-        return out, prev
+        self.result_cursor = prev
+        return out
 
 
 def _state_key(key: bytes) -> bool:
@@ -387,10 +392,15 @@ class StateSync:
     # -- fetching ------------------------------------------------------------------------------
 
     async def _ask(
-        self, part: consensus_pb2.SnapshotRequest.Part.ValueType, after: bytes, sticky: int | None = None
+        self,
+        part: consensus_pb2.SnapshotRequest.Part.ValueType,
+        after: bytes | None,
+        sticky: int | None = None,
     ) -> tuple[int, consensus_pb2.SnapshotChunk]:
         """One chunk from the next usable peer (``sticky``: that one only)."""
-        request = consensus_pb2.SnapshotRequest(part=part, sequence=self._report.sequence, after=after)
+        request = consensus_pb2.SnapshotRequest(part=part, sequence=self._report.sequence)
+        if after is not None:
+            request.after = after
         while self._usable:
             peer = sticky if sticky is not None else self._usable[self._turn % len(self._usable)]
             self._turn += 1
@@ -466,11 +476,11 @@ class StateSync:
         swap_in(self.data_dir)
 
     async def _nodes(self, check: SnapshotCheck) -> None:
-        cursor = ""
         while True:
-            peer, chunk = await self._ask(Part.NODES, cursor.encode())
+            cursor = check.node_cursor
+            peer, chunk = await self._ask(Part.NODES, None if cursor is None else cursor.encode())
             try:
-                cursor = check.nodes(cursor, chunk)
+                check.nodes(chunk)
             except SyncRejected as exc:
                 self._rejected(peer, Part.NODES, exc)
                 continue
@@ -479,9 +489,8 @@ class StateSync:
                 return
 
     async def _leaves(self, check: SnapshotCheck, store: LmdbStore) -> None:
-        cursor = b""
         while True:
-            peer, chunk = await self._ask(Part.LEAVES, cursor)
+            peer, chunk = await self._ask(Part.LEAVES, check.leaf_cursor)
             try:
                 items = check.leaves(chunk)
             except SyncRejected as exc:
@@ -491,14 +500,13 @@ class StateSync:
             self._report.leaves += len(chunk.leaves)
             if chunk.done:
                 return
-            cursor = lt.key_hash(bytes(chunk.leaves[-1].key))
 
     async def _results(self, check: SnapshotCheck, store: LmdbStore, peer: int) -> None:
-        cursor = b""
+        check.result_cursor = None
         while True:
-            _, chunk = await self._ask(Part.RESULTS, cursor, sticky=peer)
+            _, chunk = await self._ask(Part.RESULTS, check.result_cursor, sticky=peer)
             try:
-                items, cursor = check.results(cursor, chunk)
+                items = check.results(chunk)
             except SyncRejected as exc:
                 self._rejected(peer, Part.RESULTS, exc)
                 raise SyncFailed(f"peer {peer}'s results: {exc}") from exc

@@ -620,19 +620,23 @@ class SnapshotRequest(_message.Message):
     sequence: _builtins.int
     """the checkpoint being fetched (ignored by DESCRIBE)"""
     after: _builtins.bytes
-    """resume strictly after this: a path (ASCII hex), a key hash or a tx_id"""
+    """Resume strictly after this: a path (ASCII hex; the root's is empty), a key hash or a tx_id.
+    Absent: from the start.
+    """
     def __init__(
         self,
         *,
         part: Global___SnapshotRequest.Part.ValueType = ...,
         sequence: _builtins.int = ...,
-        after: _builtins.bytes = ...,
+        after: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after", b"_after", "after", b"after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "part", b"part", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after", b"_after", "after", b"after", "part", b"part", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__after: _TypeAlias = _typing.Literal["after"]  # noqa: Y015
+    _WhichOneofArgType__after: _TypeAlias = _typing.Literal["_after", b"_after"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after) -> _WhichOneofReturnType__after | None: ...
 
 Global___SnapshotRequest: _TypeAlias = SnapshotRequest  # noqa: Y015
 

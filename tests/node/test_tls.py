@@ -60,6 +60,10 @@ class RecordingInbound:
         self.fetches += 1
         return [], 0
 
+    async def fetch_snapshot(self, request: consensus_pb2.SnapshotRequest) -> consensus_pb2.SnapshotChunk:
+        self.fetches += 1
+        return consensus_pb2.SnapshotChunk()
+
 
 @dataclass(frozen=True)
 class Net:
@@ -184,8 +188,9 @@ def test_a_member_is_heard_and_every_impostor_is_refused_before_its_stream_is_re
                 out["again"] = await _stream(ch, [frame])
                 forward = await _unary(ch, "ForwardTransactions", b"")
                 fetch = await _unary(ch, "FetchBlocks", b"")
-                assert forward is not None and fetch is not None
-                out["forward"], out["fetch"] = forward.code(), fetch.code()
+                snapshot = await _unary(ch, "FetchSnapshot", b"")
+                assert forward is not None and fetch is not None and snapshot is not None
+                out["forward"], out["fetch"], out["snapshot"] = forward.code(), fetch.code(), snapshot.code()
                 out["why"] = forward.details()
             async with _channel(server, None) as ch:  # plaintext to the TLS port
                 out["plaintext"] = (await _stream(ch, [frame]), 0)
@@ -225,9 +230,10 @@ def test_a_member_is_heard_and_every_impostor_is_refused_before_its_stream_is_re
     assert out["claims_another_member"] == (denied, 0)
     assert out["not_a_member_cn"] == (denied, 0)
     assert out["again"] == denied and out["forward"] == denied and out["fetch"] == denied
+    assert out["snapshot"] == denied  # state sync serves members only
     assert "not issued by the CA genesis lists for the member it names" in out["why"]
     assert not server.inbound.forwards and server.inbound.fetches == 0
-    assert server.log.counters["peer_refused_wrong_ca"] == 4  # stream, stream again, forward, fetch
+    assert server.log.counters["peer_refused_wrong_ca"] == 5  # stream, again, forward, fetch, snapshot
     assert server.log.counters["peer_refused_not_a_member"] == 1
     assert "peer_messages_in" in server.log.counters  # counted for the member only:
     assert server.log.counters["peer_messages_in"] == 3
