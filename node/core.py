@@ -526,12 +526,13 @@ class NodeCore:
 
     def status_counters(self) -> dict[str, int]:
         with self.store.read() as r:
-            first = prune.first_block(r)
+            first, synced = prune.first_block(r), prune.synced_at(r)
         return {
             "executed_blocks": self.stats.executed_blocks,
             "executed_txs": self.stats.executed_txs,
             "fetched_blocks": self.stats.fetched_blocks,
             "first_block": first,  # the lowest height still stored (pruning)
+            "synced_at": synced,  # the snapshot this store started from (state sync), or 0
         }
 
     def fetch_blocks(self, from_height: int, max_blocks: int) -> tuple[list[bytes], int]:
@@ -543,7 +544,7 @@ class NodeCore:
             height = max(from_height, 1)
             first = prune.first_block(r)
             if height < first:
-                raise prune.BlocksPruned(prune.pruned_message(f"block {height}", first, self.retention()))
+                raise prune.BlocksPruned(prune.pruned_message(f"block {height}", r, self.retention()))
             while height <= last and len(out) < max_blocks:
                 raw = blocks.get_block(r, height)
                 assert raw is not None, f"executed block {height} missing from the store"

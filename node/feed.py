@@ -170,12 +170,11 @@ async def feed(genesis: Genesis, driver: FeedDriver, backfill: Backfill, raw: by
             f"(waited {FUTURE_WAIT_S:g}s)",
         )
     with driver.read() as r:
-        first = prune.first_block(r)
-    if req.from_height < first:
-        raise QueryError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            prune.pruned_message(f"block {req.from_height}", first, driver.retention()),
-        )
+        if req.from_height < prune.first_block(r):
+            raise QueryError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                prune.pruned_message(f"block {req.from_height}", r, driver.retention()),
+            )
     height = req.from_height
     skipped = 0  # heights with no match not yet reported
     while not req.max_blocks or height < req.from_height + req.max_blocks:
@@ -221,7 +220,7 @@ def _not_kept(r: KVReader, driver: FeedDriver, height: int) -> QueryError:
     FAILED_PRECONDITION, as every read of a pruned block (node/storage/prune.py)."""
     return QueryError(
         grpc.StatusCode.FAILED_PRECONDITION,
-        prune.pruned_message(f"block {height}", prune.first_block(r), driver.retention()),
+        prune.pruned_message(f"block {height}", r, driver.retention()),
     )
 
 

@@ -52,7 +52,6 @@ from node.log import EventLog
 from node.pbft import journal
 from node.pbft.wire import encode_signed_list
 from node.storage import blocks, prune
-from node.storage.kv import KVReader
 from node.storage.lmdb_store import LmdbStore
 from node.votes import RESTORED
 
@@ -60,7 +59,6 @@ Part = consensus_pb2.SnapshotRequest.Part
 SYNC_SUFFIX = ".sync"
 OLD_SUFFIX = ".old"
 COMPLETE = "SYNCED"  # the file that marks a sync directory complete
-SYNCED_AT = b"m/synced"  # height(8): the checkpoint this store was synced to (no blocks below)
 DESCRIBE_TIMEOUT_S = 5.0
 CHUNK_TIMEOUT_S = 60.0
 PROGRESS_S = 10.0
@@ -537,7 +535,7 @@ class StateSync:
                 w.put(blocks.STATE_ROOT, offer.state_root)
                 w.put(blocks.JOURNAL + journal.STABLE, encode_signed_list(offer.certificate))
                 w.put(prune.FIRST_BLOCK, (offer.sequence + 1).to_bytes(8, "big"))
-                w.put(SYNCED_AT, offer.sequence.to_bytes(8, "big"))
+                w.put(prune.SYNCED_AT, offer.sequence.to_bytes(8, "big"))
                 w.put(RESTORED, b"\x01")
                 problems = queries.check_invariants(w, self.genesis)
                 assert not problems, f"the certified state breaks the ledger's invariants: {problems}"
@@ -572,12 +570,6 @@ def swap_in(data_dir: Path) -> bool:
             shutil.rmtree(sync_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
     return swapped
-
-
-def synced_at(r: KVReader) -> int:
-    """The checkpoint this store was synced to (0: it holds every block from 1)."""
-    raw = r.get(SYNCED_AT)
-    return 0 if raw is None else int.from_bytes(raw, "big")
 
 
 # --- the replica ports -------------------------------------------------------------------------

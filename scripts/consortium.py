@@ -672,6 +672,8 @@ class Consortium:
                     "disk_bytes": disk_bytes(self.node_config(info.bank).data_dir),
                     "disk_used_bytes": None if st is None else st.counters["disk_used_bytes"],
                     "first_block": None if st is None else st.counters["first_block"],
+                    # The snapshot this node's store started from (state sync), 0 if none.
+                    "synced_at": None if st is None else st.counters["synced_at"],
                     "abstaining": None if st is None else bool(st.counters["replica_abstaining"]),
                     # Catch-up refused by peers that pruned the blocks: needs state sync.
                     "fetch_pruned": None if st is None else st.counters["fetch_pruned"],

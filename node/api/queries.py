@@ -128,7 +128,7 @@ class Queries:
             outcome = f"; its recorded result: {decode_result(recorded).code.name} at height {found.height}"
         raise Abort(
             grpc.StatusCode.FAILED_PRECONDITION,
-            prune.pruned_message(what, first, self.node.retention()) + outcome,
+            prune.pruned_message(what, r, self.node.retention()) + outcome,
         )
 
     def _pruned_block(self, r: KVReader, height: int) -> None:
@@ -136,7 +136,7 @@ class Queries:
         if 1 <= height < first:
             raise Abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                prune.pruned_message(f"block {height}", first, self.node.retention()),
+                prune.pruned_message(f"block {height}", r, self.node.retention()),
             )
 
     async def _reach(self, min_height: int) -> None:

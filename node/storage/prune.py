@@ -27,6 +27,7 @@ from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 
 FIRST_BLOCK = b"m/first_block"
+SYNCED_AT = b"m/synced"  # height(8): the snapshot this store was synced to (node/statesync.py)
 PRUNE_BLOCKS_MAX = 64  # blocks deleted per step at most
 PRUNE_TXS_MAX = 4_000  # ... and the step ends once this many transactions' blocks went
 HOUR_MS = 3_600_000
@@ -66,8 +67,22 @@ def first_block(r: KVReader) -> int:
     return 1 if raw is None else int(struct.unpack(">Q", raw)[0])
 
 
-def pruned_message(what: str, first: int, retention: Retention) -> str:
-    """The FAILED_PRECONDITION text for a read of a pruned block."""
+def synced_at(r: KVReader) -> int:
+    """The checkpoint this store was synced to by snapshot (node/statesync.py), which holds no
+    block below it; 0 for a store that executed every block from 1."""
+    raw = r.get(SYNCED_AT)
+    return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
+
+
+def pruned_message(what: str, r: KVReader, retention: Retention) -> str:
+    """The FAILED_PRECONDITION text for a read of a block this node does not keep: pruned, or
+    from before the snapshot it started from."""
+    first, synced = first_block(r), synced_at(r)
+    if synced and first == synced + 1:
+        return (
+            f"{what} is not on this node: it started from a snapshot at checkpoint {synced} and keeps "
+            f"blocks from height {first} on; ask an archive node"
+        )
     return (
         f"{what} was pruned: this node keeps blocks from height {first} on ({retention.describe()}); "
         "ask an archive node"

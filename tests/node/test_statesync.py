@@ -23,9 +23,10 @@ from node.pbft import journal
 from node.pbft.crypto import Ed25519Crypto
 from node.pbft.verify import Verifier
 from node.snapshot import SnapshotSource, SnapshotUnavailable
-from node.statesync import COMPLETE, SnapshotCheck, StateSync, SyncRejected, swap_in, synced_at
+from node.statesync import COMPLETE, SnapshotCheck, StateSync, SyncRejected, swap_in
 from node.storage import blocks
 from node.storage.lmdb_store import LmdbStore
+from node.storage.prune import synced_at
 from node.votes import RESTORED
 from sim.factory import Factory
 from tests.app.helpers import Chain

@@ -137,5 +137,23 @@ def test_a_later_unrecorded_copy_keeps_its_index_entry() -> None:
     ],
 )
 def test_the_message_names_the_retention_and_the_first_kept_height(retention: Retention, text: str) -> None:
-    message = prune.pruned_message("block 3", 17, retention)
+    store = MemoryStore()
+    with store.write() as w:
+        w.put(prune.FIRST_BLOCK, (17).to_bytes(8, "big"))
+    with store.read() as r:
+        message = prune.pruned_message("block 3", r, retention)
     assert "block 3 was pruned" in message and "from height 17" in message and text in message
+
+
+def test_below_a_snapshot_the_message_says_so_until_pruning_passes_it() -> None:
+    store = MemoryStore()
+    with store.write() as w:
+        w.put(prune.FIRST_BLOCK, (11).to_bytes(8, "big"))
+        w.put(prune.SYNCED_AT, (10).to_bytes(8, "big"))
+    with store.read() as r:
+        message = prune.pruned_message("block 3", r, Retention(blocks=5))
+    assert "started from a snapshot at checkpoint 10" in message and "from height 11" in message
+    with store.write() as w:
+        w.put(prune.FIRST_BLOCK, (30).to_bytes(8, "big"))
+    with store.read() as r:
+        assert "was pruned" in prune.pruned_message("block 3", r, Retention(blocks=5))
