@@ -25,6 +25,7 @@ from node.app import state as st
 from node.app.postings import KIND_NAMES
 from node.receipts import field_bytes, field_varint
 from node.storage import history as index
+from node.storage import prune
 from node.storage.kv import KVReader
 
 ENTRIES_MAX = 1000
@@ -90,6 +91,13 @@ def account_history(genesis: Genesis, r: KVReader, raw: bytes) -> bytes:
     if req.after and len(req.after) != index.POSITION_BYTES:
         raise invalid(f"after must be a next_cursor of this call ({index.POSITION_BYTES} bytes)")
     known_account(genesis, r, req.account_id)
+    synced = prune.synced_time_ms(r)
+    if synced is not None and req.from_time_ms < synced:
+        raise QueryError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this node's history starts at its snapshot (checkpoint {prune.synced_at(r)}, consensus "
+            f"time {synced} ms): ask with from_time_ms >= {synced}, or ask a node that kept it",
+        )
     first = index.position(req.to_time_ms - 1) if req.to_time_ms else b""
     if req.after:
         first = max(first, bytes(req.after) + b"\x00")  # just past (older than) the cursor's entry

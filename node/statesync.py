@@ -45,13 +45,15 @@ import grpc.aio
 from ledger import statetree as lt
 from ledger.genesis import Genesis
 from ledger.v1 import consensus_pb2, tx_pb2
-from node.app import queries
+from node.app import postings, queries
 from node.app import state as st
 from node.app import statetree as tree
+from node.app.postings import Posting
 from node.log import EventLog
 from node.pbft import journal
 from node.pbft.wire import encode_signed_list
-from node.storage import blocks, prune
+from node.storage import blocks, history, prune
+from node.storage.kv import KVWriter
 from node.storage.lmdb_store import LmdbStore
 from node.votes import RESTORED
 
@@ -535,13 +537,43 @@ class StateSync:
                 w.put(blocks.STATE_ROOT, offer.state_root)
                 w.put(blocks.JOURNAL + journal.STABLE, encode_signed_list(offer.certificate))
                 w.put(prune.FIRST_BLOCK, (offer.sequence + 1).to_bytes(8, "big"))
-                w.put(prune.SYNCED_AT, offer.sequence.to_bytes(8, "big"))
+                time_ms = queries.consensus_time(w)
+                w.put(
+                    prune.SYNCED_AT,
+                    offer.sequence.to_bytes(8, "big") + time_ms.to_bytes(8, "big", signed=True),
+                )
+                anchor_history(w, offer.sequence, time_ms)
                 w.put(RESTORED, b"\x01")
                 problems = queries.check_invariants(w, self.genesis)
                 assert not problems, f"the certified state breaks the ledger's invariants: {problems}"
         except _Mismatch as exc:
             return str(exc)
         return None
+
+
+def anchor_history(w: KVWriter, height: int, time_ms: int) -> None:
+    """Start the history index at the snapshot: an entry of kind SNAPSHOT (deltas 0) per
+    (account, asset) with a balance, giving its available and held amounts then, so that an
+    opening balance at or after the snapshot reads right; and each escrow under its accounts."""
+    amounts: dict[tuple[str, str], list[int]] = {}
+    for column, prefix in enumerate((st.BALANCE, st.HELD)):
+        for key, value in w.scan(prefix):
+            account, asset = key[len(prefix) :].decode().split("\x00")
+            amounts.setdefault((account, asset), [0, 0])[column] = int.from_bytes(value, "big")
+    history.put_postings(
+        w,
+        height,
+        time_ms,
+        [
+            Posting(account, asset, 0, 0, postings.SNAPSHOT, "", 0, available_after=a, held_after=h or None)
+            for (account, asset), (a, h) in sorted(amounts.items())
+        ],
+    )
+    for key, _ in w.scan(st.ESCROW):
+        rec = st.get_escrow(w, key[len(st.ESCROW) :].decode())
+        assert rec is not None
+        for account in (rec.from_account, rec.to_account):
+            w.put(history.escrows_prefix(account) + rec.escrow_id.encode(), b"\x01")
 
 
 def _put(store: LmdbStore, items: Sequence[tuple[bytes, bytes]]) -> None:

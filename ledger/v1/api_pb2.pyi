@@ -63,6 +63,10 @@ class _PostingKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PostingKi
     """held -> back to the payer"""
     POSTING_KIND_ESCROW_EXPIRE: _PostingKind.ValueType  # 7
     """as VOID, by consensus time at the start of a block"""
+    POSTING_KIND_SNAPSHOT: _PostingKind.ValueType  # 8
+    """Not a movement (deltas 0): the balances a node's history starts from when the node was
+    synced by snapshot (state sync); nothing before it is on that node.
+    """
 
 class PostingKind(_PostingKind, metaclass=_PostingKindEnumTypeWrapper):
     """--- history, escrows and the feed (node-local index, not part of the state root) ----------
@@ -82,6 +86,10 @@ POSTING_KIND_ESCROW_VOID: PostingKind.ValueType  # 6
 """held -> back to the payer"""
 POSTING_KIND_ESCROW_EXPIRE: PostingKind.ValueType  # 7
 """as VOID, by consensus time at the start of a block"""
+POSTING_KIND_SNAPSHOT: PostingKind.ValueType  # 8
+"""Not a movement (deltas 0): the balances a node's history starts from when the node was
+synced by snapshot (state sync); nothing before it is on that node.
+"""
 Global___PostingKind: _TypeAlias = PostingKind  # noqa: Y015
 
 class _EscrowStatus:

@@ -23,6 +23,7 @@ ESCROW_CREATE = 4
 ESCROW_POST = 5
 ESCROW_VOID = 6
 ESCROW_EXPIRE = 7
+SNAPSHOT = 8  # the balances a synced node's history starts from (node/statesync.py)
 KIND_NAMES = {
     MINT: "MINT",
     REDEEM: "REDEEM",
@@ -31,6 +32,7 @@ KIND_NAMES = {
     ESCROW_POST: "ESCROW_POST",
     ESCROW_VOID: "ESCROW_VOID",
     ESCROW_EXPIRE: "ESCROW_EXPIRE",
+    SNAPSHOT: "SNAPSHOT",
 }
 
 

@@ -27,7 +27,7 @@ from node.storage import blocks
 from node.storage.kv import KVReader, KVWriter
 
 FIRST_BLOCK = b"m/first_block"
-SYNCED_AT = b"m/synced"  # height(8): the snapshot this store was synced to (node/statesync.py)
+SYNCED_AT = b"m/synced"  # height(8) time_ms(8): the snapshot this store was synced to (statesync)
 PRUNE_BLOCKS_MAX = 64  # blocks deleted per step at most
 PRUNE_TXS_MAX = 4_000  # ... and the step ends once this many transactions' blocks went
 HOUR_MS = 3_600_000
@@ -71,7 +71,13 @@ def synced_at(r: KVReader) -> int:
     """The checkpoint this store was synced to by snapshot (node/statesync.py), which holds no
     block below it; 0 for a store that executed every block from 1."""
     raw = r.get(SYNCED_AT)
-    return 0 if raw is None else int(struct.unpack(">Q", raw)[0])
+    return 0 if raw is None else int(struct.unpack_from(">Q", raw)[0])
+
+
+def synced_time_ms(r: KVReader) -> int | None:
+    """The consensus time of that snapshot: the history index starts there (None: no snapshot)."""
+    raw = r.get(SYNCED_AT)
+    return None if raw is None else int(struct.unpack_from(">q", raw, 8)[0])
 
 
 def pruned_message(what: str, r: KVReader, retention: Retention) -> str:

@@ -10,10 +10,13 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
 from ledger.statetree import EMPTY_ROOT, encode_node
-from ledger.v1 import consensus_pb2, tx_pb2
+from ledger.v1 import api_pb2, consensus_pb2, tx_pb2
+from node import history as node_history
+from node.app import queries
 from node.app import state as st
 from node.app import statetree as tree
 from node.app.ledger import Ledger
@@ -24,7 +27,7 @@ from node.pbft.crypto import Ed25519Crypto
 from node.pbft.verify import Verifier
 from node.snapshot import SnapshotSource, SnapshotUnavailable
 from node.statesync import COMPLETE, SnapshotCheck, StateSync, SyncRejected, swap_in
-from node.storage import blocks
+from node.storage import blocks, prune
 from node.storage.lmdb_store import LmdbStore
 from node.storage.prune import synced_at
 from node.votes import RESTORED
@@ -331,3 +334,34 @@ def test_swap_in_finishes_a_complete_sync_and_drops_a_partial_one(tmp_path: Path
     assert swap_in(data)
     assert (data / "new").exists() and not (data / "old").exists() and not (data / COMPLETE).exists()
     assert not (tmp_path / "data.old").exists() and not sync.exists()
+
+
+def test_the_synced_history_starts_at_the_snapshot_with_its_balances(
+    tmp_path: Path, fx: Factory, source: tuple[LmdbStore, bytes, bytes]
+) -> None:
+    store, _, _ = source
+    log = EventLog("BANK-A", None)
+    assert asyncio.run(_sync(tmp_path, fx, Peers(store, log), log).run(head=0)) is not None
+    synced = LmdbStore(tmp_path / "node" / "data", map_size_bytes=64 << 20)
+    try:
+        with synced.read() as r, store.read() as src:
+            since = prune.synced_time_ms(r)
+            assert since is not None and since == queries.consensus_time(src)
+            for account in ("acct-0", "acct-7"):
+                balance = queries.account(src, account)
+                assert balance is not None
+                request = api_pb2.GetAccountHistoryRequest(account_id=account, from_time_ms=since, limit=100)
+                reply = api_pb2.GetAccountHistoryResponse.FromString(
+                    node_history.account_history(fx.genesis, r, request.SerializeToString())
+                )
+                [entry] = reply.entries
+                assert entry.kind == api_pb2.POSTING_KIND_SNAPSHOT and entry.height == HEIGHT
+                [usd] = [b for b in balance.balances if b.asset == "USD.BANK-A"]
+                assert entry.delta_available == 0 and entry.available_after == usd.available > 0
+                request.from_time_ms = since - 1
+                with pytest.raises(node_history.QueryError) as exc:
+                    node_history.account_history(fx.genesis, r, request.SerializeToString())
+                assert exc.value.code == grpc.StatusCode.FAILED_PRECONDITION
+                assert f"from_time_ms >= {since}" in str(exc.value)
+    finally:
+        synced.close()
