@@ -36,7 +36,7 @@ from ledger.genesis import Genesis, GenesisError, Member, load_genesis
 from ledger.tls import bind
 from ledger.v1 import api_pb2, consensus_pb2
 from node.api import LedgerApi
-from node.app import queries
+from node.app import queries, statetree
 from node.app.ledger import Ledger
 from node.app.validate import CheckCache
 from node.config import ConfigError, NodeConfig, NodeLimits, load_node_config
@@ -305,6 +305,10 @@ def assemble(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: Event
         history=os.environ.get("LEDGER_NODE_NO_HISTORY") != "1",
     )
     genesis_root = queries.genesis_state_root(genesis)
+    with store.write() as w:  # a store from before the tree's key index gets it now, once
+        indexed = statetree.index_keys(w)
+    if indexed:
+        log.event("state_tree_keys_indexed", keys=indexed)
     with store.read() as r:
         head = blocks.read_head(r, genesis_root)
         journal = blocks.read_journal(r)

@@ -71,6 +71,18 @@ def tree_root(r: KVReader) -> tuple[int, bytes]:
     return _U64.unpack(raw[:8])[0], raw[8:]
 
 
+def index_keys(w: KVWriter) -> int:
+    """Give a tree built before the key index (t/k/) existed its index, from the values it
+    holds (t/v/): once, at start; the number of keys indexed (0 when there was nothing to do)."""
+    if w.get(KEYS_BUILT) is not None or tree_root(w)[0] == 0:
+        return 0
+    keys = [k[len(VALUES) :] for k, _ in w.scan(VALUES)]
+    for key in keys:
+        w.put(KEYS + key_hash(key), key)
+    w.put(KEYS_BUILT, b"\x01")
+    return len(keys)
+
+
 def record_writes(w: KVWriter, height: int, keys: list[bytes]) -> None:
     """Remember the state keys block ``height`` wrote, for the next update."""
     w.put(WRITTEN + _U64.pack(height), b"".join(_U16.pack(len(k)) + k for k in keys))
@@ -111,9 +123,7 @@ def update(w: KVWriter, height: int) -> bytes:
     heights = [_U64.unpack(k[len(WRITTEN) :])[0] for k, _ in recorded]
     keys: set[bytes] = set()
     results: list[tuple[int, bytes]] = []  # (height, key) of recorded results, appended in order
-    # A tree built before the key index (t/k/) existed is rebuilt once, to index every leaf.
-    keys_built = built == 0 or w.get(KEYS_BUILT) is not None
-    if heights != list(range(built + 1, height + 1)) or not keys_built:
+    if heights != list(range(built + 1, height + 1)):
         for key, stored in w.scan(st.PREFIX):
             if key.startswith(st.RESULT):
                 results.append((decode_result(stored).height, key))
@@ -136,7 +146,7 @@ def update(w: KVWriter, height: int) -> bytes:
                 pos += 2 + n
     for k, _ in recorded:
         w.delete(k)
-    if built == 0 or not keys_built:
+    if built == 0:
         w.put(KEYS_BUILT, b"\x01")
     keys.discard(st.META_HEIGHT)
     keys.discard(st.META_ROOT)

@@ -201,3 +201,20 @@ def test_a_rebuilt_tree_equals_the_one_built_step_by_step() -> None:
     # Heights 6 (rebuilt from the whole state) and 8 (step by step after that).
     assert late_roots[0] == roots[5] != b"" and late_roots[2] == roots[7] != roots[5]
     assert roots[5] != roots[3] != b""
+
+
+def test_a_tree_from_before_the_key_index_gets_it_once() -> None:
+    store = MemoryStore()
+    keys = [f"s/b/k{i}".encode() for i in range(30)]
+    _apply(store, 1, dict.fromkeys(keys, b"v"))
+    with store.write() as w:  # as a store written before t/k/ existed
+        for k, _ in list(w.scan(statetree.KEYS)):
+            w.delete(k)
+        w.delete(statetree.KEYS_BUILT)
+    with store.write() as w:
+        assert statetree.index_keys(w) == 30
+    with store.write() as w:
+        assert statetree.index_keys(w) == 0
+    with store.read() as r:
+        assert {v for _, v in r.scan(statetree.KEYS)} == set(keys)
+        assert all(k == statetree.KEYS + lt.key_hash(v) for k, v in r.scan(statetree.KEYS))
