@@ -296,12 +296,14 @@ def assemble(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: Event
     # Admission and execution share it: each envelope parsed and verified once.
     checks = CheckCache(genesis, entries_max=2 * limits.pending_requests_max)
     # The state tree is built at checkpoint heights, for the checkpoint to sign (balance proofs).
-    # LEDGER_NODE_NO_HISTORY=1: no history index (the history calls then find no entries). A
-    # measuring aid only, to price the index on the closed-loop benchmark; never in production.
+    # LEDGER_NODE_NO_HISTORY=1: no history index (the history calls then find no entries);
+    # LEDGER_NODE_NO_TREE=1: no state tree (checkpoints then sign an empty tree_root; balance
+    # proofs and snapshots are unavailable; every member must run the same). Measuring aids
+    # only, to price each on the closed-loop benchmark; never in production.
     ledger = Ledger(
         genesis,
         checks=checks,
-        tree_interval=limits.checkpoint_interval,
+        tree_interval=0 if os.environ.get("LEDGER_NODE_NO_TREE") == "1" else limits.checkpoint_interval,
         history=os.environ.get("LEDGER_NODE_NO_HISTORY") != "1",
     )
     genesis_root = queries.genesis_state_root(genesis)
