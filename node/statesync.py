@@ -526,8 +526,8 @@ class StateSync:
         try:
             with store.write() as w:
                 root = tree.update(w, offer.sequence)
-                mmr = tree.proven_value(w, tree.RESULTS_KEY)
-                if mmr is None or mmr[1] != check.results_leaf:
+                mmr = tree.proven_value(w, tree.RESULTS_KEY)  # None while no result is recorded
+                if (None if mmr is None else mmr[1]) != check.results_leaf:
                     raise _Mismatch("the results do not give the count and root the tree certifies")
                 if root != offer.tree_root:
                     raise _Mismatch("the rebuilt tree's root is not the certified one")
