@@ -40,17 +40,21 @@ Part = consensus_pb2.SnapshotRequest.Part
 Tamper = Callable[[consensus_pb2.SnapshotRequest, consensus_pb2.SnapshotChunk], None]
 
 
-def _source_store(path: Path, fx: Factory) -> tuple[LmdbStore, bytes, bytes]:
-    """A store run to HEIGHT by the real ledger (accounts, mints, transfers), with the
-    checkpoint certificate of HEIGHT in its journal: (store, state root, tree root)."""
+def _source_store(path: Path, fx: Factory, empty: bool = False) -> tuple[LmdbStore, bytes, bytes]:
+    """A store run to HEIGHT by the real ledger (accounts, mints, transfers; ``empty``: empty
+    blocks), with the checkpoint certificate of HEIGHT in its journal: (store, state root, tree
+    root)."""
     store = LmdbStore(path, map_size_bytes=64 << 20, sync=False)
     chain = Chain(Ledger(fx.genesis, tree_interval=INTERVAL), store)
-    names = [f"acct-{i}" for i in range(40)]
-    chain.run(
-        [fx.open_account("BANK-A" if i % 2 else "BANK-B", n, fx.client(n)) for i, n in enumerate(names)]
-    )
-    chain.run([fx.mint("USD.BANK-A", n, 1_000 + i, f"dep-{i}") for i, n in enumerate(names)])
     out = None
+    while empty and chain.height < HEIGHT:
+        out = chain.run([])
+    names = [f"acct-{i}" for i in range(40)]
+    if not empty:
+        chain.run(
+            [fx.open_account("BANK-A" if i % 2 else "BANK-B", n, fx.client(n)) for i, n in enumerate(names)]
+        )
+        chain.run([fx.mint("USD.BANK-A", n, 1_000 + i, f"dep-{i}") for i, n in enumerate(names)])
     while chain.height < HEIGHT:
         i = chain.height
         out = chain.run(
@@ -173,6 +177,14 @@ def test_an_empty_node_syncs_to_the_certified_checkpoint(
     assert not (tmp_path / "node" / "data.sync").exists()
     log.close()
     assert _events(tmp_path / "events.log", "state_synced")[0]["sequence"] == HEIGHT
+
+
+def test_a_checkpoint_before_any_transaction_installs_too(tmp_path: Path, fx: Factory) -> None:
+    store, state_root, tree_root = _source_store(tmp_path / "source", fx, empty=True)
+    log = EventLog("BANK-A", None)
+    report = asyncio.run(_sync(tmp_path, fx, Peers(store, log), log).run(head=0))
+    assert report is not None and report.results == 0 and report.rejected == 0
+    _check_installed(tmp_path / "node" / "data", store, state_root, tree_root)
 
 
 def _lie_leaf_value(req: consensus_pb2.SnapshotRequest, chunk: consensus_pb2.SnapshotChunk) -> None:
