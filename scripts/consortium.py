@@ -66,6 +66,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -94,6 +95,7 @@ from node.votes import VoteRecord, VoteRecordError  # noqa: E402
 CURRENCIES: tuple[tuple[str, int], ...] = (("USD", 2), ("EUR", 2), ("GBP", 2), ("CHF", 2), ("JPY", 0))
 HOST = "127.0.0.1"
 UP_TIMEOUT_S = 30.0
+EVENTS_TAIL_BYTES = 1 << 16  # how much of a node's events.log is read for its state sync events
 STOP_GRACE_S = 5.0
 
 
@@ -416,18 +418,41 @@ class Consortium:
                 return False
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def wait_healthy(self, banks: list[str], timeout_s: float = UP_TIMEOUT_S) -> None:
+    def wait_healthy(
+        self, banks: list[str], timeout_s: float = UP_TIMEOUT_S, progress: Callable[[str], None] | None = None
+    ) -> None:
         """Return when every bank answers SERVING; raise if one exits or the bound passes."""
-        failed = self._wait_started(banks, timeout_s)
+        failed = self._wait_started(banks, timeout_s, progress)
         if failed:
             raise ConsortiumError("\n".join(failed.values()))
 
-    def _wait_started(self, banks: list[str], timeout_s: float) -> dict[str, str]:
-        """Wait until each bank answers SERVING or exits, at most timeout_s; the ones that
-        did not come up, with why (a node that exits says why on stderr: its tail is quoted)."""
+    def state_sync_event(self, bank: str) -> dict[str, Any] | None:
+        """The bank's latest state sync event (node/statesync.py) in the tail of its events.log."""
+        path = self.node_dir(bank) / "events.log"
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, path.stat().st_size - EVENTS_TAIL_BYTES))
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            if b'"state_sync' in line or b'"state_synced"' in line:
+                with contextlib.suppress(ValueError):
+                    event: dict[str, Any] = json.loads(line)
+                    return event
+        return None
+
+    def _wait_started(
+        self, banks: list[str], timeout_s: float, progress: Callable[[str], None] | None = None
+    ) -> dict[str, str]:
+        """Wait until each bank answers SERVING or exits, at most timeout_s, plus the time a node
+        spends syncing by snapshot (it serves nothing meanwhile; ``progress`` is told its
+        progress events); the ones that did not come up, with why (a node that exits says why
+        on stderr: its tail is quoted)."""
         deadline = time.monotonic() + timeout_s
         waiting = list(banks)
         failed: dict[str, str] = {}
+        told: dict[str, object] = {}
         while waiting:
             for bank in list(waiting):
                 if self.pid(bank) is None:
@@ -435,6 +460,14 @@ class Consortium:
                     waiting.remove(bank)
                 elif self.health(bank, timeout_s=0.5):
                     waiting.remove(bank)
+                elif (event := self.state_sync_event(bank)) is not None and event["event"] in (
+                    "state_sync_started",
+                    "state_sync_progress",
+                ):
+                    deadline = max(deadline, time.monotonic() + timeout_s)  # syncing: not stuck
+                    if progress is not None and told.get(bank) != event["ts_ms"]:
+                        told[bank] = event["ts_ms"]
+                        progress(_sync_line(bank, event))
             if waiting and time.monotonic() > deadline:
                 for bank in waiting:
                     failed[bank] = f"{bank} not healthy after {timeout_s:.0f}s"
@@ -694,6 +727,15 @@ class Consortium:
         return out
 
 
+def _sync_line(bank: str, event: dict[str, Any]) -> str:
+    if event["event"] == "state_sync_started":
+        return f"{bank}: syncing by snapshot at checkpoint {event['sequence']} from peers {event['peers']}"
+    return (
+        f"{bank}: state sync: {event['part']}: {event['nodes']} nodes, {event['leaves']} leaves, "
+        f"{event['results']} results, {event['bytes']} bytes"
+    )
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -834,8 +876,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.bank}: restarted, pid {c.restart(args.bank)}, healthy")
         elif args.command == "start":
             pid = c.start(args.bank)
-            c.wait_healthy([args.bank])
-            print(f"{args.bank}: started, pid {pid}, healthy")
+            c.wait_healthy([args.bank], progress=lambda line: print(line, flush=True))
+            synced = c.state_sync_event(args.bank)
+            how = ""
+            if synced is not None and synced["event"] == "state_synced":
+                how = f" (synced by snapshot at checkpoint {synced['sequence']} in {synced['seconds']}s)"
+            print(f"{args.bank}: started, pid {pid}, healthy{how}")
         elif args.command == "stop":
             print(c.stop(args.bank))
         elif args.command == "wipe":
