@@ -385,7 +385,7 @@ def assemble(loaded: Loaded, key: SigningKey, security: NodeSecurity, log: Event
         lmdb_store,
         driver.wait_stable,
         log,
-        chunk_bytes_max=limits.snapshot_chunk_bytes_max,
+        chunk_bytes_max=min(limits.snapshot_chunk_bytes_max, limits.peer_message_bytes_max // 2),
         session_idle_s=limits.snapshot_session_idle_ms / 1000,
         session_s_max=limits.snapshot_session_ms_max / 1000,
     )

