@@ -67,7 +67,9 @@ from node.backup import disk_bytes  # noqa: E402
 from node.config import ConfigError, load_node_config  # noqa: E402
 
 STATE_FILE = "state_sync_bench.json"
-FUND_MINOR = 10**9  # each account's mint: 25,000 accounts per asset stay far below amount_max (10**15) of supply
+FUND_MINOR = (
+    10**9
+)  # each account's mint: 25,000 accounts per asset stay far below amount_max (10**15) of supply
 AMOUNT_MINOR_MAX = 100
 PROGRESS_S = 10.0
 POLL_S = 0.25  # GetStatus polls for the transfer window
