@@ -19,6 +19,9 @@ the same accounts; the chain's transaction count is the sum of its block headers
 (GetBlocks, headers only; counted up to where the file says it was counted). A progress line
 every 10 s on stderr; the nodes keep running afterwards (--stop stops them). The last line is
 one JSON object: accounts, txs, height, seconds, tx_per_s, disk_bytes per node.
+Measured (4 banks, TLS, default limits, on 2 cores shared with other work, load average 6-8):
+100,000 accounts and 1,000,000 transactions in 2,380 s, 420 tx/s (opens and mints about 625 tx/s,
+transfers about 390 tx/s), height 2,219, about 1.0 GB of store per node.
 
 ``measure`` needs the consortium idle (no load) and every node up. For each mode it wipes the
 bank's node (Consortium.wipe: data directory deleted, vote record kept), starts it and times
