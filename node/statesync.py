@@ -461,6 +461,15 @@ class StateSync:
                     raise SyncFailed("no peer left that serves the snapshot")
                 source = self._usable[0]
                 await self._results(check, store, source)
+                r = self._report
+                self._log.event(
+                    "state_sync_progress",
+                    part="INSTALL",
+                    nodes=r.nodes,
+                    leaves=r.leaves,
+                    results=r.results,
+                    bytes=r.bytes,
+                )
                 problem = self._install(check, store, offer)
                 if problem is None:
                     break

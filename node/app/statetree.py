@@ -94,22 +94,22 @@ def proven_value(r: KVReader, key: bytes) -> tuple[bytes, bytes] | None:
     return None if raw is None else (raw[:SALT_BYTES], raw[SALT_BYTES:])
 
 
-def _secret(w: KVWriter) -> bytes:
+def _secret(w: KVWriter, results: list[tuple[int, bytes, bytes]]) -> bytes:
     """SHA-256(SECRET_TAG || the sorted tx_ids of the recorded results of the lowest height that
     has any): fixed once the first transaction is recorded, and known only to who knows all of
     those transactions (members; a client knows its own). Before that, the public tag (the state
-    then holds only consensus time, which every checkpoint salts anew)."""
+    then holds only consensus time, which every checkpoint salts anew). ``results``: the
+    (height, key, value) of the results this update folds in, sorted, which hold the first
+    recorded ones whenever the secret is not stored yet (an update that starts the tree after
+    results were recorded is a rebuild, which folds in every result)."""
     stored = w.get(SECRET)
     if stored is not None:
         return stored
-    first: dict[int, list[bytes]] = {}
-    for key, raw in w.scan(st.RESULT):
-        height = decode_result(raw).height
-        if not first or height <= min(first):
-            first.setdefault(height, []).append(key[len(st.RESULT) :])
-    if not first:
+    if not results:
         return SECRET_TAG
-    secret = hashlib.sha256(SECRET_TAG + b"".join(sorted(first[min(first)]))).digest()
+    first = results[0][0]
+    ids = sorted(key[len(st.RESULT) :] for at, key, _ in results if at == first)
+    secret = hashlib.sha256(SECRET_TAG + b"".join(ids)).digest()
     w.put(SECRET, secret)
     return secret
 
@@ -122,11 +122,12 @@ def update(w: KVWriter, height: int) -> bytes:
     recorded = list(w.scan(WRITTEN))
     heights = [_U64.unpack(k[len(WRITTEN) :])[0] for k, _ in recorded]
     keys: set[bytes] = set()
-    results: list[tuple[int, bytes]] = []  # (height, key) of recorded results, appended in order
+    # (height, key, value) of the recorded results to append, in (height, key) order
+    results: list[tuple[int, bytes, bytes]] = []
     if heights != list(range(built + 1, height + 1)):
         for key, stored in w.scan(st.PREFIX):
             if key.startswith(st.RESULT):
-                results.append((decode_result(stored).height, key))
+                results.append((decode_result(stored).height, key, stored))
             else:
                 keys.add(key)
         for prefix in (NODE, VALUES, KEYS):
@@ -140,7 +141,7 @@ def update(w: KVWriter, height: int) -> bytes:
                 (n,) = _U16.unpack_from(raw, pos)
                 key = raw[pos + 2 : pos + 2 + n]
                 if key.startswith(st.RESULT):
-                    results.append((at, key))  # written once, at its height
+                    results.append((at, key, b""))  # written once, at its height; read below
                 else:
                     keys.add(key)
                 pos += 2 + n
@@ -150,11 +151,13 @@ def update(w: KVWriter, height: int) -> bytes:
         w.put(KEYS_BUILT, b"\x01")
     keys.discard(st.META_HEIGHT)
     keys.discard(st.META_ROOT)
-    secret = _secret(w)
+    results.sort()
+    secret = _secret(w, results)
     if results:
-        results.sort()
         keys.add(RESULTS_KEY)
-        _append_results(w, [w.get(key) or b"" for _, key in results], [key for _, key in results])
+        _append_results(
+            w, [value or w.get(key) or b"" for _, key, value in results], [k for _, k, _ in results]
+        )
     changes: list[_Change] = []
     for key in keys:
         kh = key_hash(key)
