@@ -172,7 +172,9 @@ async def serve(
     serving = asyncio.ensure_future(follow_health(servers.health, node, config.limits, log))
     resync = asyncio.Event()
     catching_up = asyncio.ensure_future(
-        follow_catch_up(resync, log) if config.state_sync else asyncio.sleep(0)
+        follow_catch_up(resync, lambda: node.driver.head.last_executed, log)
+        if config.state_sync
+        else asyncio.sleep(0)
     )
     # Handshakes gRPC refused, counted from the lines it writes on stderr (node/peerauth.py).
     refusals = HandshakeRefusals.of_stderr(log) if config.tls else None
@@ -486,18 +488,31 @@ async def follow_health(health: HealthServicer, node: Node, limits: NodeLimits, 
         await asyncio.sleep(DISK_WATCH_S)  # a poll of two counters, not a wait for an event
 
 
-async def follow_catch_up(resync: asyncio.Event, log: EventLog) -> None:
-    """Set ``resync`` when catch-up has been refused as pruned (FetchBlocks FAILED_PRECONDITION,
-    the ``fetch_pruned`` counter) in each of RESYNC_CHECKS periods in a row: the blocks this node
-    needs are gone from its peers, and only a snapshot brings it back."""
-    seen = log.counters["fetch_pruned"]
-    refused_periods = 0
-    while refused_periods < RESYNC_CHECKS:
-        await asyncio.sleep(RESYNC_CHECK_S)  # a poll of one counter, not a wait for an event
-        now = log.counters["fetch_pruned"]
-        refused_periods = refused_periods + 1 if now > seen else 0
-        seen = now
-    resync.set()
+class CatchUpWatch:
+    """Whether this node needs a snapshot: catch-up refused as pruned (FetchBlocks
+    FAILED_PRECONDITION, the ``fetch_pruned`` counter) while the head did not move, in each of
+    RESYNC_CHECKS periods in a row. (A refusal by one pruned peer while another serves the
+    blocks moves the head.)"""
+
+    def __init__(self, fetch_pruned: int, head: int) -> None:
+        self._seen, self._at, self._stuck = fetch_pruned, head, 0
+
+    def period(self, fetch_pruned: int, head: int) -> bool:
+        """One period's end, with the counter and the head now: True once a snapshot is needed."""
+        stuck = fetch_pruned > self._seen and head == self._at
+        self._stuck = self._stuck + 1 if stuck else 0
+        self._seen, self._at = fetch_pruned, head
+        return self._stuck >= RESYNC_CHECKS
+
+
+async def follow_catch_up(resync: asyncio.Event, head: Callable[[], int], log: EventLog) -> None:
+    """Set ``resync`` when the blocks this node needs are gone from its peers (CatchUpWatch)."""
+    watch = CatchUpWatch(log.counters["fetch_pruned"], head())
+    while True:
+        await asyncio.sleep(RESYNC_CHECK_S)  # a poll of a counter and the head, not an event
+        if watch.period(log.counters["fetch_pruned"], head()):
+            resync.set()
+            return
 
 
 async def until_stopped(stop: asyncio.Event, resync: asyncio.Event, driver: Driver, log: EventLog) -> int:
