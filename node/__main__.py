@@ -222,6 +222,7 @@ async def sync_state(loaded: Loaded, key: SigningKey, security: NodeSecurity, lo
         s.read() as r,
     ):
         head = blocks.read_head(r, b"").last_executed
+        empty = head == 0 and not any(True for _ in r.scan(blocks.JOURNAL))
     verifier = Verifier(
         limits.replica_config(genesis.n, genesis.f, member.replica, genesis.chain_id),
         Ed25519Crypto(key, genesis.node_keys(), genesis.chain_id),
@@ -245,7 +246,7 @@ async def sync_state(loaded: Loaded, key: SigningKey, security: NodeSecurity, lo
             timeout_s=limits.state_sync_timeout_ms / 1000,
             map_size_bytes=min(limits.lmdb_map_size_bytes, limits.disk_budget_bytes),
             budget_bytes=limits.disk_budget_bytes,
-        ).run(head)
+        ).run(head, empty)
     finally:
         await peers.close()
 

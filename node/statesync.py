@@ -337,22 +337,22 @@ class StateSync:
         answers = await asyncio.gather(*(one(p) for p in self._peers.peers))
         return sorted((a for a in answers if a is not None), key=lambda o: -o.sequence)
 
-    def needed(self, head: int, offers: Sequence[Offer]) -> bool:
-        """Sync when the store is empty (a new node, or a wiped one), when the newest certified
-        checkpoint is ``lag_min`` or more past our head, or when no peer keeps the blocks after
-        our head (they pruned them: catch-up cannot work)."""
+    def needed(self, head: int, offers: Sequence[Offer], empty: bool = False) -> bool:
+        """Sync when the store is ``empty`` (no block and no journal: a new node, or a wiped
+        one), when the newest certified checkpoint is ``lag_min`` or more past our head, or when
+        no peer keeps the blocks after our head (they pruned them: catch-up cannot work)."""
         if not offers or offers[0].sequence <= head:
             return False
         return (
-            head == 0
+            empty
             or offers[0].sequence - head >= self.lag_min
             or all(o.first_block > head + 1 for o in offers)
         )
 
-    async def run(self, head: int) -> SyncReport | None:
+    async def run(self, head: int, empty: bool = False) -> SyncReport | None:
         """Sync if needed (see ``needed``); the report, or None when the node starts as it is."""
         offers = await self.offers()
-        if not self.needed(head, offers):
+        if not self.needed(head, offers, empty):
             return None
         started = time.monotonic()
         best = offers[0]

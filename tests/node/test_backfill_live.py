@@ -87,6 +87,7 @@ def test_blocks_replayed_without_their_attestations_are_backfilled_in_the_backgr
     live = [b for b in BANKS if b != backup]
     opened = submit_one(net, live[0], fx.open_account("BANK-A", "alice", fx.client("alice")))
     assert opened.result.code == tx_pb2.OK
+    wait_converged(net, BANKS, opened.result.height)  # the backup has a head: it replays, not syncs
     net.kill(backup)
     for i in range(MISSED_BLOCKS):  # one block each
         raw = fx.open_account("BANK-A", f"acct-{i}", fx.client(f"acct-{i}"))

@@ -169,7 +169,7 @@ def test_an_empty_node_syncs_to_the_certified_checkpoint(
     store, state_root, tree_root = source
     log = EventLog("BANK-A", tmp_path / "events.log")
     peers = Peers(store, log)
-    report = asyncio.run(_sync(tmp_path, fx, peers, log).run(head=0))
+    report = asyncio.run(_sync(tmp_path, fx, peers, log).run(head=0, empty=True))
     assert report is not None and report.sequence == HEIGHT and report.rejected == 0
     assert report.results == 40 + 40 + 6 * (HEIGHT - 2) and report.leaves > 80 and report.chunks > 10
     assert {p for p, _ in peers.asked} == {1, 2, 3}  # chunks spread over the peers
@@ -182,7 +182,7 @@ def test_an_empty_node_syncs_to_the_certified_checkpoint(
 def test_a_checkpoint_before_any_transaction_installs_too(tmp_path: Path, fx: Factory) -> None:
     store, state_root, tree_root = _source_store(tmp_path / "source", fx, empty=True)
     log = EventLog("BANK-A", None)
-    report = asyncio.run(_sync(tmp_path, fx, Peers(store, log), log).run(head=0))
+    report = asyncio.run(_sync(tmp_path, fx, Peers(store, log), log).run(head=0, empty=True))
     assert report is not None and report.results == 0 and report.rejected == 0
     _check_installed(tmp_path / "node" / "data", store, state_root, tree_root)
 
@@ -246,7 +246,7 @@ def test_a_lying_peer_is_rejected_and_its_chunk_fetched_elsewhere(
     store, state_root, tree_root = source
     log = EventLog("BANK-A", tmp_path / "events.log")
     peers = Peers(store, log, {1: tamper})
-    report = asyncio.run(_sync(tmp_path, fx, peers, log).run(head=0))
+    report = asyncio.run(_sync(tmp_path, fx, peers, log).run(head=0, empty=True))
     assert report is not None and report.rejected == 1
     _check_installed(tmp_path / "node" / "data", store, state_root, tree_root)
     log.close()
@@ -263,7 +263,7 @@ def test_with_every_peer_lying_nothing_is_installed(
     data_dir = tmp_path / "node" / "data"
     data_dir.mkdir(parents=True)
     (data_dir / "marker").write_text("the old store")
-    assert asyncio.run(_sync(tmp_path, fx, peers, log).run(head=0)) is None
+    assert asyncio.run(_sync(tmp_path, fx, peers, log).run(head=0, empty=True)) is None
     assert (data_dir / "marker").read_text() == "the old store"
     assert not (tmp_path / "node" / "data.sync").exists()
     log.close()
@@ -283,7 +283,8 @@ def test_a_forged_certificate_is_no_offer_and_a_near_head_needs_no_sync(
     sync = _sync(tmp_path, fx, Peers(store, log, {1: forge}), log)
     offers = asyncio.run(sync.offers())
     assert sorted(o.peer for o in offers) == [2, 3] and log.counters["state_sync_bad_offer"] == 1
-    assert sync.needed(0, offers)  # empty: always
+    assert sync.needed(0, offers, empty=True)  # a new or wiped store: always
+    assert not sync.needed(0, offers)  # no block executed yet, but a journal: replay
     assert not sync.needed(HEIGHT - 3, offers)  # close behind: replay the blocks
     assert sync.needed(HEIGHT - 3, [o.__class__(**{**o.__dict__, "first_block": HEIGHT}) for o in offers])
     assert not sync.needed(HEIGHT, offers)
@@ -353,7 +354,7 @@ def test_the_synced_history_starts_at_the_snapshot_with_its_balances(
 ) -> None:
     store, _, _ = source
     log = EventLog("BANK-A", None)
-    assert asyncio.run(_sync(tmp_path, fx, Peers(store, log), log).run(head=0)) is not None
+    assert asyncio.run(_sync(tmp_path, fx, Peers(store, log), log).run(head=0, empty=True)) is not None
     synced = LmdbStore(tmp_path / "node" / "data", map_size_bytes=64 << 20)
     try:
         with synced.read() as r, store.read() as src:
