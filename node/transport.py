@@ -17,7 +17,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -103,6 +103,9 @@ def server_options(
         # the rate its (fair) share of the loop reads it.
         ("grpc.http2.bdp_probe", 0),
     ]
+
+
+_Request = TypeVar("_Request", consensus_pb2.FetchBlocksRequest, consensus_pb2.SnapshotRequest)
 
 
 def _identity(raw: bytes) -> bytes:
@@ -244,15 +247,22 @@ class ReplicaServer:
         self._inbound.on_forward(("forward", context.peer()), envelopes)
         return _ACK
 
-    async def fetch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    async def _member_request(
+        self, cls: type[_Request], raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _Request:
+        """A member's request on the replica port (mutual TLS, then PeerAuth), parsed;
+        INVALID_ARGUMENT when it does not parse."""
         if self._auth is not None:
             await self._auth.require_member(context)
         try:
-            req = consensus_pb2.FetchBlocksRequest.FromString(raw)
+            return cls.FromString(raw)
         except Exception:
             self._log.count("peer_garbage")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a FetchBlocksRequest")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a {cls.__name__}")
             raise AssertionError("unreachable") from None  # abort raises
+
+    async def fetch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        req = await self._member_request(consensus_pb2.FetchBlocksRequest, raw, context)
         max_blocks = min(max(req.max_blocks, 1), self._limits.fetch_blocks_max)
         try:
             blocks, last = self._inbound.fetch_blocks(req.from_height, max_blocks)
@@ -271,15 +281,8 @@ class ReplicaServer:
         return out.SerializeToString()
 
     async def snapshot(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        """FetchSnapshot: members only (the replica port's mutual TLS, then PeerAuth)."""
-        if self._auth is not None:
-            await self._auth.require_member(context)
-        try:
-            req = consensus_pb2.SnapshotRequest.FromString(raw)
-        except Exception:
-            self._log.count("peer_garbage")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a SnapshotRequest")
-            raise AssertionError("unreachable") from None  # abort raises
+        """FetchSnapshot: members only."""
+        req = await self._member_request(consensus_pb2.SnapshotRequest, raw, context)
         try:
             chunk = await self._inbound.fetch_snapshot(req)
         except SnapshotBadRequest as exc:
