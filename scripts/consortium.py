@@ -436,7 +436,7 @@ class Consortium:
         except OSError:
             return None
         for line in reversed(lines):
-            if b'"state_sync' in line or b'"state_synced"' in line:
+            if b'"event":"state_sync' in line:  # state_sync_* and state_synced
                 with contextlib.suppress(ValueError):
                     event: dict[str, Any] = json.loads(line)
                     return event
